@@ -1,0 +1,3 @@
+from .shuffle_mamba import ShuffleMamba
+
+__all__ = ['ShuffleMamba']

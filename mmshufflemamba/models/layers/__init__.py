@@ -1,0 +1,9 @@
+from .block import DropPath, MambaBlock
+from .mixer import BiMambaMixer
+from .norm import RMSNorm, build_norm
+from .shuffle import LayerwiseShuffle, shuffle_probabilities
+
+__all__ = [
+    'BiMambaMixer', 'MambaBlock', 'DropPath', 'RMSNorm', 'build_norm', 'LayerwiseShuffle',
+    'shuffle_probabilities'
+]

@@ -1,0 +1,26 @@
+"""Position-embedding helpers."""
+from typing import Tuple
+
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ['resize_pos_embed']
+
+
+def resize_pos_embed(pos_embed: Tensor,
+                     src_shape: Tuple[int, int],
+                     dst_shape: Tuple[int, int],
+                     mode: str = 'bicubic') -> Tensor:
+    """Resize a patch-grid position embedding ``(1, Hs*Ws, C)`` -> ``(1, Hd*Wd, C)``.
+
+    Only patch positions: split off class/register slots before calling.
+    """
+    if tuple(src_shape) == tuple(dst_shape):
+        return pos_embed
+    _, length, C = pos_embed.shape
+    if length != src_shape[0] * src_shape[1]:
+        raise ValueError(f'pos_embed has {length} positions but the source grid '
+                         f'{tuple(src_shape)} has {src_shape[0] * src_shape[1]}.')
+    grid = pos_embed.reshape(1, src_shape[0], src_shape[1], C).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=tuple(dst_shape), mode=mode, align_corners=False)
+    return grid.flatten(2).transpose(1, 2).to(pos_embed.dtype)

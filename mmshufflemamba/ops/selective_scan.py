@@ -1,0 +1,282 @@
+"""Selective scan (the S6 recurrence of Mamba) behind one entry point.
+
+``selective_scan`` has the signature of ``mamba_ssm``'s ``selective_scan_fn`` and computes,
+for every channel ``d`` and state ``n``::
+
+    dt_t = softplus(delta_t + delta_bias)          (softplus only if delta_softplus)
+    h_t  = exp(dt_t * A[d, n]) * h_{t-1} + dt_t * B_t[n] * u_t
+    y_t  = sum_n C_t[n] * h_t[n] + D[d] * u_t
+    y_t  = y_t * silu(z_t)                         (only if z is given)
+
+Backends, chosen per call:
+
+* ``mamba_ssm``'s fused CUDA kernel when the tensors are on CUDA and it imports;
+* otherwise :func:`selective_scan_torch`, this package's PyTorch implementation, which runs
+  on any device: one autograd function whose only sequential part is one fused
+  multiply-add per step on contiguous time-major slices, forward and backward (the
+  adjoint recurrence, written by hand). Everything else is a handful of batched ops.
+
+:func:`selective_scan_reference` is the plain sequential definition (the textbook loop that
+indexes full tensors at every step). It is slow, quadratic in ``L`` in the backward pass,
+and exists only to check the fast paths against and to benchmark them.
+"""
+import functools
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ['selective_scan', 'selective_scan_torch', 'selective_scan_reference']
+
+ScanOutput = Union[Tensor, Tuple[Tensor, Tensor]]
+
+
+@functools.lru_cache(maxsize=None)
+def _mamba_ssm_scan() -> Optional[Callable]:
+    """mamba_ssm's CUDA ``selective_scan_fn``, or None where it cannot be imported.
+
+    mamba_ssm cannot even be imported without its CUDA extension, so any import failure
+    simply means "no fast path". Only called for CUDA tensors.
+    """
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or OSError/RuntimeError from a broken CUDA build
+        return None
+    return selective_scan_fn
+
+
+class _InputMatrix:
+    """B or C in the scan's time-major layout, as a compact tensor plus its einsum spec.
+
+    ``(D, N)`` -> spec ``dn``; ``(b, N, L)`` -> ``(L, b, N)``, spec ``lbn``;
+    ``(b, G, N, L)`` -> ``(L, b, D, N)`` (groups repeated over channels), spec ``lbdn``.
+    """
+
+    def __init__(self, M: Tensor, channels: int, name: str):
+        if M.dim() == 2:
+            self.spec, self.data = 'dn', M
+        elif M.dim() == 3:
+            self.spec, self.data = 'lbn', M.permute(2, 0, 1).contiguous()
+        elif M.dim() == 4:
+            groups = M.shape[1]
+            if channels % groups:
+                raise ValueError(f'{name} has {groups} groups, which do not divide the '
+                                 f'{channels} channels of u.')
+            self.spec = 'lbdn'
+            self.data = M.repeat_interleave(channels // groups, dim=1).permute(
+                3, 0, 1, 2).contiguous()
+        else:
+            raise ValueError(f'{name} must have shape (D, N), (B, N, L) or (B, G, N, L); '
+                             f'got {tuple(M.shape)}.')
+
+    def broadcast(self) -> Tensor:
+        """A view that broadcasts against ``(L, b, D, N)``."""
+        return self.data.unsqueeze(2) if self.spec == 'lbn' else self.data
+
+    def contract(self, full: Tensor, per_channel: Tensor) -> Tensor:
+        """Gradient w.r.t. ``data`` of ``sum(full * per_channel[..., None] * M)``.
+
+        ``full`` is ``(L, b, D, N)`` and ``per_channel`` ``(L, b, D)``; autograd carries the
+        result back through the layout change to the matrix as it was given.
+        """
+        return torch.einsum(f'lbdn,lbd->{self.spec}', full, per_channel)
+
+
+class _SelectiveScanCore(torch.autograd.Function):
+    """``y_t = sum_n C_t h_t`` with ``h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t``.
+
+    Time-major inside: ``delta`` and ``u`` as ``(L, b, D)``; states ``(L, b, D, N)``.
+    The recurrence is one fused multiply-add per step on contiguous slices; the backward
+    runs the adjoint recurrence ``g_t = C_t grad_y_t + exp(delta_{t+1} A) g_{t+1}`` the same
+    way, recomputing ``exp(delta A)`` rather than keeping it, so only the states are saved.
+    """
+
+    @staticmethod
+    def forward(ctx, delta: Tensor, u: Tensor, A: Tensor, B_mat: _InputMatrix,
+                C_mat: _InputMatrix, B_data: Tensor, C_data: Tensor) -> Tensor:
+        # B_data/C_data are B_mat.data/C_mat.data, passed so autograd tracks them.
+        decay = torch.exp(delta.unsqueeze(-1) * A)  # (L, b, D, N)
+        h = (delta * u).unsqueeze(-1) * B_mat.broadcast()  # (L, b, D, N)
+        for t in range(1, h.shape[0]):
+            h[t].addcmul_(decay[t], h[t - 1])
+        del decay
+        ctx.save_for_backward(delta, u, A, B_data, C_data, h)
+        ctx.matrices = (B_mat, C_mat)
+        return torch.einsum(f'lbdn,{C_mat.spec}->lbd', h, C_data)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: Tensor):
+        delta, u, A, _, C_data, h = ctx.saved_tensors
+        B_mat, C_mat = ctx.matrices
+        grad_y = grad_y.contiguous()
+        grad_C = C_mat.contract(h, grad_y)
+        g = grad_y.unsqueeze(-1) * C_mat.broadcast()  # dL/dh_t from the output only
+        decay = torch.exp(delta.unsqueeze(-1) * A)
+        for t in range(g.shape[0] - 2, -1, -1):
+            g[t].addcmul_(decay[t + 1], g[t + 1])  # g_t is now dL/dh_t in full
+        # h_t = decay_t * h_{t-1} + (delta_t u_t) B_t
+        grad_du = torch.einsum(f'lbdn,{B_mat.spec}->lbd', g, B_mat.data)
+        grad_B = B_mat.contract(g, delta * u)
+        # d decay_t = g_t * h_{t-1}; d(delta_t A) = d decay_t * decay_t (t >= 1)
+        decay[0].zero_()
+        decay[1:].mul_(g[1:]).mul_(h[:-1])
+        grad_delta = torch.einsum('lbdn,dn->lbd', decay, A) + grad_du * u
+        grad_A = torch.einsum('lbdn,lbd->dn', decay, delta)
+        return grad_delta, grad_du * delta, grad_A, None, None, grad_B, grad_C
+
+
+def _check_inputs(u: Tensor, delta: Tensor, A: Tensor) -> None:
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError('u and delta must both have shape (B, D, L); got '
+                         f'{tuple(u.shape)} and {tuple(delta.shape)}.')
+    if A.dim() != 2 or A.shape[0] != u.shape[1]:
+        raise ValueError(f'A must have shape (D, N) with D = {u.shape[1]}; got '
+                         f'{tuple(A.shape)}.')
+    if A.is_complex():
+        raise NotImplementedError('complex A is not supported by mmshufflemamba.')
+
+
+def selective_scan_torch(u: Tensor,
+                         delta: Tensor,
+                         A: Tensor,
+                         B: Tensor,
+                         C: Tensor,
+                         D: Optional[Tensor] = None,
+                         z: Optional[Tensor] = None,
+                         delta_bias: Optional[Tensor] = None,
+                         delta_softplus: bool = False,
+                         return_last_state: bool = False) -> ScanOutput:
+    """The PyTorch selective scan (any device). Arguments as :func:`selective_scan`.
+
+    Computed in float32 (float64 stays float64), with autocast disabled, so the state
+    never drops to half precision; the output has the dtype of ``u``.
+    """
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        return _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                     return_last_state)
+
+
+def _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                          return_last_state) -> Tensor:
+    _check_inputs(u, delta, A)
+    if return_last_state:
+        raise NotImplementedError(
+            'return_last_state is supported by the CUDA kernel and by '
+            'selective_scan_reference only; the PyTorch path does not return it.')
+    dtype_in = u.dtype
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta, A = u.to(compute), delta.to(compute), A.to(compute)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute)[..., None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    channels = u.shape[1]
+    B_mat = _InputMatrix(B.to(compute), channels, 'B')
+    C_mat = _InputMatrix(C.to(compute), channels, 'C')
+    delta_t = delta.permute(2, 0, 1).contiguous()  # (L, b, D)
+    u_t = u.permute(2, 0, 1).contiguous()
+    y = _SelectiveScanCore.apply(delta_t, u_t, A, B_mat, C_mat, B_mat.data,
+                                 C_mat.data).permute(1, 2, 0)  # (b, D, L)
+    if D is not None:
+        y = y + u * D.to(compute)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    return y.to(dtype_in)
+
+
+def selective_scan(u: Tensor,
+                   delta: Tensor,
+                   A: Tensor,
+                   B: Tensor,
+                   C: Tensor,
+                   D: Optional[Tensor] = None,
+                   z: Optional[Tensor] = None,
+                   delta_bias: Optional[Tensor] = None,
+                   delta_softplus: bool = False,
+                   return_last_state: bool = False) -> ScanOutput:
+    """Selective scan; the only entry point (signature of mamba_ssm's ``selective_scan_fn``).
+
+    Args:
+        u: Input, ``(B, D, L)``.
+        delta: Step sizes before bias/softplus, ``(B, D, L)``.
+        A: State matrix (negative for stability), ``(D, N)``.
+        B: Input matrix, ``(D, N)``, ``(B, N, L)`` or ``(B, G, N, L)``.
+        C: Output matrix, shapes as ``B``.
+        D: Skip connection, ``(D,)``.
+        z: Gate, ``(B, D, L)``; the output is multiplied by ``silu(z)``.
+        delta_bias: Added to ``delta``, ``(D,)``.
+        delta_softplus: Apply softplus to ``delta + delta_bias``.
+        return_last_state: Also return the final state ``(B, D, N)``.
+
+    Returns:
+        ``y`` of shape ``(B, D, L)`` (and the last state if asked).
+    """
+    if u.is_cuda:
+        kernel = _mamba_ssm_scan()
+        if kernel is not None:
+            return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                          return_last_state)
+    return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                return_last_state)
+
+
+def selective_scan_reference(u: Tensor,
+                             delta: Tensor,
+                             A: Tensor,
+                             B: Tensor,
+                             C: Tensor,
+                             D: Optional[Tensor] = None,
+                             z: Optional[Tensor] = None,
+                             delta_bias: Optional[Tensor] = None,
+                             delta_softplus: bool = False,
+                             return_last_state: bool = False) -> ScanOutput:
+    """The sequential definition, step by step over full tensors (slow; tests/benchmarks).
+
+    Deliberately written the textbook way: ``exp(delta * A)`` and ``delta * B * u`` are
+    built for all steps and indexed (``[:, :, t]``) inside the loop, which makes autograd's
+    backward pass quadratic in ``L``. Computed in the dtype of ``u`` promoted to float32.
+    """
+    _check_inputs(u, delta, A)
+    dtype_in = u.dtype
+    compute = torch.promote_types(u.dtype, torch.float32)
+    u, delta, A = u.to(compute), delta.to(compute), A.to(compute)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute)[..., None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, channels, length = u.shape
+    groups_B = B.shape[1] if B.dim() == 4 else 1
+    groups_C = C.shape[1] if C.dim() == 4 else 1
+
+    def per_step(M: Tensor, groups: int) -> Tensor:  # -> (b, D, N, L) or (D, N)
+        M = M.to(compute)
+        if M.dim() == 3:
+            return M.unsqueeze(1)
+        if M.dim() == 4:
+            return M.repeat_interleave(channels // groups, dim=1)
+        return M
+
+    B_all, C_all = per_step(B, groups_B), per_step(C, groups_C)
+    deltaA = torch.exp(torch.einsum('bdl,dn->bdln', delta, A))
+    if B_all.dim() == 2:
+        deltaB_u = torch.einsum('bdl,dn,bdl->bdln', delta, B_all, u)
+    else:
+        deltaB_u = torch.einsum('bdl,bdnl,bdl->bdln', delta, B_all.expand(
+            batch, channels, -1, -1), u)
+    h = u.new_zeros(batch, channels, A.shape[1])
+    ys = []
+    for t in range(length):
+        h = deltaA[:, :, t] * h + deltaB_u[:, :, t]
+        if C_all.dim() == 2:
+            ys.append(torch.einsum('bdn,dn->bd', h, C_all))
+        else:
+            ys.append(torch.einsum('bdn,bdn->bd', h, C_all[..., t].expand_as(h)))
+    y = torch.stack(ys, dim=2)
+    if D is not None:
+        y = y + u * D.to(compute)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    y = y.to(dtype_in)
+    return (y, h) if return_last_state else y

@@ -1,0 +1,31 @@
+"""The package's registries: children of mmengine's root registries.
+
+Configs of any codebase refer to our modules as ``type='mmshufflemamba.<Name>'`` (with
+``custom_imports=dict(imports=['mmshufflemamba'])``): mmengine resolves the ``mmshufflemamba``
+scope from the root registry down to these children, whatever the config's
+``default_scope`` (mmpretrain, mmseg or mmdet). ``locations`` makes a lookup import the
+modules that register themselves, so registration never depends on the working directory.
+"""
+from mmengine.registry import DATASETS as MMENGINE_DATASETS
+from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import \
+    OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import Registry
+
+__all__ = ['MODELS', 'DATASETS', 'OPTIM_WRAPPER_CONSTRUCTORS']
+
+MODELS = Registry(
+    'model',
+    parent=MMENGINE_MODELS,
+    scope='mmshufflemamba',
+    locations=['mmshufflemamba.models'])
+DATASETS = Registry(
+    'dataset',
+    parent=MMENGINE_DATASETS,
+    scope='mmshufflemamba',
+    locations=['mmshufflemamba.datasets'])
+OPTIM_WRAPPER_CONSTRUCTORS = Registry(
+    'optimizer wrapper constructor',
+    parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
+    scope='mmshufflemamba',
+    locations=['mmshufflemamba.engine'])

@@ -1,0 +1,41 @@
+"""Install mmshufflemamba: ``pip install -e .`` (see tools/install.sh for the full stack)."""
+import os.path as osp
+
+from setuptools import find_packages, setup
+
+
+def read_requirements(name: str) -> list:
+    """Requirement lines of ``requirements/<name>.txt`` without comments."""
+    path = osp.join(osp.dirname(__file__), 'requirements', f'{name}.txt')
+    with open(path) as f:
+        lines = (line.split('#')[0].strip() for line in f)
+        return [line for line in lines if line and not line.startswith('-')]
+
+
+def read_version() -> str:
+    path = osp.join(osp.dirname(__file__), 'mmshufflemamba', 'version.py')
+    scope: dict = {}
+    with open(path) as f:
+        exec(f.read(), scope)
+    return scope['__version__']
+
+
+setup(
+    name='mmshufflemamba',
+    version=read_version(),
+    description='Plain Vision Mamba backbones with stochastic layer-wise shuffle '
+    'for OpenMMLab (mmpretrain, mmsegmentation, mmdetection)',
+    long_description=open('README.md').read() if osp.exists('README.md') else '',
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['mmshufflemamba', 'mmshufflemamba.*']),
+    python_requires='>=3.9',
+    # torch is deliberately not listed: an install must never replace the user's torch.
+    install_requires=read_requirements('runtime'),
+    extras_require={
+        'mm': read_requirements('mminstall'),
+        'tests': read_requirements('tests'),
+        'cuda': read_requirements('cuda'),
+    },
+    license='Apache-2.0',
+    zip_safe=False,
+)

@@ -1,0 +1,191 @@
+"""ShuffleMamba backbone: architectures, checkpoint layout, outputs, errors."""
+import pytest
+import torch
+
+from mmshufflemamba.models import BiMambaMixer, ShuffleMamba
+
+TINY = dict(arch=dict(embed_dims=32, num_layers=4), img_size=32, patch_size=8,
+            mixer_cfg=dict(d_state=4))
+
+# DESIGN.md section 1: published counts with a 1000-class linear head (millions).
+PUBLISHED_PARAMS = {'small': 26, 'middle': 74, 'base': 98, 'large': 341}
+
+
+def count_with_linear_head(model: ShuffleMamba, num_classes: int = 1000) -> int:
+    params = sum(p.numel() for p in model.parameters())
+    return params + model.embed_dims * num_classes + num_classes
+
+
+@pytest.mark.parametrize('arch', sorted(PUBLISHED_PARAMS))
+def test_param_count_matches_published(arch):
+    count = count_with_linear_head(ShuffleMamba(arch=arch))
+    published = PUBLISHED_PARAMS[arch] * 1e6
+    assert abs(count - published) / published < 0.01, count
+
+
+def test_tiny_param_count_matches_rounded_published_figure():
+    # Vim-T is published as "7M"; the reference layout gives 7.148M (rounds to 7M).
+    count = count_with_linear_head(ShuffleMamba(arch='tiny'))
+    assert round(count / 1e6) == 7 and abs(count - 7.148e6) < 1e4, count
+
+
+def reference_tiny_keys():
+    """Vim-T (``vim_tiny_patch16_224``, head cls token, RMSNorm) keys: DESIGN.md 3."""
+    mixer = ['in_proj.weight', 'conv1d.weight', 'conv1d.bias', 'conv1d_b.weight',
+             'conv1d_b.bias', 'x_proj.weight', 'x_proj_b.weight', 'dt_proj.weight',
+             'dt_proj.bias', 'dt_proj_b.weight', 'dt_proj_b.bias', 'A_log', 'A_b_log', 'D',
+             'D_b', 'out_proj.weight']
+    keys = {'patch_embed.proj.weight', 'patch_embed.proj.bias', 'pos_embed', 'cls_token',
+            'norm_f.weight'}
+    for i in range(24):
+        keys.add(f'layers.{i}.norm.weight')
+        keys.update(f'layers.{i}.mixer.{name}' for name in mixer)
+    return keys
+
+
+def test_tiny_state_dict_follows_reference_layout():
+    state = ShuffleMamba(arch='tiny').state_dict()
+    assert set(state) == reference_tiny_keys()
+    assert state['pos_embed'].shape == (1, 197, 192)
+    assert state['layers.0.mixer.in_proj.weight'].shape == (768, 192)
+    assert state['layers.0.mixer.x_proj.weight'].shape == (12 + 32, 384)
+    assert state['layers.0.mixer.dt_proj.weight'].shape == (384, 12)
+    assert state['layers.0.mixer.A_log'].shape == (384, 16)
+    assert state['layers.0.mixer.conv1d.weight'].shape == (384, 1, 4)
+    assert state['layers.0.mixer.out_proj.weight'].shape == (192, 384)
+
+
+@pytest.mark.parametrize('cls_token', ['head', 'middle', None])
+@pytest.mark.parametrize('num_registers', [0, 3])
+@pytest.mark.parametrize('size', [(32, 32), (48, 80)])
+def test_output_shapes(cls_token, num_registers, size):
+    x = torch.randn(2, 3, *size)
+    h, w = size[0] // 8, size[1] // 8
+    tokens = h * w + (cls_token is not None) + num_registers
+    expected = {'raw': (2, tokens, 32), 'featmap': (2, 32, h, w), 'avg_featmap': (2, 32),
+                'cls_token': (2, 32)}
+    for out_type, shape in expected.items():
+        if out_type == 'cls_token' and cls_token is None:
+            continue
+        model = ShuffleMamba(**TINY, cls_token=cls_token, num_registers=num_registers,
+                             out_type=out_type, out_indices=[1, -1]).eval()
+        outs = model(x)
+        assert len(outs) == 2 and all(o.shape == shape for o in outs), (out_type, outs)
+
+
+def test_token_layout_positions():
+    model = ShuffleMamba(**TINY, cls_token='middle', out_type='raw').eval()
+    layout = model._layout(16)
+    assert layout.cls_index == 8 and layout.patch_index.tolist() == list(range(8)) + list(
+        range(9, 17))
+    regs = ShuffleMamba(**TINY, cls_token=None, num_registers=4, out_type='raw')._layout(16)
+    assert regs.register_index.tolist() == [2, 7, 12, 17]
+    assert sorted(regs.order.tolist()) == list(range(20))
+    # featmap returns the patch tokens in raster order, whatever the layout
+    x = torch.randn(1, 3, 32, 32)
+    for kwargs in (dict(cls_token='middle'), dict(cls_token='head', num_registers=3)):
+        raw_model = ShuffleMamba(**TINY, out_type='raw', **kwargs).eval()
+        fmap_model = ShuffleMamba(**TINY, out_type='featmap', **kwargs).eval()
+        fmap_model.load_state_dict(raw_model.state_dict())
+        raw = raw_model(x)[0]
+        fmap = fmap_model(x)[0]
+        patches = raw[:, raw_model._layout(16).patch_index]
+        torch.testing.assert_close(fmap.flatten(2).transpose(1, 2), patches)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = ShuffleMamba(**TINY)
+    with pytest.raises(ValueError, match='not a multiple of the patch size 8'):
+        model(torch.randn(1, 3, 32, 36))
+    with pytest.raises(ValueError, match='Expected 3 input channels, got 1'):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match='outside the depth'):
+        ShuffleMamba(**TINY, out_indices=[4])
+    with pytest.raises(ValueError, match='outside the depth'):
+        ShuffleMamba(**TINY, out_indices=-5)
+    with pytest.raises(ValueError, match='needs a class token'):
+        ShuffleMamba(**TINY, cls_token=None, out_type='cls_token')
+    with pytest.raises(ValueError, match='out_type'):
+        ShuffleMamba(**TINY, out_type='tokens')
+    with pytest.raises(ValueError, match='Unknown arch'):
+        ShuffleMamba(arch='huge')
+    with pytest.raises(ValueError, match=r"\['num_layers'\]"):
+        ShuffleMamba(arch=dict(embed_dims=8))
+    with pytest.raises(ValueError, match='img_size'):
+        ShuffleMamba(**dict(TINY, img_size=30))
+
+
+def test_pos_embed_resized_at_run_time_and_on_load():
+    torch.manual_seed(0)
+    src = ShuffleMamba(**TINY, cls_token='middle').eval()
+    dst = ShuffleMamba(**dict(TINY, img_size=48), cls_token='middle').eval()
+    dst.load_state_dict(src.state_dict())  # 4x4 grid -> 6x6 grid through the pre-hook
+    assert dst.pos_embed.shape == (1, 37, 32)
+    # the class-token slot travels to the middle of the new grid unchanged
+    torch.testing.assert_close(dst.pos_embed[:, 18], src.pos_embed[:, 8])
+    x = torch.randn(1, 3, 48, 48)
+    torch.testing.assert_close(dst(x)[0], src(x)[0])  # same bicubic resize either way
+    with pytest.raises(ValueError, match='different token layout'):
+        ShuffleMamba(**TINY, cls_token=None, out_type='avg_featmap').load_state_dict(
+            src.state_dict())
+
+
+def test_bidirectional_mixer_is_symmetric_under_reversal():
+    """Swapping the forward and backward parameter sets and reversing the sequence gives
+    the reversed output: the two branches really scan in opposite directions."""
+    torch.manual_seed(0)
+    mixer = BiMambaMixer(16, d_state=4).double()
+    swapped = BiMambaMixer(16, d_state=4).double()
+    state = mixer.state_dict()
+    renamed = {}
+    for key, value in state.items():
+        for a, b in (('conv1d.', 'conv1d_b.'), ('x_proj.', 'x_proj_b.'),
+                     ('dt_proj.', 'dt_proj_b.')):
+            if key.startswith(a):
+                key = b + key[len(a):]
+            elif key.startswith(b):
+                key = a + key[len(b):]
+        key = {'A_log': 'A_b_log', 'A_b_log': 'A_log', 'D': 'D_b', 'D_b': 'D'}.get(key, key)
+        renamed[key] = value
+    swapped.load_state_dict(renamed)
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    torch.testing.assert_close(swapped(x.flip(1)), mixer(x).flip(1))
+
+
+def test_optimizer_hints():
+    model = ShuffleMamba(**TINY, num_registers=2)
+    depth = {n: model.get_layer_depth(n, 'backbone.')[0] for n, _ in model.named_parameters(
+        prefix='backbone')}
+    assert depth['backbone.pos_embed'] == 0 and depth['backbone.patch_embed.proj.weight'] == 0
+    assert depth['backbone.layers.0.mixer.A_log'] == 1
+    assert depth['backbone.layers.3.norm.weight'] == 4
+    assert depth['backbone.norm_f.weight'] == 5
+    assert model.get_layer_depth('head.fc.weight', 'backbone.') == (5, 6)
+    assert {'pos_embed', 'cls_token', 'register_tokens', 'pos_embed_reg'} <= \
+        model.no_weight_decay()
+    flagged = {n for n, p in model.named_parameters() if getattr(p, '_no_weight_decay', False)}
+    assert {'layers.0.mixer.A_log', 'layers.0.mixer.A_b_log', 'layers.0.mixer.D',
+            'layers.0.mixer.D_b'} <= flagged
+    assert len(flagged) == 4 * 4
+
+
+def test_frozen_stages():
+    model = ShuffleMamba(**TINY, frozen_stages=2).train()
+    assert not model.pos_embed.requires_grad and not model.cls_token.requires_grad
+    assert not any(p.requires_grad for p in model.patch_embed.parameters())
+    assert not any(p.requires_grad for p in model.layers[1].parameters())
+    assert all(p.requires_grad for p in model.layers[2].parameters())
+    assert not model.layers[0].training and model.layers[2].training
+    with pytest.raises(ValueError, match='frozen_stages'):
+        ShuffleMamba(**TINY, frozen_stages=5)
+
+
+def test_training_step_updates_every_parameter_and_drop_path_schedule():
+    torch.manual_seed(0)
+    model = ShuffleMamba(**TINY, drop_path_rate=0.3, shuffle_rate=0.5).train()
+    rates = [getattr(layer.drop_path, 'drop_prob', 0.0) for layer in model.layers]
+    assert rates == pytest.approx([0.0, 0.0, 0.1, 0.2])
+    assert model.drop_path.drop_prob == pytest.approx(0.3)
+    out = model(torch.randn(2, 3, 32, 32))[0]
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
