@@ -10,6 +10,14 @@
 Each class is one shape (disk, square, triangle, cross, ring, ...) drawn in one hue on a
 noisy background, at a random position and size, so the labels are learnable but not
 constant images.
+
+``make_toy_ade20k`` writes the ADE20K layout (``images/{training,validation}/*.jpg``,
+``annotations/{training,validation}/*.png`` with labels 1..150 and 0 = "other", which
+``reduce_zero_label`` turns into the ignore index): a textured background region of one
+class and shapes of other classes, each class with its own hue, plus a thin frame of 0.
+
+``make_toy_coco`` writes the COCO instances layout (``annotations/instances_{split}.json``
+with polygon segmentations, ``{split}/*.jpg``) of the same kind of scenes.
 """
 import os
 import os.path as osp
@@ -17,7 +25,7 @@ from typing import List
 
 import numpy as np
 
-__all__ = ['make_toy_classification', 'TOY_SHAPES']
+__all__ = ['make_toy_classification', 'make_toy_ade20k', 'make_toy_coco', 'TOY_SHAPES']
 
 TOY_SHAPES = ('disk', 'square', 'triangle', 'cross', 'ring', 'hbar', 'vbar', 'diamond')
 _HUES = np.array([[230, 60, 50], [60, 200, 70], [50, 90, 230], [230, 210, 40],
@@ -88,3 +96,115 @@ def make_toy_classification(root: str,
             f.write('\n'.join(lines) + '\n')
     return classes
 
+
+
+# ADE20K label values (1-based, 0 = other) used by the toy scenes: background + shapes
+TOY_ADE_BACKGROUND = 1
+TOY_ADE_LABELS = {'disk': 3, 'square': 5, 'triangle': 8, 'cross': 13}
+
+
+def _scene(size: int, shapes: List[str], rng: np.random.Generator, max_objects: int = 3):
+    """Noisy background with 1..max_objects shapes that do not touch each other.
+
+    Returns the image and a list of ``(label, mask)``.
+    """
+    img = rng.normal(110, 20, (size, size, 3)).astype(np.float32)
+    occupied = np.zeros((size, size), bool)
+    objects = []
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        for _attempt in range(20):
+            label = int(rng.integers(len(shapes)))
+            r = rng.uniform(0.12, 0.22) * size
+            cy, cx = rng.uniform(r, size - r, 2)
+            mask = _shape_mask(shapes[label], size, cy, cx, r)
+            halo = _shape_mask('square', size, cy, cx, r + 2)
+            if mask.sum() >= 4 and not (halo & occupied).any():
+                break
+        else:
+            continue
+        occupied |= mask
+        img[mask] = _HUES[label] + rng.normal(0, 12, (int(mask.sum()), 3))
+        objects.append((label, mask))
+    return np.clip(img, 0, 255).astype(np.uint8), objects
+
+
+def make_toy_ade20k(root: str, num_train: int = 48, num_val: int = 12, img_size: int = 64,
+                    seed: int = 0) -> None:
+    """Write an ADE20K-layout dataset (see module docstring) under ``root``."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    shapes = list(TOY_ADE_LABELS)
+    for split, count in (('training', num_train), ('validation', num_val)):
+        os.makedirs(osp.join(root, 'images', split), exist_ok=True)
+        os.makedirs(osp.join(root, 'annotations', split), exist_ok=True)
+        for i in range(count):
+            img, objects = _scene(img_size, shapes, rng)
+            seg = np.full((img_size, img_size), TOY_ADE_BACKGROUND, np.uint8)
+            for label, mask in objects:
+                seg[mask] = TOY_ADE_LABELS[shapes[label]]
+            seg[:2], seg[-2:], seg[:, :2], seg[:, -2:] = 0, 0, 0, 0  # "other": ignored
+            name = f'ADE_{split}_{i:08d}'
+            Image.fromarray(img).save(osp.join(root, 'images', split, name + '.jpg'),
+                                      quality=95)
+            Image.fromarray(seg).save(osp.join(root, 'annotations', split, name + '.png'))
+
+
+def _mask_polygon(mask: np.ndarray) -> List[float]:
+    """A polygon around a binary mask: its convex hull (exact for the convex shapes)."""
+    ys, xs = np.nonzero(mask)
+    points = sorted(set(zip(xs.tolist(), ys.tolist())))
+    corners = []
+    for x, y in points:  # pixel corners so the hull covers whole pixels
+        corners += [(x, y), (x + 1, y), (x, y + 1), (x + 1, y + 1)]
+    corners = sorted(set(corners))
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower, upper = [], []
+    for p in corners:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    for p in reversed(corners):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    hull = lower[:-1] + upper[:-1]
+    return [float(v) for point in hull for v in point]
+
+
+TOY_COCO_CLASSES = ('disk', 'square', 'triangle')
+
+
+def make_toy_coco(root: str, num_train: int = 32, num_val: int = 8, img_size: int = 128,
+                  seed: int = 0) -> None:
+    """Write a COCO-instances-layout dataset of disks, squares and triangles."""
+    import json
+
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    shapes = list(TOY_COCO_CLASSES)
+    os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
+    categories = [dict(id=i + 1, name=name, supercategory='shape')
+                  for i, name in enumerate(shapes)]
+    for split, count in (('train2017', num_train), ('val2017', num_val)):
+        os.makedirs(osp.join(root, split), exist_ok=True)
+        images, annotations = [], []
+        for i in range(count):
+            img, objects = _scene(img_size, shapes, rng, max_objects=4)
+            file_name = f'{i:012d}.jpg'
+            Image.fromarray(img).save(osp.join(root, split, file_name), quality=95)
+            image_id = i + 1
+            images.append(dict(id=image_id, file_name=file_name, height=img_size,
+                               width=img_size))
+            for label, mask in objects:
+                ys, xs = np.nonzero(mask)
+                x0, y0 = float(xs.min()), float(ys.min())
+                w, h = float(xs.max() + 1) - x0, float(ys.max() + 1) - y0
+                annotations.append(dict(
+                    id=len(annotations) + 1, image_id=image_id, category_id=label + 1,
+                    bbox=[x0, y0, w, h], area=float(mask.sum()), iscrowd=0,
+                    segmentation=[_mask_polygon(mask)]))
+        with open(osp.join(root, 'annotations', f'instances_{split}.json'), 'w') as f:
+            json.dump(dict(images=images, annotations=annotations, categories=categories), f)

@@ -13,7 +13,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from mmshufflemamba.registry import MODELS
-from ..layers import LayerwiseShuffle, MambaBlock, build_norm
+from ..layers import LayerwiseShuffle, MambaBlock, SimplePyramid, build_norm
 from ..layers.block import DropPath
 from ..utils import resize_pos_embed
 
@@ -87,6 +87,13 @@ class ShuffleMamba(BaseModule):
             (``-1``: nothing).
         with_cp: Activation checkpointing in every block.
         mixer_cfg: Extra arguments of :class:`BiMambaMixer` (``d_state``, ``expand``, ...).
+        out_scales: For dense prediction: resample the ``featmap`` outputs into a
+            pyramid, output ``k`` by ``out_scales[k]`` (``(4, 2, 1, 0.5)`` gives strides
+            4/8/16/32 for patch size 16). Either one map per scale (``out_indices`` of the
+            same length, as BEiT) or one map for all scales (a single index, as ViTDet).
+            None: no pyramid (classification).
+        pyramid_norm: Norm inside the pyramid's upsamplers: ``'LN2d'`` (default; works on
+            one process), ``'GN'``, ``'BN'`` or ``'SyncBN'``.
         interpolate_mode: Mode for resizing the position embedding.
         init_cfg: mmengine init config (e.g. ``dict(type='Pretrained', checkpoint=...)``).
     """
@@ -117,6 +124,8 @@ class ShuffleMamba(BaseModule):
                  frozen_stages: int = -1,
                  with_cp: bool = False,
                  mixer_cfg: Optional[dict] = None,
+                 out_scales: Optional[Sequence[float]] = None,
+                 pyramid_norm: str = 'LN2d',
                  interpolate_mode: str = 'bicubic',
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
@@ -175,6 +184,7 @@ class ShuffleMamba(BaseModule):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.norm_f = build_norm(norm_type, C, norm_eps) if final_norm else nn.Identity()
         self._layouts: Dict[int, TokenLayout] = {}
+        self.pyramid = self._build_pyramid(out_scales, pyramid_norm)
 
         self._init_mamba_weights()
         self._register_load_state_dict_pre_hook(self._prepare_pos_embed)
@@ -205,6 +215,17 @@ class ShuffleMamba(BaseModule):
                                  f'{-self.num_layers}..{self.num_layers - 1}).')
             parsed.append(index % self.num_layers)
         return sorted(set(parsed))
+
+    def _build_pyramid(self, out_scales: Optional[Sequence[float]],
+                       norm_type: str) -> Optional[SimplePyramid]:
+        if out_scales is None:
+            return None
+        if self.out_type != 'featmap':
+            raise ValueError(f"out_scales needs out_type='featmap'; got {self.out_type!r}.")
+        if len(self.out_indices) not in (1, len(out_scales)):
+            raise ValueError(f'out_scales {tuple(out_scales)} needs one out_indices entry '
+                             f'per scale or a single one; got {self.out_indices}.')
+        return SimplePyramid(self.embed_dims, out_scales, norm_type)
 
     def _check_side(self, side: int, what: str) -> None:
         if side % self.patch_size:
@@ -409,6 +430,10 @@ class ShuffleMamba(BaseModule):
                 else:
                     tokens = residual + hidden
                 outs.append(self._format_output(tokens, layout, resolution))
+        if self.pyramid is not None:
+            if len(outs) == 1:
+                outs = outs * len(self.pyramid.scales)
+            return self.pyramid(outs)
         return tuple(outs)
 
     def _norm_f_dtype(self, stream: Tensor) -> torch.dtype:

@@ -1,9 +1,10 @@
 from .block import DropPath, MambaBlock
 from .mixer import BiMambaMixer
 from .norm import RMSNorm, build_norm
+from .pyramid import LayerNorm2d, SimplePyramid, build_norm2d
 from .shuffle import LayerwiseShuffle, shuffle_probabilities
 
 __all__ = [
     'BiMambaMixer', 'MambaBlock', 'DropPath', 'RMSNorm', 'build_norm', 'LayerwiseShuffle',
-    'shuffle_probabilities'
+    'shuffle_probabilities', 'SimplePyramid', 'LayerNorm2d', 'build_norm2d'
 ]

@@ -1,0 +1,105 @@
+"""Selective scan on CPU: this package's PyTorch scan against the textbook reference.
+
+Forward + backward time and peak extra memory at Vim-S sizes (batch 2, d_inner 768,
+d_state 16, variable B/C, z, D, delta_bias, softplus), measured side by side in one run.
+Every (implementation, L) pair runs in its own subprocess, so peak memory is that
+process's high-water RSS above its RSS once the inputs exist.
+
+    python benchmarks/bench_scan.py [--lengths 197 1024] [--repeats 3]
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+IMPLS = {
+    'torch': 'mmshufflemamba.ops.selective_scan_torch',
+    'reference': 'mmshufflemamba.ops.selective_scan_reference',
+}
+
+
+def rss_kib() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
+
+
+def worker(impl: str, length: int, repeats: int, batch: int, channels: int,
+           state: int) -> dict:
+    import importlib
+
+    import torch
+    module, name = IMPLS[impl].rsplit('.', 1)
+    fn = getattr(importlib.import_module(module), name)
+    g = torch.Generator().manual_seed(0)
+
+    def leaf(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).requires_grad_()
+
+    inputs = dict(u=leaf(batch, channels, length), delta=leaf(batch, channels, length, scale=0.5),
+                  A=(-torch.exp(leaf(channels, state, scale=0.3))).detach().requires_grad_(),
+                  B=leaf(batch, state, length), C=leaf(batch, state, length),
+                  D=leaf(channels), z=leaf(batch, channels, length),
+                  delta_bias=leaf(channels, scale=0.1))
+    baseline = rss_kib()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn(**inputs, delta_softplus=True)
+        out.sum().backward()
+        times.append(time.perf_counter() - start)
+        for tensor in inputs.values():
+            tensor.grad = None
+        del out
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return dict(impl=impl, length=length, seconds=min(times),
+                peak_mib=max(peak - baseline, 0) / 1024, threads=torch.get_num_threads())
+
+
+def run_worker(impl: str, length: int, repeats: int, args) -> dict:
+    cmd = [sys.executable, __file__, '--worker', impl, '--lengths', str(length), '--repeats',
+           str(repeats), '--batch', str(args.batch), '--channels', str(args.channels),
+           '--state', str(args.state)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f'{impl} at L={length} failed:\n{proc.stderr}')
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--lengths', type=int, nargs='+', default=[197, 1024])
+    parser.add_argument('--repeats', type=int, default=3,
+                        help='runs of the fast path (best is kept); the reference runs once')
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--channels', type=int, default=768, help='d_inner')
+    parser.add_argument('--state', type=int, default=16, help='d_state')
+    parser.add_argument('--worker', choices=sorted(IMPLS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.lengths[0], args.repeats, args.batch,
+                                args.channels, args.state)))
+        return
+
+    print(f'selective scan fwd+bwd, batch {args.batch}, d_inner {args.channels}, '
+          f'd_state {args.state}, float32, CPU')
+    header = (f'{"L":>6} | {"torch s":>9} | {"reference s":>11} | {"speed-up":>8} | '
+              f'{"torch MiB":>9} | {"reference MiB":>13} | {"memory ratio":>12}')
+    print(header)
+    print('-' * len(header))
+    for length in args.lengths:
+        fast = run_worker('torch', length, args.repeats, args)
+        ref = run_worker('reference', length, 1, args)
+        print(f'{length:>6} | {fast["seconds"]:>9.3f} | {ref["seconds"]:>11.2f} | '
+              f'{ref["seconds"] / fast["seconds"]:>7.1f}x | {fast["peak_mib"]:>9.0f} | '
+              f'{ref["peak_mib"]:>13.0f} | {fast["peak_mib"] / ref["peak_mib"]:>12.2f}',
+              flush=True)
+    print(f'(torch threads: {fast["threads"]}; memory ratio = torch / reference peak, '
+          'lower is better)')
+
+
+if __name__ == '__main__':
+    main()

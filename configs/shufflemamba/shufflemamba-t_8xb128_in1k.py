@@ -1,0 +1,61 @@
+# ShuffleMamba-T (plain Vim-T, head class token) on ImageNet-1k at 224, 8 GPUs x 128.
+# DeiT-style recipe of the reference scripts: AdamW (lr 5e-4 per 512 images), wd 0.1,
+# betas (0.9, 0.95), grad clip 3.0, 30 warmup epochs then cosine to 5e-6, RandAugment,
+# random erasing, mixup 0.8 / cutmix 1.0, label smoothing 0.1, EMA 0.9999, bf16 autocast.
+_base_ = [
+    'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['mmshufflemamba'], allow_failed_imports=False)
+
+model = dict(
+    type='ImageClassifier',
+    backbone=dict(
+        type='mmshufflemamba.ShuffleMamba',
+        arch='tiny',
+        img_size=224,
+        patch_size=16,
+        cls_token='head',
+        out_type='cls_token',
+        drop_path_rate=0.0,
+        shuffle_rate=0.1),
+    neck=None,
+    head=dict(
+        type='LinearClsHead',
+        num_classes=1000,
+        in_channels=192,
+        loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
+        init_cfg=dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.0)),
+    train_cfg=dict(augments=[
+        dict(type='Mixup', alpha=0.8),
+        dict(type='CutMix', alpha=1.0),
+    ]),
+)
+
+train_dataloader = dict(batch_size=128)
+val_dataloader = dict(batch_size=128)
+test_dataloader = val_dataloader
+
+optim_wrapper = dict(
+    type='AmpOptimWrapper',
+    dtype='bfloat16',
+    optimizer=dict(
+        type='AdamW', lr=5e-4 * 1024 / 512, weight_decay=0.1, eps=1e-8, betas=(0.9, 0.95)),
+    clip_grad=dict(max_norm=3.0),
+    constructor='mmshufflemamba.LayerDecayOptimWrapperConstructor',
+    # layer_decay_rate=1.0: no layer-wise decay, only the no-weight-decay groups
+    # (position embedding, class token, norms, biases, A_log/D and their _b twins)
+    paramwise_cfg=dict(layer_decay_rate=1.0),
+)
+
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, end=30,
+         convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', eta_min=5e-6, by_epoch=True, begin=30),
+]
+train_cfg = dict(by_epoch=True, max_epochs=300, val_interval=1)
+val_cfg = dict()
+test_cfg = dict()
+auto_scale_lr = dict(base_batch_size=1024)
+
+custom_hooks = [dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL')]

@@ -1,0 +1,83 @@
+# The built-in demo: the ShuffleMamba-T recipe on the generated toy dataset
+# (tools/dataset_converters/make_toy_data.py cls data/toy_cls), trainable on a CPU in
+# a few minutes. Overrides only data, image size, schedule and architecture size.
+_base_ = './shufflemamba-t_8xb128_in1k.py'
+
+data_root = 'data/toy_cls'
+classes = ('disk', 'square', 'triangle', 'cross')
+img_size = 32
+
+model = dict(
+    backbone=dict(
+        arch=dict(_delete_=True, embed_dims=64, num_layers=4),
+        img_size=img_size,
+        patch_size=8,
+        shuffle_rate=0.2,
+        mixer_cfg=dict(d_state=8)),
+    head=dict(num_classes=len(classes), in_channels=64),
+    # mixup/cutmix blur four-class toy labels too much for a few hundred iterations
+    train_cfg=dict(_delete_=True),
+)
+data_preprocessor = dict(num_classes=len(classes))
+
+# 32 px images: no RandAugment/erasing (sized for 224 px crops)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='PackInputs'),
+]
+train_dataloader = dict(
+    batch_size=32,
+    num_workers=0,
+    persistent_workers=False,
+    # an endless sampler: mmengine's iteration loop pauses 2 s at every epoch boundary
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(
+        _delete_=True,
+        type='CustomDataset',
+        data_root=data_root,
+        ann_file='meta/train.txt',
+        data_prefix='train',
+        metainfo=dict(classes=classes),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=32,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        _delete_=True,
+        type='CustomDataset',
+        data_root=data_root,
+        ann_file='meta/val.txt',
+        data_prefix='val',
+        metainfo=dict(classes=classes),
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='Accuracy', topk=(1, ))
+test_evaluator = val_evaluator
+
+# CPU float32 schedule: 240 iterations (60 epochs of 4 batches), 20 warmup iterations
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.1, eps=1e-8, betas=(0.9, 0.95)),
+    clip_grad=dict(max_norm=3.0),
+    constructor='mmshufflemamba.LayerDecayOptimWrapperConstructor',
+    paramwise_cfg=dict(layer_decay_rate=1.0))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-2, by_epoch=False, end=20),
+    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=False, begin=20, end=240),
+]
+train_cfg = dict(_delete_=True, by_epoch=False, max_iters=240, val_interval=80)
+auto_scale_lr = dict(enable=False)
+log_processor = dict(by_epoch=False)
+default_hooks = dict(
+    logger=dict(interval=10),
+    checkpoint=dict(by_epoch=False, interval=80, max_keep_ckpts=2))
+custom_hooks = [dict(type='EMAHook', momentum=0.05, priority='ABOVE_NORMAL')]
+env_cfg = dict(dist_cfg=dict(backend='gloo'))
+randomness = dict(seed=0)

@@ -1,0 +1,74 @@
+"""Multi-scale feature maps from a plain (single-stride) backbone.
+
+As in BEiT/Vim segmentation and ViTDet's simple pyramid: each map of stride ``s`` is
+resampled by a factor: ``4`` and ``2`` by 2x2 stride-2 transposed convolutions (a norm and
+GELU between two of them), ``1`` unchanged, ``0.5`` (and ``0.25``) by max-pooling.
+"""
+from typing import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ['LayerNorm2d', 'SimplePyramid', 'build_norm2d']
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map (works on one process, unlike SyncBN)."""
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                         self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def build_norm2d(norm_type: str, channels: int) -> nn.Module:
+    """``'LN2d'``, ``'GN'`` (32 groups or fewer), ``'BN'`` or ``'SyncBN'``."""
+    if norm_type == 'LN2d':
+        return LayerNorm2d(channels, eps=1e-6)
+    if norm_type == 'GN':
+        groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+        return nn.GroupNorm(groups, channels)
+    if norm_type == 'BN':
+        return nn.BatchNorm2d(channels)
+    if norm_type == 'SyncBN':
+        return nn.SyncBatchNorm(channels)
+    raise ValueError(f"pyramid norm must be 'LN2d', 'GN', 'BN' or 'SyncBN'; got {norm_type!r}.")
+
+
+def _resampler(scale: float, channels: int, norm_type: str) -> nn.Module:
+    if scale == 1:
+        return nn.Identity()
+    if scale in (2, 4, 8):
+        layers = []
+        for step in range(int(scale).bit_length() - 1):
+            if step:
+                layers += [build_norm2d(norm_type, channels), nn.GELU()]
+            layers.append(nn.ConvTranspose2d(channels, channels, 2, stride=2))
+        return nn.Sequential(*layers)
+    if scale in (0.5, 0.25):
+        kernel = int(round(1 / scale))
+        return nn.MaxPool2d(kernel, stride=kernel, ceil_mode=True)
+    raise ValueError(f'pyramid scales must be among 8, 4, 2, 1, 0.5, 0.25; got {scale}.')
+
+
+class SimplePyramid(nn.Module):
+    """Resample ``len(scales)`` maps ``(B, C, H, W)``, map ``k`` by ``scales[k]``.
+
+    Args:
+        channels: ``C`` of every map (kept).
+        scales: Resampling factor per output; ``(4, 2, 1, 0.5)`` turns stride 16 into
+            strides 4, 8, 16, 32.
+        norm_type: Norm between stacked transposed convs (see :func:`build_norm2d`).
+    """
+
+    def __init__(self, channels: int, scales: Sequence[float] = (4, 2, 1, 0.5),
+                 norm_type: str = 'LN2d'):
+        super().__init__()
+        self.scales = tuple(scales)
+        self.resamplers = nn.ModuleList(_resampler(s, channels, norm_type) for s in scales)
+
+    def forward(self, maps: Sequence[Tensor]) -> tuple:
+        if len(maps) != len(self.resamplers):
+            raise ValueError(f'SimplePyramid got {len(maps)} maps for {len(self.scales)} '
+                             f'scales {self.scales}.')
+        return tuple(resample(x) for resample, x in zip(self.resamplers, maps))
