@@ -9,11 +9,9 @@ import argparse
 import os
 import os.path as osp
 
-from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.config import DictAction
 
-import mmshufflemamba  # noqa: F401  (registries; lets torch load mmengine checkpoints)
+from mmshufflemamba.utils import build_runner, prepare_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -27,7 +25,7 @@ def parse_args() -> argparse.Namespace:
         const='auto',
         help='resume from CKPT, or from the latest checkpoint in the work dir if no '
         'path is given')
-    parser.add_argument('--amp', action='store_true', help='mixed-precision training')
+    parser.add_argument('--amp', action='store_true', help='mixed-precision training (GPU)')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -42,32 +40,25 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def enable_amp(cfg: Config) -> None:
+def enable_amp(cfg) -> None:
     """Switch the optimizer wrapper to automatic mixed precision."""
+    import torch
     wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
     if wrapper == 'AmpOptimWrapper':
         return
     if wrapper != 'OptimWrapper':
-        raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper or AmpOptimWrapper; '
+        raise SystemExit(f'--amp needs optim_wrapper.type OptimWrapper or AmpOptimWrapper; '
                          f'the config uses {wrapper}.')
-    import torch
     if not torch.cuda.is_available():
-        raise SystemExit('--amp uses mmengine\'s AmpOptimWrapper, which needs a GPU. On CPU, '
-                         'train in float32 (drop --amp).')
+        raise SystemExit("--amp uses mmengine's AmpOptimWrapper, which needs a GPU; on CPU "
+                         'train without --amp.')
     cfg.optim_wrapper.type = 'AmpOptimWrapper'
     cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
 
 
 def main() -> None:
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = prepare_config(args.config, args.launcher, args.cfg_options, args.work_dir)
     if args.amp:
         enable_amp(cfg)
     if args.resume == 'auto':
@@ -78,9 +69,7 @@ def main() -> None:
             raise SystemExit(f'--resume {args.resume}: no such checkpoint file.')
         cfg.resume = True
         cfg.load_from = args.resume
-
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    build_runner(cfg).train()
 
 
 if __name__ == '__main__':

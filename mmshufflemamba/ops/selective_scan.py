@@ -27,7 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['selective_scan', 'selective_scan_torch', 'selective_scan_reference']
+__all__ = [
+    'selective_scan', 'selective_scan_torch', 'selective_scan_reference',
+    'selective_scan_flops'
+]
 
 ScanOutput = Union[Tensor, Tuple[Tensor, Tensor]]
 
@@ -280,3 +283,18 @@ def selective_scan_reference(u: Tensor,
         y = y * F.silu(z.to(compute))
     y = y.to(dtype_in)
     return (y, h) if return_last_state else y
+
+
+def selective_scan_flops(batch: int, channels: int, length: int, state: int,
+                         with_D: bool = True, with_z: bool = True) -> int:
+    """Floating-point operations of one :func:`selective_scan` call (multiply-adds = 2).
+
+    Per element ``(b, d, t, n)``: ``delta * A`` (1), ``exp`` (1), ``delta * u * B`` (2),
+    ``h = a * h + b`` (2), ``C * h`` summed over ``n`` (2), plus ``softplus`` of delta
+    per ``(b, d, t)`` counted as 1 more per state: 9 per element. Per ``(b, d, t)``: the
+    ``D * u`` skip (2) and the ``silu(z)`` gate (5). Tracing FLOP counters see none of
+    this (it runs in a custom kernel or a Python loop), so tools add it explicitly.
+    """
+    flops = 9 * batch * channels * length * state
+    flops += (2 * with_D + 5 * with_z) * batch * channels * length
+    return flops

@@ -1,3 +1,9 @@
 from .checkpoint import allow_mmengine_checkpoint_globals, mmengine_checkpoint_globals
 
 __all__ = ['allow_mmengine_checkpoint_globals', 'mmengine_checkpoint_globals']
+from .model_io import TensorForward, build_model_from_config  # noqa: E402
+
+__all__ += ['build_model_from_config', 'TensorForward']
+from .runner import build_runner, init_cpu_distributed, prepare_config  # noqa: E402
+
+__all__ += ['prepare_config', 'build_runner', 'init_cpu_distributed']

@@ -21,6 +21,9 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
+NORM2D_TYPES = ('LN2d', 'GN', 'BN', 'SyncBN')
+
+
 def build_norm2d(norm_type: str, channels: int) -> nn.Module:
     """``'LN2d'``, ``'GN'`` (32 groups or fewer), ``'BN'`` or ``'SyncBN'``."""
     if norm_type == 'LN2d':
@@ -32,7 +35,7 @@ def build_norm2d(norm_type: str, channels: int) -> nn.Module:
         return nn.BatchNorm2d(channels)
     if norm_type == 'SyncBN':
         return nn.SyncBatchNorm(channels)
-    raise ValueError(f"pyramid norm must be 'LN2d', 'GN', 'BN' or 'SyncBN'; got {norm_type!r}.")
+    raise ValueError(f'pyramid norm must be one of {NORM2D_TYPES}; got {norm_type!r}.')
 
 
 def _resampler(scale: float, channels: int, norm_type: str) -> nn.Module:
@@ -64,6 +67,8 @@ class SimplePyramid(nn.Module):
     def __init__(self, channels: int, scales: Sequence[float] = (4, 2, 1, 0.5),
                  norm_type: str = 'LN2d'):
         super().__init__()
+        if norm_type not in NORM2D_TYPES:
+            raise ValueError(f'pyramid norm must be one of {NORM2D_TYPES}; got {norm_type!r}.')
         self.scales = tuple(scales)
         self.resamplers = nn.ModuleList(_resampler(s, channels, norm_type) for s in scales)
 

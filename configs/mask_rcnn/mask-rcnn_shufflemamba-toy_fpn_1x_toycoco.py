@@ -1,0 +1,66 @@
+# The built-in detection demo: the ShuffleMamba-T Mask R-CNN recipe on the generated toy
+# COCO-layout dataset (tools/dataset_converters/make_toy_data.py coco data/toy_coco).
+# Overrides only data (root, classes), sizes, schedule and architecture size.
+_base_ = './mask-rcnn_shufflemamba-t_fpn_1x_coco.py'
+
+data_root = 'data/toy_coco/'
+metainfo = dict(classes=('disk', 'square', 'triangle'))
+num_classes = 3
+embed_dims = 64
+
+model = dict(
+    backbone=dict(
+        arch=dict(_delete_=True, embed_dims=embed_dims, num_layers=4),
+        img_size=128,
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.0,
+        mixer_cfg=dict(d_state=8)),
+    neck=dict(in_channels=[embed_dims] * 4, out_channels=64),
+    rpn_head=dict(in_channels=64, feat_channels=64),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=64),
+        bbox_head=dict(in_channels=64, fc_out_channels=128, num_classes=num_classes),
+        mask_roi_extractor=dict(out_channels=64),
+        mask_head=dict(in_channels=64, conv_out_channels=64, num_classes=num_classes)))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    batch_sampler=None,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+
+optim_wrapper = dict(optimizer=dict(lr=1e-3))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=10),
+]
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=80, val_interval=1000)
+log_processor = dict(by_epoch=False)
+default_hooks = dict(
+    logger=dict(interval=10),
+    checkpoint=dict(by_epoch=False, interval=80, max_keep_ckpts=1))
+env_cfg = dict(dist_cfg=dict(backend='gloo'))
+randomness = dict(seed=0)

@@ -1,0 +1,6 @@
+_base_ = './upernet_shufflemamba-t_8xb2-160k_ade20k-512x512.py'
+embed_dims = 576
+model = dict(
+    backbone=dict(arch='middle', out_indices=(7, 15, 23, 31), drop_path_rate=0.3),
+    decode_head=dict(in_channels=[embed_dims] * 4),
+    auxiliary_head=dict(in_channels=embed_dims))

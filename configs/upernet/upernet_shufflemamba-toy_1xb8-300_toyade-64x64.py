@@ -1,0 +1,60 @@
+# The built-in dense-prediction demo: the ShuffleMamba-T UperNet recipe on the generated
+# toy ADE20K-layout dataset (tools/dataset_converters/make_toy_data.py ade data/toy_ade),
+# trainable on a CPU in a few minutes. Overrides only data, sizes, schedule and
+# architecture size.
+_base_ = './upernet_shufflemamba-t_8xb2-160k_ade20k-512x512.py'
+
+data_root = 'data/toy_ade'
+crop_size = (64, 64)
+embed_dims = 64
+
+data_preprocessor = dict(size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(
+        arch=dict(_delete_=True, embed_dims=embed_dims, num_layers=4),
+        img_size=crop_size,
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.0,
+        mixer_cfg=dict(d_state=8)),
+    decode_head=dict(in_channels=[embed_dims] * 4, channels=64),
+    auxiliary_head=dict(in_channels=embed_dims, channels=32),
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(43, 43)),
+)
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(256, 64), ratio_range=(0.75, 1.5), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(256, 64), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(
+    batch_size=8,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
+optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.01))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-2, by_epoch=False, begin=0, end=30),
+    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=30, end=300),
+]
+train_cfg = dict(max_iters=300, val_interval=300)
+default_hooks = dict(
+    logger=dict(interval=20),
+    checkpoint=dict(interval=300, max_keep_ckpts=1))
+env_cfg = dict(dist_cfg=dict(backend='gloo'))
+randomness = dict(seed=0)

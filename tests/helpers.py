@@ -1,0 +1,51 @@
+"""Running the tools as users do, and reading what they write."""
+import ast
+import glob
+import json
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+from typing import Dict, List
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def run_tool(*args: str, check: bool = True, timeout: int = 900, env: dict = None,
+             shell_script: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` (or ``bash <args>``) in the repository root."""
+    cmd = ['bash', *args] if shell_script else [sys.executable, *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
+    if check and proc.returncode:
+        raise AssertionError(f'{cmd} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n'
+                             f'{proc.stderr[-4000:]}')
+    return proc
+
+
+def printed_metrics(proc: subprocess.CompletedProcess) -> Dict[str, float]:
+    """The ``metrics: {...}`` line tools/test.py prints last."""
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith('metrics:')][-1]
+    return ast.literal_eval(line[len('metrics:'):].strip())
+
+
+def logged_scalars(work_dir: str) -> List[List[dict]]:
+    """The ``scalars.json`` records of each run in a work dir, oldest run first."""
+    records = []
+    for path in sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))):
+        with open(path) as f:
+            records.append([json.loads(line) for line in f if line.strip()])
+    return records
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def write_child_config(path, base: str, body: str) -> str:
+    """A config file that inherits ``base`` (a path under configs/) and adds ``body``."""
+    path.write_text(f"_base_ = '{osp.join(ROOT, base)}'\n{body}")
+    return str(path)

@@ -1,0 +1,82 @@
+"""FLOPs and parameters of a config's model at an input size.
+
+    python tools/analysis_tools/get_flops.py CONFIG [--shape 512 512]
+
+mmengine's tracing counter sees none of the selective scan (a custom kernel / Python loop),
+so its cost is added from the shapes the mixers see, with the formula of
+``mmshufflemamba.ops.selective_scan_flops``: ``9 * B * D * L * N`` per scan plus
+``7 * B * D * L`` for the ``D`` skip and the ``silu(z)`` gate, two scans (forward and
+backward direction) per mixer. FLOPs count a multiply-add as 2 for the scan; mmengine's
+counter counts one multiply-add as 1 FLOP, so the scan is converted to that convention
+(divided by 2) before adding. Detectors are measured for backbone + neck.
+"""
+import argparse
+
+import torch
+from mmengine.analysis import get_model_complexity_info
+from mmengine.config import DictAction
+
+from mmshufflemamba.models import BiMambaMixer
+from mmshufflemamba.ops import selective_scan_flops
+from mmshufflemamba.utils import TensorForward, build_model_from_config
+
+
+def count_scan_flops(model: torch.nn.Module, images: torch.Tensor) -> int:
+    """Scan FLOPs (multiply-add = 2) of one forward, from the mixers' input shapes."""
+    total = 0
+
+    def hook(mixer: BiMambaMixer, inputs, _output):
+        nonlocal total
+        batch, length, _ = inputs[0].shape
+        total += 2 * selective_scan_flops(batch, mixer.d_inner, length, mixer.d_state)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, BiMambaMixer)]
+    with torch.no_grad():
+        model(images)
+    for handle in handles:
+        handle.remove()
+    return total
+
+
+def human(value: float) -> str:
+    for unit, scale in (('T', 1e12), ('G', 1e9), ('M', 1e6), ('K', 1e3)):
+        if value >= scale:
+            return f'{value / scale:.2f}{unit}'
+    return f'{value:.0f}'
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config')
+    parser.add_argument('--shape', type=int, nargs=2, default=[512, 512], metavar=('H', 'W'))
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--show-table', action='store_true', help='per-module table')
+    args = parser.parse_args()
+
+    model, _ = build_model_from_config(args.config, args.cfg_options)
+    runner = TensorForward(model).eval()
+    images = torch.randn(1, 3, *args.shape)
+    scan_flops = count_scan_flops(runner, images)
+    info = get_model_complexity_info(runner, inputs=(images, ), show_table=args.show_table,
+                                     show_arch=False)
+    traced = info['flops']
+    scan_macs = scan_flops // 2  # mmengine's convention: one multiply-add = 1 FLOP
+    total = traced + scan_macs
+    params = sum(p.numel() for p in model.parameters())
+    if args.show_table:
+        print(info['out_table'])
+    print('=' * 60)
+    print(f'Config:        {args.config}')
+    print(f'Input shape:   (1, 3, {args.shape[0]}, {args.shape[1]}) [{runner.covers}]')
+    print(f'FLOPs (traced, without the selective scan): {human(traced)}')
+    print(f'FLOPs (selective scan, added):               {human(scan_macs)}')
+    print(f'FLOPs (total):                               {human(total)}')
+    print(f'Params:                                      {human(params)}')
+    print('(FLOPs count one multiply-add as one, as mmengine does)')
+    print('=' * 60)
+
+
+if __name__ == '__main__':
+    main()
