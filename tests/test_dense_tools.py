@@ -105,3 +105,10 @@ def test_get_flops_counts_the_scan():
     scan = lines['FLOPs (selective scan, added)']
     assert scan[-1] in 'KMG' and float(scan[:-1]) > 0, scan
     assert 'Params' in lines
+
+
+def test_benchmark_tool_reports_speed_and_memory():
+    for extra in ([], ['--train']):
+        proc = run_tool('tools/analysis_tools/benchmark.py', UPERNET, '--shape', '64', '64',
+                        '--warmup', '1', '--iters', '2', *extra)
+        assert 'images/s' in proc.stdout and 'peak memory' in proc.stdout, proc.stdout

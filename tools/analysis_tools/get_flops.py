@@ -13,7 +13,8 @@ counter counts one multiply-add as 1 FLOP, so the scan is converted to that conv
 import argparse
 
 import torch
-from mmengine.analysis import get_model_complexity_info
+from mmengine.analysis import FlopAnalyzer
+from mmengine.analysis.print_helper import complexity_stats_table
 from mmengine.config import DictAction
 
 from mmshufflemamba.models import BiMambaMixer
@@ -59,14 +60,13 @@ def main() -> None:
     runner = TensorForward(model).eval()
     images = torch.randn(1, 3, *args.shape)
     scan_flops = count_scan_flops(runner, images)
-    info = get_model_complexity_info(runner, inputs=(images, ), show_table=args.show_table,
-                                     show_arch=False)
-    traced = info['flops']
+    analyzer = FlopAnalyzer(runner, (images, ))
+    traced = analyzer.total()
     scan_macs = scan_flops // 2  # mmengine's convention: one multiply-add = 1 FLOP
     total = traced + scan_macs
     params = sum(p.numel() for p in model.parameters())
     if args.show_table:
-        print(info['out_table'])
+        print(complexity_stats_table(analyzer))
     print('=' * 60)
     print(f'Config:        {args.config}')
     print(f'Input shape:   (1, 3, {args.shape[0]}, {args.shape[1]}) [{runner.covers}]')

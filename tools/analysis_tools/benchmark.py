@@ -1,0 +1,88 @@
+"""Inference speed and memory of a config's model: images/s, latency, peak memory.
+
+    python tools/analysis_tools/benchmark.py CONFIG [--shape 512 512] [--batch-size 1]
+        [--warmup 2] [--iters 10] [--device cpu|cuda] [--train]
+
+Runs the model on random images (the whole network for classifiers and segmentors, the
+backbone + neck for detectors). ``--train`` times a forward + backward of the same graph
+(sum of the outputs as the loss) instead of inference. Peak memory is
+``torch.cuda.max_memory_allocated`` on CUDA and the process's peak resident memory above
+its level before the first run on CPU.
+"""
+import argparse
+import resource
+import time
+
+import torch
+from mmengine.config import DictAction
+
+from mmshufflemamba.utils import TensorForward, build_model_from_config
+
+
+def rss_mib() -> float:
+    with open('/proc/self/statm') as f:
+        import os
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
+def outputs_sum(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out.float().sum()
+    return sum(outputs_sum(o) for o in out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config')
+    parser.add_argument('--shape', type=int, nargs=2, default=[224, 224], metavar=('H', 'W'))
+    parser.add_argument('--batch-size', type=int, default=1)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--iters', type=int, default=10)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--train', action='store_true', help='time forward + backward')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    args = parser.parse_args()
+
+    model, _ = build_model_from_config(args.config, args.cfg_options)
+    runner = TensorForward(model).to(args.device)
+    runner.train(args.train)
+    images = torch.randn(args.batch_size, 3, *args.shape, device=args.device)
+    cuda = args.device.startswith('cuda')
+
+    def step():
+        if args.train:
+            outputs_sum(runner(images)).backward()
+            runner.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad():
+                runner(images)
+        if cuda:
+            torch.cuda.synchronize()
+
+    baseline = rss_mib()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.iters):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline
+    times.sort()
+    median = times[len(times) // 2]
+    mode = 'train step' if args.train else 'inference'
+    print(f'{args.config}: {mode}, {runner.covers}, batch {args.batch_size}, '
+          f'{args.shape[0]}x{args.shape[1]}, {args.device} ({torch.get_num_threads()} threads)')
+    print(f'latency (median of {args.iters}): {median * 1000:.1f} ms')
+    print(f'throughput: {args.batch_size / median:.2f} images/s')
+    print(f'peak memory: {peak:.0f} MiB')
+
+
+if __name__ == '__main__':
+    main()
