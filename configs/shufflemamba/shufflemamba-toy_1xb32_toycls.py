@@ -5,13 +5,14 @@ _base_ = './shufflemamba-t_8xb128_in1k.py'
 
 data_root = 'data/toy_cls'
 classes = ('disk', 'square', 'triangle', 'cross')
-img_size = 32
+img_size = 64
 
 model = dict(
     backbone=dict(
         arch=dict(_delete_=True, embed_dims=64, num_layers=4),
         img_size=img_size,
-        patch_size=8,
+        patch_size=16,
+        drop_path_rate=0.0,
         shuffle_rate=0.2,
         mixer_cfg=dict(d_state=8)),
     head=dict(num_classes=len(classes), in_channels=64),
@@ -20,7 +21,7 @@ model = dict(
 )
 data_preprocessor = dict(num_classes=len(classes))
 
-# 32 px images: no RandAugment/erasing (sized for 224 px crops)
+# 64 px images: no RandAugment/erasing (sized for 224 px crops)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
@@ -60,14 +61,15 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='Accuracy', topk=(1, ))
 test_evaluator = val_evaluator
 
-# CPU float32 schedule: 240 iterations (60 epochs of 4 batches), 20 warmup iterations
+# float32 on CPU (the real config's bf16 AmpOptimWrapper needs a GPU); same AdamW
+# settings, clipping and no-decay groups as the real config, a higher lr
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.1, eps=1e-8, betas=(0.9, 0.95)),
     clip_grad=dict(max_norm=3.0),
-    constructor='mmshufflemamba.LayerDecayOptimWrapperConstructor',
-    paramwise_cfg=dict(layer_decay_rate=1.0))
+    paramwise_cfg={{_base_.optim_wrapper.paramwise_cfg}})
+# schedule: 240 iterations (60 epochs of 4 batches), 20 warmup iterations
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-2, by_epoch=False, end=20),
     dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=False, begin=20, end=240),

@@ -72,7 +72,7 @@ def make_toy_classification(root: str,
                             num_classes: int = 4,
                             train_per_class: int = 32,
                             val_per_class: int = 8,
-                            img_size: int = 32,
+                            img_size: int = 64,
                             seed: int = 0) -> List[str]:
     """Write the dataset under ``root`` (see module docstring). Returns the class names."""
     from PIL import Image

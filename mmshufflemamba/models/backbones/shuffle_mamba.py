@@ -19,7 +19,7 @@ from ..utils import resize_pos_embed
 
 __all__ = ['ShuffleMamba']
 
-OUT_TYPES = ('raw', 'cls_token', 'featmap', 'avg_featmap')
+OUT_TYPES = ('raw', 'cls_token', 'featmap', 'avg_featmap', 'registers')
 CLS_TOKEN_LAYOUTS = ('head', 'middle', None)
 
 
@@ -72,7 +72,8 @@ class ShuffleMamba(BaseModule):
         out_indices: Blocks whose output is returned; negative values count from the end.
         out_type: ``'raw'`` (all tokens ``(B, T, C)``), ``'cls_token'`` (``(B, C)``),
             ``'featmap'`` (patch tokens ``(B, C, H/p, W/p)``) or ``'avg_featmap'``
-            (mean of patch tokens ``(B, C)``), as in mmpretrain.
+            (mean of patch tokens ``(B, C)``), as in mmpretrain; and ``'registers'``
+            (the register tokens ``(B, k, C)``, for the Mamba-Reg head).
         cls_token: ``'head'``, ``'middle'`` (Vim) or None (no class token).
         num_registers: Register tokens (Mamba-Reg), interleaved evenly.
         shuffle_rate: Shuffle probability of the last layer (``p_i = rate * i / (L-1)``).
@@ -95,6 +96,11 @@ class ShuffleMamba(BaseModule):
         pyramid_norm: Norm inside the pyramid's upsamplers: ``'LN2d'`` (default; works on
             one process), ``'GN'``, ``'BN'`` or ``'SyncBN'``.
         interpolate_mode: Mode for resizing the position embedding.
+        ckpt_cls_token: Where the class-token slot of ``pos_embed`` sits in checkpoints
+            loaded into a backbone *without* a class token (``'head'``: ShuffleMamba and
+            this package's classifiers; ``'middle'``: Vim's ``*midclstok*`` weights). The
+            slot is then dropped. Checkpoints loaded into a backbone with a class token
+            are taken to share its layout.
         init_cfg: mmengine init config (e.g. ``dict(type='Pretrained', checkpoint=...)``).
     """
     arch_zoo: Dict[str, dict] = {
@@ -127,6 +133,7 @@ class ShuffleMamba(BaseModule):
                  out_scales: Optional[Sequence[float]] = None,
                  pyramid_norm: str = 'LN2d',
                  interpolate_mode: str = 'bicubic',
+                 ckpt_cls_token: str = 'head',
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = self._parse_arch(arch)
@@ -142,6 +149,12 @@ class ShuffleMamba(BaseModule):
             raise ValueError(f'cls_token must be one of {CLS_TOKEN_LAYOUTS}; got {cls_token!r}.')
         if out_type not in OUT_TYPES:
             raise ValueError(f'out_type must be one of {OUT_TYPES}; got {out_type!r}.')
+        if out_type == 'registers' and not num_registers:
+            raise ValueError("out_type='registers' needs num_registers > 0.")
+        if ckpt_cls_token not in ('head', 'middle'):
+            raise ValueError(f"ckpt_cls_token must be 'head' or 'middle'; got {ckpt_cls_token!r}.")
+        self.ckpt_cls_token = ckpt_cls_token
+        self.norm_type = norm_type
         if out_type == 'cls_token' and cls_token is None:
             raise ValueError("out_type='cls_token' needs a class token: set cls_token to "
                              "'head' or 'middle', or use out_type='avg_featmap'.")
@@ -184,10 +197,11 @@ class ShuffleMamba(BaseModule):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.norm_f = build_norm(norm_type, C, norm_eps) if final_norm else nn.Identity()
         self._layouts: Dict[int, TokenLayout] = {}
+        self.load_report: dict = dict(dropped=[])
         self.pyramid = self._build_pyramid(out_scales, pyramid_norm)
 
         self._init_mamba_weights()
-        self._register_load_state_dict_pre_hook(self._prepare_pos_embed)
+        self._register_load_state_dict_pre_hook(self._adapt_checkpoint)
         self._freeze_stages()
 
     # ----------------------------------------------------------------- construction
@@ -261,7 +275,18 @@ class ShuffleMamba(BaseModule):
                 weight /= math.sqrt(self.num_layers)
 
     def init_weights(self) -> None:
-        """Weights are initialised at construction; a ``Pretrained`` init_cfg loads over them."""
+        """Weights are initialised at construction; a ``Pretrained`` init_cfg loads over
+        them through :meth:`_load_pretrained`, which logs and checks every key."""
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'}
+            if unknown:
+                raise ValueError(f'init_cfg keys {sorted(unknown)} are not understood by '
+                                 f'ShuffleMamba (type, checkpoint, prefix, map_location).')
+            self._load_pretrained(cfg['checkpoint'], cfg.get('prefix'),
+                                  cfg.get('map_location', 'cpu'))
+            self._is_init = True
+            return
         super().init_weights()
 
     def _freeze_stages(self) -> None:
@@ -318,15 +343,17 @@ class ShuffleMamba(BaseModule):
         """Slots of the stored ``pos_embed`` that are not patches (the class token)."""
         return int(self.cls_token_layout is not None)
 
-    def _cls_slot(self, num_patches: int) -> Optional[int]:
-        if self.cls_token_layout is None:
+    @staticmethod
+    def _cls_slot(layout: Optional[str], num_patches: int) -> Optional[int]:
+        """Index of the class-token slot in ``pos_embed`` for ``layout``."""
+        if layout is None:
             return None
-        return 0 if self.cls_token_layout == 'head' else num_patches // 2
+        return 0 if layout == 'head' else num_patches // 2
 
-    def _split_pos_embed(self, pos_embed: Tensor,
-                         num_patches: int) -> Tuple[Optional[Tensor], Tensor]:
+    def _split_pos_embed(self, pos_embed: Tensor, num_patches: int,
+                         layout: Optional[str]) -> Tuple[Optional[Tensor], Tensor]:
         """``(1, n, C)`` -> (class-token slot ``(1, 1, C)`` or None, patch part ``(1, M, C)``)."""
-        slot = self._cls_slot(num_patches)
+        slot = self._cls_slot(layout, num_patches)
         if slot is None:
             return None, pos_embed
         patches = torch.cat([pos_embed[:, :slot], pos_embed[:, slot + 1:]], dim=1)
@@ -334,34 +361,115 @@ class ShuffleMamba(BaseModule):
 
     def _patch_pos_embed(self, resolution: Tuple[int, int]) -> Tuple[Optional[Tensor], Tensor]:
         """Class slot and patch position embedding resized to ``resolution``."""
-        cls_pos, patch_pos = self._split_pos_embed(self.pos_embed,
-                                                   self._num_patches(self.patch_resolution))
+        cls_pos, patch_pos = self._split_pos_embed(
+            self.pos_embed, self._num_patches(self.patch_resolution), self.cls_token_layout)
         if resolution != self.patch_resolution:
             patch_pos = resize_pos_embed(patch_pos, self.patch_resolution, resolution,
                                          self.interpolate_mode)
         return cls_pos, patch_pos
 
-    def _prepare_pos_embed(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
-        """Load-time hook: resize a checkpoint's ``pos_embed`` of another grid to ours."""
+    def _adapt_checkpoint(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        """Load-time hook: fit a checkpoint of another grid or token layout to this model.
+
+        Refuses a checkpoint of the other norm type; resizes ``pos_embed`` to our patch
+        grid; moves, drops (when we have no class token, see ``ckpt_cls_token``) or keeps
+        its class-token slot; drops class/register tokens we do not have. Everything
+        dropped is recorded in ``self.load_report`` for the caller to log.
+        """
+        self.load_report = dict(dropped=[])
+        self._check_norm_type(state_dict, prefix)
         name = prefix + 'pos_embed'
+        unused = [('cls_token', self.cls_token_layout is None),
+                  ('register_tokens', not self.num_registers),
+                  ('pos_embed_reg', not self.num_registers)]
+        for key, absent_here in unused:
+            if absent_here and prefix + key in state_dict:
+                del state_dict[prefix + key]
+                self.load_report['dropped'].append(prefix + key)
         if name not in state_dict or state_dict[name].shape == self.pos_embed.shape:
             return
         ckpt = state_dict[name]
-        num_src = ckpt.shape[1] - self.num_extra_tokens
-        side = int(math.isqrt(num_src)) if num_src > 0 else 0
-        if side * side != num_src or ckpt.shape[2] != self.embed_dims:
+        num_src = ckpt.shape[1]
+        side = int(math.isqrt(num_src))
+        src_layout = None
+        if side * side != num_src:  # one extra slot: a class token
+            side = int(math.isqrt(num_src - 1))
+            src_layout = self.cls_token_layout or self.ckpt_cls_token
+        if side * side != ckpt.shape[1] - (src_layout is not None) \
+                or ckpt.shape[2] != self.embed_dims:
             raise ValueError(
                 f'Cannot load {name} of shape {tuple(ckpt.shape)} into a model whose '
-                f'pos_embed is {tuple(self.pos_embed.shape)} (cls_token='
-                f'{self.cls_token_layout!r}): the checkpoint has a different token layout '
-                f'or width. Convert it with tools/model_converters or match the config.')
-        cls_pos, patch_pos = self._split_pos_embed(ckpt, num_src)
+                f'pos_embed is {tuple(self.pos_embed.shape)} (width {self.embed_dims}, '
+                f'cls_token={self.cls_token_layout!r}): neither a square patch grid nor one '
+                f'plus a class-token slot of this width. Check arch/embed_dims, or convert '
+                f'the checkpoint with tools/model_converters.')
+        cls_pos, patch_pos = self._split_pos_embed(ckpt, side * side, src_layout)
         patch_pos = resize_pos_embed(patch_pos, (side, side), self.patch_resolution,
                                      self.interpolate_mode)
-        if cls_pos is not None:
-            slot = self._cls_slot(self._num_patches(self.patch_resolution))
+        if self.cls_token_layout is not None:
+            if cls_pos is None:
+                raise ValueError(f'{name} has no class-token slot but this model has '
+                                 f'cls_token={self.cls_token_layout!r}.')
+            slot = self._cls_slot(self.cls_token_layout,
+                                  self._num_patches(self.patch_resolution))
             patch_pos = torch.cat([patch_pos[:, :slot], cls_pos, patch_pos[:, slot:]], dim=1)
+        elif cls_pos is not None:
+            self.load_report['dropped'].append(
+                f'{name}[{self._cls_slot(src_layout, side * side)}] (class-token slot, '
+                f"ckpt_cls_token={src_layout!r})")
         state_dict[name] = patch_pos
+
+    def _check_norm_type(self, state_dict: dict, prefix: str) -> None:
+        """Refuse weights of the other norm type (LayerNorm has biases, RMSNorm none)."""
+        norm_weights = [k for k in state_dict if k.startswith(prefix + 'layers.')
+                        and k.endswith('.norm.weight')]
+        if not norm_weights:
+            return
+        ckpt_is_ln = any(k[:-len('weight')] + 'bias' in state_dict for k in norm_weights)
+        if ckpt_is_ln != (self.norm_type == 'LN'):
+            ckpt_norm = 'LN' if ckpt_is_ln else 'RMSNorm'
+            raise ValueError(
+                f"The checkpoint's blocks use {ckpt_norm} but this backbone has "
+                f"norm_type={self.norm_type!r}: the weights would load into the wrong "
+                f"norm. Set norm_type='{ckpt_norm}' in the backbone config.")
+
+    def _load_pretrained(self, checkpoint: str, prefix: Optional[str] = None,
+                         map_location: str = 'cpu') -> dict:
+        """Load ``init_cfg=dict(type='Pretrained', ...)`` and say what happened.
+
+        Missing keys (other than the new dense-prediction pyramid) and unexpected keys
+        are errors, not warnings: a backbone must never train from silently random
+        weights. Returns the report that is also logged.
+        """
+        from mmengine.logging import print_log
+        from mmengine.runner.checkpoint import CheckpointLoader
+        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
+        state = ckpt.get('state_dict', ckpt)
+        if prefix:
+            prefix = prefix if prefix.endswith('.') else prefix + '.'
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if not state:
+                raise ValueError(f'No key of {checkpoint} starts with prefix {prefix!r}; '
+                                 f'set init_cfg.prefix to the backbone prefix of that '
+                                 f'checkpoint (e.g. "backbone.") or remove it.')
+        result = self.load_state_dict(state, strict=False)
+        new_modules = [k for k in result.missing_keys if k.startswith('pyramid.')]
+        missing = [k for k in result.missing_keys if not k.startswith('pyramid.')]
+        report = dict(checkpoint=checkpoint,
+                      loaded=len(self.state_dict()) - len(result.missing_keys),
+                      dropped=self.load_report['dropped'], missing=missing,
+                      unexpected=list(result.unexpected_keys), new=new_modules)
+        print_log(
+            f"ShuffleMamba init from {checkpoint}: {report['loaded']} tensors loaded; "
+            f"missing keys: {missing or 'none'}; unexpected keys: "
+            f"{report['unexpected'] or 'none'}; dropped on purpose: "
+            f"{report['dropped'] or 'none'}; not in the checkpoint (new dense-prediction "
+            f"pyramid): {len(new_modules)} tensors", logger='current')
+        if missing or report['unexpected']:
+            raise ValueError(f'Pretrained weights do not fit this backbone: missing '
+                             f'{missing}, unexpected {report["unexpected"]}. Check arch, '
+                             f'token layout (cls_token/num_registers) and init_cfg.prefix.')
+        return report
 
     # ---------------------------------------------------------------------- forward
     def _layout(self, num_patches: int) -> TokenLayout:
@@ -405,6 +513,8 @@ class ShuffleMamba(BaseModule):
             return tokens
         if self.out_type == 'cls_token':
             return tokens[:, layout.cls_index]
+        if self.out_type == 'registers':
+            return tokens.index_select(1, layout.register_index.to(tokens.device))
         patches = tokens.index_select(1, layout.patch_index.to(tokens.device))
         if self.out_type == 'avg_featmap':
             return patches.mean(dim=1)

@@ -1,0 +1,36 @@
+# ShuffleMamba-Reg-B, stage 3 (reference run_reg.sh): 20 epochs of fine-tuning at 224 px
+# from the stage-2 weights, batch 8 x 64, lr 1e-5, wd 0.1, drop-path 0.4, shuffle 0.1,
+# label smoothing 0.1, RandAugment, full-image evaluation crop (crop ratio 1.0).
+_base_ = [
+    './shufflemamba-reg-b_8xb128-100e_in1k.py',
+]
+
+load_from = 'work_dirs/shufflemamba-reg-b_8xb128-100e_in1k/epoch_100.pth'
+model = dict(head=dict(loss=dict(_delete_=True, type='LabelSmoothLoss',
+                                 label_smooth_val=0.1, mode='original')))
+
+bgr_mean = [103.53, 116.28, 123.675]
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='RandomResizedCrop', scale=224, backend='pillow', interpolation='bicubic'),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='RandAugment', policies='timm_increasing', num_policies=2, total_level=10,
+         magnitude_level=9, magnitude_std=0.5,
+         hparams=dict(pad_val=[round(x) for x in bgr_mean], interpolation='bicubic')),
+    dict(type='PackInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='ResizeEdge', scale=224, edge='short', backend='pillow',
+         interpolation='bicubic'),
+    dict(type='CenterCrop', crop_size=224),
+    dict(type='PackInputs'),
+]
+train_dataloader = dict(batch_size=64, dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
+optim_wrapper = dict(optimizer=dict(lr=1e-5 * 512 / 512, weight_decay=0.1))
+param_scheduler = [dict(type='CosineAnnealingLR', eta_min=1e-6, by_epoch=True, begin=0)]
+train_cfg = dict(max_epochs=20)
+auto_scale_lr = dict(base_batch_size=512)

@@ -1,0 +1,43 @@
+"""Convert a reference checkpoint (Vim, VideoMamba, ShuffleMamba, Mamba-Reg) to mmpretrain.
+
+    python tools/model_converters/reference2mmpretrain.py SRC.pth DST.pth [--ema]
+
+Reads the ``model`` entry (``model_ema`` with ``--ema``; a bare state dict also works)
+and writes ``{'state_dict': ..., 'meta': ...}`` for ``ImageClassifier`` with a
+``mmshufflemamba.ShuffleMamba`` backbone. Match the backbone config to the weights:
+``cls_token='middle'`` for Vim's ``*midclstok*`` files, ``'head'`` for ShuffleMamba and
+VideoMamba, ``cls_token=None, num_registers=k, out_type='registers'`` with
+``RegisterClsHead`` for ``mambar_*``; ``norm_type`` as trained (RMSNorm for all of these).
+The reference files are trusted pickles: they load with ``weights_only=False``.
+"""
+import argparse
+
+import torch
+
+from mmshufflemamba.models.utils import is_register_model, reference_to_mmpretrain
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('src')
+    parser.add_argument('dst')
+    parser.add_argument('--ema', action='store_true', help='convert the model_ema entry')
+    args = parser.parse_args()
+    ckpt = torch.load(args.src, map_location='cpu', weights_only=False)
+    entry = 'model_ema' if args.ema else 'model'
+    if isinstance(ckpt, dict) and entry in ckpt:
+        reference = ckpt[entry]
+    elif args.ema:
+        raise SystemExit(f'{args.src} has no model_ema entry (keys: {list(ckpt)}).')
+    else:
+        reference = ckpt
+    state = reference_to_mmpretrain(reference)
+    meta = dict(converted_from=args.src, entry=entry, registers=is_register_model(reference))
+    torch.save({'state_dict': state, 'meta': meta}, args.dst)
+    print(f'{args.src} [{entry}] -> {args.dst}: {len(state)} tensors'
+          f'{" (register layout)" if meta["registers"] else ""}')
+
+
+if __name__ == '__main__':
+    main()
