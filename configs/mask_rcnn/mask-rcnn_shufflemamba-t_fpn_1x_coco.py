@@ -10,8 +10,12 @@ _base_ = [
 custom_imports = dict(imports=['mmshufflemamba'], allow_failed_imports=False)
 
 embed_dims = 192
-# Set to an ImageNet checkpoint of the same arch; None trains from scratch.
-pretrained = None
+# To start from ImageNet weights (an mmpretrain checkpoint of the same arch, e.g. made
+# with configs/shufflemamba/ or tools/model_converters/), add in a child config:
+#   model = dict(backbone=dict(init_cfg=dict(
+#       type='Pretrained', checkpoint='pretrain/shufflemamba-t_in1k.pth', prefix='backbone.')))
+# Its class-token slot is dropped (ckpt_cls_token says where it sits: 'head' by default,
+# 'middle' for Vim's midclstok weights) and every key is checked and logged.
 
 model = dict(
     backbone=dict(
@@ -26,9 +30,7 @@ model = dict(
         out_scales=(4, 2, 1, 0.5),
         pyramid_norm='LN2d',
         drop_path_rate=0.1,
-        shuffle_rate=0.0,
-        init_cfg=None if pretrained is None else dict(
-            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+        shuffle_rate=0.0),
     neck=dict(in_channels=[embed_dims] * 4))
 
 optim_wrapper = dict(

@@ -11,9 +11,12 @@ custom_imports = dict(imports=['mmshufflemamba'], allow_failed_imports=False)
 
 crop_size = (512, 512)
 embed_dims = 192
-# Set to an ImageNet checkpoint of the same arch (prefix 'backbone.' in mmpretrain
-# checkpoints), e.g. 'pretrain/shufflemamba-t_in1k.pth'; None trains from scratch.
-pretrained = None
+# To start from ImageNet weights (an mmpretrain checkpoint of the same arch, e.g. made
+# with configs/shufflemamba/ or tools/model_converters/), add in a child config:
+#   model = dict(backbone=dict(init_cfg=dict(
+#       type='Pretrained', checkpoint='pretrain/shufflemamba-t_in1k.pth', prefix='backbone.')))
+# Its class-token slot is dropped (ckpt_cls_token says where it sits: 'head' by default,
+# 'middle' for Vim's midclstok weights) and every key is checked and logged.
 
 data_preprocessor = dict(size=crop_size)
 model = dict(
@@ -32,9 +35,7 @@ model = dict(
         pyramid_norm='LN2d',
         drop_path_rate=0.1,
         # the paper fine-tunes dense prediction without shuffle; set > 0 to turn it on
-        shuffle_rate=0.0,
-        init_cfg=None if pretrained is None else dict(
-            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+        shuffle_rate=0.0),
     decode_head=dict(in_channels=[embed_dims] * 4, num_classes=150),
     auxiliary_head=dict(in_channels=embed_dims, in_index=2, num_classes=150),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)),
