@@ -10,9 +10,10 @@ from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import \
     OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import Registry
 
-__all__ = ['MODELS', 'DATASETS', 'OPTIM_WRAPPER_CONSTRUCTORS']
+__all__ = ['MODELS', 'DATASETS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'OPTIM_WRAPPERS']
 
 MODELS = Registry(
     'model',
@@ -27,5 +28,10 @@ DATASETS = Registry(
 OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     'optimizer wrapper constructor',
     parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
+    scope='mmshufflemamba',
+    locations=['mmshufflemamba.engine'])
+OPTIM_WRAPPERS = Registry(
+    'optim wrapper',
+    parent=MMENGINE_OPTIM_WRAPPERS,
     scope='mmshufflemamba',
     locations=['mmshufflemamba.engine'])

@@ -189,3 +189,13 @@ def test_training_step_updates_every_parameter_and_drop_path_schedule():
     out = model(torch.randn(2, 3, 32, 32))[0]
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_register_large_matches_published_count():
+    """Reg-L (DESIGN.md: ~341M): 16 registers, each reduced 8x, concatenated, normed."""
+    from mmshufflemamba.models import RegisterClsHead
+    backbone = ShuffleMamba(arch='large', cls_token=None, num_registers=16,
+                            out_type='registers')
+    head = RegisterClsHead(1000, 1024, 16, reduction=8)
+    count = sum(p.numel() for m in (backbone, head) for p in m.parameters())
+    assert abs(count - 341e6) / 341e6 < 0.01, count

@@ -39,5 +39,5 @@ def test_config_builds(config):
     proc = subprocess.run([sys.executable, '-c', BUILD, config], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    scope, params = proc.stdout.split()
+    scope, params = proc.stdout.strip().splitlines()[-1].split()
     assert scope in ('mmpretrain', 'mmseg', 'mmdet') and int(params) > 0

@@ -25,7 +25,9 @@ def parse_args() -> argparse.Namespace:
         const='auto',
         help='resume from CKPT, or from the latest checkpoint in the work dir if no '
         'path is given')
-    parser.add_argument('--amp', action='store_true', help='mixed-precision training (GPU)')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision: AmpOptimWrapper (float16, loss scaling) on '
+                        'GPUs, bfloat16 autocast on CPU')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -41,19 +43,20 @@ def parse_args() -> argparse.Namespace:
 
 
 def enable_amp(cfg) -> None:
-    """Switch the optimizer wrapper to automatic mixed precision."""
+    """Switch the optimizer wrapper to mixed precision for the machine at hand."""
     import torch
     wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-    if wrapper == 'AmpOptimWrapper':
+    if wrapper in ('AmpOptimWrapper', 'mmshufflemamba.AutocastOptimWrapper'):
         return
     if wrapper != 'OptimWrapper':
-        raise SystemExit(f'--amp needs optim_wrapper.type OptimWrapper or AmpOptimWrapper; '
-                         f'the config uses {wrapper}.')
-    if not torch.cuda.is_available():
-        raise SystemExit("--amp uses mmengine's AmpOptimWrapper, which needs a GPU; on CPU "
-                         'train without --amp.')
-    cfg.optim_wrapper.type = 'AmpOptimWrapper'
-    cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        raise SystemExit(f'--amp needs optim_wrapper.type OptimWrapper; the config uses '
+                         f'{wrapper}.')
+    if torch.cuda.is_available():
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    else:  # mmengine's AmpOptimWrapper needs a GPU
+        cfg.optim_wrapper.type = 'mmshufflemamba.AutocastOptimWrapper'
+        cfg.optim_wrapper.setdefault('dtype', 'bfloat16')
 
 
 def main() -> None:
