@@ -10,10 +10,11 @@ from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import \
     OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import Registry
 
-__all__ = ['MODELS', 'DATASETS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'OPTIM_WRAPPERS']
+__all__ = ['MODELS', 'DATASETS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'OPTIM_WRAPPERS', 'HOOKS']
 
 MODELS = Registry(
     'model',
@@ -35,3 +36,5 @@ OPTIM_WRAPPERS = Registry(
     parent=MMENGINE_OPTIM_WRAPPERS,
     scope='mmshufflemamba',
     locations=['mmshufflemamba.engine'])
+HOOKS = Registry(
+    'hook', parent=MMENGINE_HOOKS, scope='mmshufflemamba', locations=['mmshufflemamba.engine'])

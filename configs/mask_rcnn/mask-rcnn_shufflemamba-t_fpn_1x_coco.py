@@ -39,3 +39,5 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     constructor='mmshufflemamba.LayerDecayOptimWrapperConstructor',
     paramwise_cfg=dict(layer_decay_rate=0.9))
+# saves torch's random state (shuffle permutations, drop-path) so that --resume is exact
+custom_hooks = [dict(type='mmshufflemamba.RNGStateHook')]

@@ -67,4 +67,8 @@ val_cfg = dict()
 test_cfg = dict()
 auto_scale_lr = dict(base_batch_size=1024)
 
-custom_hooks = [dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL')]
+custom_hooks = [
+    dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL'),
+    # saves torch's random state (shuffle permutations) so that --resume is exact
+    dict(type='mmshufflemamba.RNGStateHook'),
+]

@@ -80,6 +80,9 @@ log_processor = dict(by_epoch=False)
 default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(by_epoch=False, interval=80, max_keep_ckpts=2))
-custom_hooks = [dict(type='EMAHook', momentum=0.05, priority='ABOVE_NORMAL')]
+custom_hooks = [
+    dict(type='EMAHook', momentum=0.05, priority='ABOVE_NORMAL'),
+    dict(type='mmshufflemamba.RNGStateHook'),
+]
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)

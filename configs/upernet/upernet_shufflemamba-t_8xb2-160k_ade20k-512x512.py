@@ -54,3 +54,5 @@ param_scheduler = [
 train_dataloader = dict(batch_size=2)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
+# saves torch's random state (shuffle permutations, drop-path) so that --resume is exact
+custom_hooks = [dict(type='mmshufflemamba.RNGStateHook')]

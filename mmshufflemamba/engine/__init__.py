@@ -1,4 +1,5 @@
 from .autocast import AutocastOptimWrapper
 from .layer_decay import LayerDecayOptimWrapperConstructor
+from .rng_state import RNGStateHook
 
-__all__ = ['LayerDecayOptimWrapperConstructor', 'AutocastOptimWrapper']
+__all__ = ['LayerDecayOptimWrapperConstructor', 'AutocastOptimWrapper', 'RNGStateHook']

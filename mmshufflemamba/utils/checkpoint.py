@@ -26,8 +26,8 @@ __all__ = [
 
 # dtypes whose scalars/arrays mmengine's logs and meta may hold
 _DEFAULT_STATISTICS = {'min', 'max', 'current', 'mean'}
-_DTYPES = ('bool', 'uint8', 'int8', 'int16', 'int32', 'int64', 'float16', 'float32',
-           'float64')
+_DTYPES = ('bool', 'uint8', 'int8', 'int16', 'int32', 'int64', 'uint32', 'uint64', 'float16',
+           'float32', 'float64')
 
 
 def history_buffer_getattr(obj: object, name: str) -> object:
