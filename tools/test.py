@@ -7,11 +7,11 @@ Prints the metrics as a last line ``metrics: {...}``.
 """
 import argparse
 import os
-import os.path as osp
 
 from mmengine.config import DictAction
 
-from mmshufflemamba.utils import build_runner, prepare_config
+from mmshufflemamba.utils import (build_runner, check_checkpoint_file, check_data_paths,
+                                  prepare_config)
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,9 +34,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f'checkpoint {args.checkpoint}: no such file.')
+    check_checkpoint_file(args.checkpoint)
     cfg = prepare_config(args.config, args.launcher, args.cfg_options, args.work_dir)
+    check_data_paths(cfg, ['test_dataloader'])
     cfg.load_from = args.checkpoint
     metrics = build_runner(cfg).test()
     print('metrics:', {k: round(float(v), 4) for k, v in metrics.items()})

@@ -7,11 +7,11 @@ The codebase comes from the config's ``default_scope``; nothing here is specific
 """
 import argparse
 import os
-import os.path as osp
 
 from mmengine.config import DictAction
 
-from mmshufflemamba.utils import build_runner, prepare_config
+from mmshufflemamba.utils import (build_runner, check_checkpoint_file, check_data_paths,
+                                  prepare_config)
 
 
 def parse_args() -> argparse.Namespace:
@@ -65,13 +65,16 @@ def main() -> None:
     if args.amp:
         enable_amp(cfg)
     if args.resume == 'auto':
+        from mmengine.runner import find_latest_checkpoint
         cfg.resume = True
-        cfg.load_from = None
+        cfg.load_from = find_latest_checkpoint(cfg.work_dir)  # None: start afresh
     elif args.resume is not None:
-        if not osp.isfile(args.resume):
-            raise SystemExit(f'--resume {args.resume}: no such checkpoint file.')
         cfg.resume = True
         cfg.load_from = args.resume
+    if cfg.get('load_from'):
+        check_checkpoint_file(cfg.load_from)
+    check_data_paths(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg')
+                                                   is not None else []))
     build_runner(cfg).train()
 
 

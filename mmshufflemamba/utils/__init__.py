@@ -4,6 +4,10 @@ __all__ = ['allow_mmengine_checkpoint_globals', 'mmengine_checkpoint_globals']
 from .model_io import TensorForward, build_model_from_config  # noqa: E402
 
 __all__ += ['build_model_from_config', 'TensorForward']
-from .runner import build_runner, init_cpu_distributed, prepare_config  # noqa: E402
+from .runner import (build_runner, check_checkpoint_file, check_data_paths,  # noqa: E402
+                     init_cpu_distributed, prepare_config)
 
-__all__ += ['prepare_config', 'build_runner', 'init_cpu_distributed']
+__all__ += [
+    'prepare_config', 'build_runner', 'init_cpu_distributed', 'check_data_paths',
+    'check_checkpoint_file'
+]

@@ -1,13 +1,17 @@
 """What tools/train.py and tools/test.py share: config set-up and building the runner."""
 import datetime
 import os
+import zipfile
 import os.path as osp
 import warnings
 from typing import Optional
 
 import torch
 
-__all__ = ['prepare_config', 'build_runner', 'init_cpu_distributed']
+__all__ = [
+    'prepare_config', 'build_runner', 'init_cpu_distributed', 'check_data_paths',
+    'check_checkpoint_file'
+]
 
 
 def prepare_config(config: str, launcher: str = 'none', cfg_options: Optional[dict] = None,
@@ -66,3 +70,30 @@ def build_runner(cfg):
     from mmengine.runner import Runner
     init_cpu_distributed(cfg)
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+
+
+def check_data_paths(cfg, loaders=('train_dataloader', 'val_dataloader', 'test_dataloader')):
+    """Stop with a clear message when a dataset's ``data_root`` does not exist."""
+    for name in loaders:
+        dataset = (cfg.get(name) or {}).get('dataset')
+        path = f'{name}.dataset'
+        while dataset:  # wrappers (RepeatDataset, ...) nest the real dataset
+            root = dataset.get('data_root')
+            if root and not osp.isdir(root):
+                raise SystemExit(
+                    f"{path}.data_root '{root}' does not exist. Point it at the dataset "
+                    f"(e.g. --cfg-options {path}.data_root=PATH), or for the toy configs "
+                    f'generate it: python tools/dataset_converters/make_toy_data.py '
+                    f'{{cls,ade,coco}} {root}')
+            dataset, path = dataset.get('dataset'), path + '.dataset'
+
+
+def check_checkpoint_file(path: str) -> None:
+    """Stop with a clear message for a missing, truncated or corrupt checkpoint file."""
+    if not osp.isfile(path):
+        raise SystemExit(f'checkpoint {path}: no such file.')
+    if not zipfile.is_zipfile(path):
+        raise SystemExit(
+            f'checkpoint {path} is not a readable torch checkpoint (truncated or corrupt, '
+            f'e.g. written by a run that was interrupted while saving it). Use an earlier '
+            f'checkpoint of the same run (--resume PATH) or fetch the file again.')

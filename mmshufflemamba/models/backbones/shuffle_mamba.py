@@ -378,6 +378,7 @@ class ShuffleMamba(BaseModule):
         """
         self.load_report = dict(dropped=[])
         self._check_norm_type(state_dict, prefix)
+        self._check_depth(state_dict, prefix)
         name = prefix + 'pos_embed'
         unused = [('cls_token', self.cls_token_layout is None),
                   ('register_tokens', not self.num_registers),
@@ -418,6 +419,17 @@ class ShuffleMamba(BaseModule):
                 f'{name}[{self._cls_slot(src_layout, side * side)}] (class-token slot, '
                 f"ckpt_cls_token={src_layout!r})")
         state_dict[name] = patch_pos
+
+    def _check_depth(self, state_dict: dict, prefix: str) -> None:
+        """Refuse weights of another depth (a different ``arch``)."""
+        start = len(prefix + 'layers.')
+        ids = {int(k[start:].split('.')[0]) for k in state_dict
+               if k.startswith(prefix + 'layers.')}
+        if ids and max(ids) + 1 != self.num_layers:
+            raise ValueError(
+                f'The checkpoint has {max(ids) + 1} blocks but this backbone has '
+                f'{self.num_layers} (arch {self.arch_settings}): it is a checkpoint of '
+                f'another architecture. Set arch to the one the checkpoint was trained with.')
 
     def _check_norm_type(self, state_dict: dict, prefix: str) -> None:
         """Refuse weights of the other norm type (LayerNorm has biases, RMSNorm none)."""
