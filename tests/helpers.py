@@ -49,3 +49,11 @@ def write_child_config(path, base: str, body: str) -> str:
     """A config file that inherits ``base`` (a path under configs/) and adds ``body``."""
     path.write_text(f"_base_ = '{osp.join(ROOT, base)}'\n{body}")
     return str(path)
+
+
+def data_overrides(root: str) -> str:
+    """Config lines that point the train/val/test datasets of a toy config at ``root``."""
+    return (f"data_root = '{root}'\n"
+            'train_dataloader = dict(dataset=dict(data_root=data_root))\n'
+            'val_dataloader = dict(dataset=dict(data_root=data_root))\n'
+            'test_dataloader = val_dataloader\n')

@@ -4,7 +4,6 @@ import sys
 import textwrap
 
 import pytest
-import torch
 from torch import nn
 
 from mmshufflemamba.engine import LayerDecayOptimWrapperConstructor

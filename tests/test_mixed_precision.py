@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from helpers import logged_scalars, run_tool, write_child_config
+from helpers import data_overrides, logged_scalars, run_tool, write_child_config
 
 from mmshufflemamba.datasets import make_toy_ade20k, make_toy_classification
 from mmshufflemamba.models import MambaBlock
@@ -55,10 +55,7 @@ def test_bf16_training_is_finite(tmp_path, name):
     make(data)
     child = write_child_config(
         tmp_path / 'cfg.py', config,
-        f"data_root = '{data}'\n"
-        'train_dataloader = dict(dataset=dict(data_root=data_root))\n'
-        'val_dataloader = dict(dataset=dict(data_root=data_root))\n'
-        'test_dataloader = val_dataloader\n'
+        data_overrides(data) +
         'train_cfg = dict(max_iters=8, val_interval=1000)\n'
         # a clip that never bites, so that the gradient norm is logged
         'optim_wrapper = dict(clip_grad=dict(max_norm=1e9))\n'

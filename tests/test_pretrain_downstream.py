@@ -4,19 +4,12 @@ import re
 
 import pytest
 import torch
-from helpers import printed_metrics, run_tool, write_child_config
+from helpers import data_overrides, printed_metrics, run_tool, write_child_config
 
 from mmshufflemamba.datasets import make_toy_ade20k, make_toy_classification
 
 CLS = 'configs/shufflemamba/shufflemamba-toy_1xb32_toycls.py'
 UPERNET = 'configs/upernet/upernet_shufflemamba-toy_1xb8-300_toyade-64x64.py'
-
-
-def data_overrides(root):
-    return (f"data_root = '{root}'\n"
-            'train_dataloader = dict(dataset=dict(data_root=data_root))\n'
-            'val_dataloader = dict(dataset=dict(data_root=data_root))\n'
-            'test_dataloader = val_dataloader\n')
 
 
 @pytest.mark.slow

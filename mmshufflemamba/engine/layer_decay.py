@@ -16,7 +16,6 @@ names (position embeddings, class/register tokens).
 """
 from typing import Dict, List, Tuple
 
-import torch
 from mmengine.dist import get_dist_info
 from mmengine.logging import MMLogger
 from mmengine.optim import DefaultOptimWrapperConstructor

@@ -1,7 +1,6 @@
 """The Mamba-Reg classification head: registers -> (reduction, norm) -> linear."""
 from typing import Optional, Tuple
 
-import torch
 from mmpretrain.models.heads import ClsHead
 from torch import Tensor, nn
 

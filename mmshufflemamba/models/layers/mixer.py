@@ -1,7 +1,6 @@
 """The bidirectional Mamba mixer of Vision Mamba ("bimamba v2")."""
 import math
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmshufflemamba.ops import causal_conv1d, selective_scan
