@@ -199,3 +199,17 @@ def test_register_large_matches_published_count():
     head = RegisterClsHead(1000, 1024, 16, reduction=8)
     count = sum(p.numel() for m in (backbone, head) for p in m.parameters())
     assert abs(count - 341e6) / 341e6 < 0.01, count
+
+
+def test_activation_checkpointing_gives_the_same_values_and_gradients():
+    torch.manual_seed(0)
+    plain = ShuffleMamba(**TINY).train()
+    checkpointed = ShuffleMamba(**TINY, with_cp=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    outs = [model(x)[0] for model in (plain, checkpointed)]
+    torch.testing.assert_close(outs[0], outs[1])
+    for out in outs:
+        out.square().sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
