@@ -337,11 +337,6 @@ class ShuffleMamba(BaseModule):
         return num_layers - 1, num_layers
 
     # ------------------------------------------------------------ position embedding
-    @property
-    def num_extra_tokens(self) -> int:
-        """Slots of the stored ``pos_embed`` that are not patches (the class token)."""
-        return int(self.cls_token_layout is not None)
-
     @staticmethod
     def _cls_slot(layout: Optional[str], num_patches: int) -> Optional[int]:
         """Index of the class-token slot in ``pos_embed`` for ``layout``."""
