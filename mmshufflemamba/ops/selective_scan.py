@@ -11,6 +11,10 @@ for every channel ``d`` and state ``n``::
 Backends, chosen per call:
 
 * ``mamba_ssm``'s fused CUDA kernel when the tensors are on CUDA and it imports;
+* :func:`selective_scan_cpu`, this package's compiled C++ kernel, for CPU tensors: forward
+  and a backward that recomputes the states chunk by chunk from checkpoints (so it stores
+  ``L / 64`` states per row instead of ``L``), everything fused; built on first use (see
+  :mod:`mmshufflemamba.ops.cpu_kernel`);
 * otherwise :func:`selective_scan_torch`, this package's PyTorch implementation, which runs
   on any device: one autograd function whose only sequential part is one fused
   multiply-add per step on contiguous time-major slices, forward and backward (the
@@ -27,8 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .cpu_kernel import load_cpu_kernel
+
 __all__ = [
-    'selective_scan', 'selective_scan_torch', 'selective_scan_reference',
+    'selective_scan', 'selective_scan_cpu', 'selective_scan_torch', 'selective_scan_reference',
     'selective_scan_flops'
 ]
 
@@ -141,6 +147,19 @@ def _check_inputs(u: Tensor, delta: Tensor, A: Tensor) -> None:
         raise NotImplementedError('complex A is not supported by mmshufflemamba.')
 
 
+def _check_matrix(M: Tensor, u: Tensor, name: str) -> None:
+    batch, channels, length = u.shape
+    if M.dim() == 2 and M.shape[0] == channels:
+        return
+    if M.dim() in (3, 4) and M.shape[0] == batch and M.shape[-1] == length:
+        if M.dim() == 4 and channels % M.shape[1]:
+            raise ValueError(f'{name} has {M.shape[1]} groups, which do not divide the '
+                             f'{channels} channels of u.')
+        return
+    raise ValueError(f'{name} must have shape (D, N), (B, N, L) or (B, G, N, L) with '
+                     f'(B, D, L) = {tuple(u.shape)}; got {tuple(M.shape)}.')
+
+
 def selective_scan_torch(u: Tensor,
                          delta: Tensor,
                          A: Tensor,
@@ -189,6 +208,82 @@ def _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     return y.to(dtype_in)
 
 
+def _kernel_layout(M: Tensor) -> Tensor:
+    """B or C as the compiled kernel reads it: ``(D, N)`` or ``(b, G, L, N)``, contiguous."""
+    if M.dim() == 2:
+        return M.contiguous()
+    if M.dim() == 3:
+        M = M.unsqueeze(1)
+    return M.transpose(2, 3).contiguous()
+
+
+class _CompiledScan(torch.autograd.Function):
+    """The whole scan (bias, softplus, D, z included) in the compiled CPU kernel."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
+                delta_softplus: bool) -> Tensor:
+        kernel = load_cpu_kernel()
+        B_k, C_k = _kernel_layout(B), _kernel_layout(C)
+        out, checkpoints = kernel.forward(u, delta, A, B_k, C_k, D, z, delta_bias,
+                                          delta_softplus)
+        ctx.save_for_backward(u, delta, A, B_k, C_k, D, z, delta_bias, checkpoints)
+        ctx.delta_softplus = delta_softplus
+        ctx.matrix_shapes = (B.shape, C.shape)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        u, delta, A, B_k, C_k, D, z, delta_bias, checkpoints = ctx.saved_tensors
+        grads = load_cpu_kernel().backward(grad_out.contiguous(), u, delta, A, B_k, C_k, D, z,
+                                           delta_bias, ctx.delta_softplus, checkpoints)
+        grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias = grads
+        grad_B, grad_C = (g if g.dim() == 2 else g.transpose(2, 3).reshape(shape)
+                          for g, shape in zip((grad_B, grad_C), ctx.matrix_shapes))
+        return grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias, None
+
+
+def selective_scan_cpu(u: Tensor,
+                       delta: Tensor,
+                       A: Tensor,
+                       B: Tensor,
+                       C: Tensor,
+                       D: Optional[Tensor] = None,
+                       z: Optional[Tensor] = None,
+                       delta_bias: Optional[Tensor] = None,
+                       delta_softplus: bool = False,
+                       return_last_state: bool = False) -> ScanOutput:
+    """The compiled CPU scan. Arguments as :func:`selective_scan`.
+
+    Computed in float32 (float64 stays float64; bfloat16/float16 inputs are computed in
+    float32), with autocast disabled; the output has the dtype of ``u``. Raises
+    RuntimeError where the kernel could not be built (``selective_scan`` falls back instead).
+    """
+    _check_inputs(u, delta, A)
+    _check_matrix(B, u, 'B')
+    _check_matrix(C, u, 'C')
+    if return_last_state:
+        raise NotImplementedError(
+            'return_last_state is supported by the CUDA kernel and by '
+            'selective_scan_reference only; the CPU paths do not return it.')
+    if u.device.type != 'cpu':
+        raise ValueError(f'selective_scan_cpu takes CPU tensors; got {u.device}.')
+    if load_cpu_kernel() is None:
+        raise RuntimeError('the compiled CPU selective scan is not available here; use '
+                           'selective_scan (which falls back) or selective_scan_torch.')
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+
+    def prepare(t: Optional[Tensor]) -> Optional[Tensor]:
+        return None if t is None else t.to(compute).contiguous()
+
+    with torch.autocast(device_type='cpu', enabled=False):
+        y = _CompiledScan.apply(*map(prepare, (u, delta, A, B, C, D, z, delta_bias)),
+                                delta_softplus)
+    return y.to(u.dtype)
+
+
 def selective_scan(u: Tensor,
                    delta: Tensor,
                    A: Tensor,
@@ -221,6 +316,8 @@ def selective_scan(u: Tensor,
         if kernel is not None:
             return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                           return_last_state)
+    elif u.device.type == 'cpu' and not return_last_state and load_cpu_kernel() is not None:
+        return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                 return_last_state)
 

@@ -1,0 +1,169 @@
+"""The compiled CPU selective scan: values and gradients against the sequential definition,
+gradcheck, agreement with the PyTorch scan at Vim-S sizes, dispatch and fallback."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_ops_scan import make_inputs, sequential_scan
+
+from mmshufflemamba.ops import (selective_scan, selective_scan_cpu, selective_scan_reference,
+                                selective_scan_torch)
+from mmshufflemamba.ops.cpu_kernel import ENV_SWITCH, load_cpu_kernel
+
+if os.environ.get(ENV_SWITCH) == '0':
+    pytest.skip(f'{ENV_SWITCH}=0: the compiled scan is switched off', allow_module_level=True)
+
+
+def test_kernel_is_built():
+    # Not a skip: the install builds the kernel, so a missing one is a failure here.
+    assert load_cpu_kernel() is not None, 'run `python -m mmshufflemamba.ops.build --verbose`'
+
+
+# (batch, channels, state, length): L = 1, odd L, batch 1, d_state 1, the d_state = 16
+# specialisation, and lengths on and across the 64-step chunk boundaries.
+SHAPES = [(2, 4, 3, 9), (1, 3, 2, 1), (1, 5, 4, 7), (3, 2, 1, 16), (2, 6, 5, 33),
+          (1, 2, 16, 64), (2, 4, 16, 65), (1, 3, 1, 130)]
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_compiled_scan_equals_sequential_definition(shape):
+    inputs = make_inputs(*shape)
+    expected = sequential_scan(*inputs.values(), True)
+    out = selective_scan_cpu(**inputs, delta_softplus=True)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    weight = torch.randn_like(expected)
+    want = torch.autograd.grad((expected * weight).sum(), list(inputs.values()))
+    got = torch.autograd.grad((out * weight).sum(), list(inputs.values()))
+    for name, g, w in zip(inputs, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10, msg=f'grad of {name}')
+
+
+@pytest.mark.parametrize('B_kind,C_kind', [('shared', 'var'), ('var', 'shared'),
+                                           ('group', 'group'), ('shared', 'shared'),
+                                           ('group', 'var')])
+@pytest.mark.parametrize('softplus', [True, False])
+@pytest.mark.parametrize('absent', [None, 'D', 'z', 'delta_bias'])
+def test_compiled_scan_matches_reference_for_every_layout(B_kind, C_kind, softplus, absent):
+    inputs = make_inputs(2, 4, 3, 70, B_kind, C_kind)
+    if not softplus:  # keep delta positive so the recurrence stays stable
+        inputs['delta'] = inputs['delta'].detach().abs().requires_grad_()
+    if absent:
+        inputs[absent] = None
+    given = {k: v for k, v in inputs.items() if v is not None}
+    out = selective_scan_cpu(**inputs, delta_softplus=softplus)
+    ref = selective_scan_reference(**inputs, delta_softplus=softplus)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    weight = torch.randn_like(out)
+    got = torch.autograd.grad((out * weight).sum(), list(given.values()))
+    want = torch.autograd.grad((ref * weight).sum(), list(given.values()))
+    for name, g, w in zip(given, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10, msg=f'grad of {name}')
+
+
+@pytest.mark.parametrize('B_kind,C_kind', [('var', 'var'), ('shared', 'group')])
+@pytest.mark.parametrize('length', [1, 5])
+def test_compiled_scan_gradcheck(B_kind, C_kind, length):
+    inputs = make_inputs(2, 2, 3, length, B_kind, C_kind)
+
+    def fn(*args):
+        return selective_scan_cpu(*args, delta_softplus=True)
+
+    assert torch.autograd.gradcheck(fn, tuple(inputs.values()))
+
+
+def test_compiled_and_pytorch_scans_agree_at_vim_s_sizes_in_float32():
+    """Vim-S: d_inner 768, d_state 16, 197 tokens, batch 2, float32.
+
+    Tolerance: 1e-5 of the largest magnitude of each compared tensor (both paths are
+    about 2e-7 .. 1e-6 from a float64 computation).
+    """
+    g = torch.Generator().manual_seed(0)
+    batch, channels, state, length = 2, 768, 16, 197
+
+    def leaf(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).requires_grad_()
+
+    inputs = dict(u=leaf(batch, channels, length), delta=leaf(batch, channels, length, scale=0.5),
+                  A=(-torch.exp(torch.randn(channels, state, generator=g) * 0.3)).requires_grad_(),
+                  B=leaf(batch, state, length), C=leaf(batch, state, length), D=leaf(channels),
+                  z=leaf(batch, channels, length), delta_bias=leaf(channels, scale=0.1))
+    weight = torch.randn(batch, channels, length, generator=g)
+    results = []
+    for fn in (selective_scan_cpu, selective_scan_torch):
+        out = fn(**inputs, delta_softplus=True)
+        results.append([out, *torch.autograd.grad((out * weight).sum(), list(inputs.values()))])
+    for name, a, b in zip(['out', *inputs], *results):
+        err = ((a - b).abs().max() / b.abs().max()).item()
+        assert err < 1e-5, f'{name}: relative difference {err:.2e}'
+
+
+def test_compiled_scan_low_precision_inputs_compute_in_float32():
+    inputs = make_inputs(1, 4, 16, 20, dtype=torch.float32)
+    low = {k: v.detach().to(torch.bfloat16) for k, v in inputs.items()}
+    out = selective_scan_cpu(**low, delta_softplus=True)
+    assert out.dtype == torch.bfloat16
+    ref = selective_scan_cpu(**{k: v.float() for k, v in low.items()}, delta_softplus=True)
+    torch.testing.assert_close(out, ref.to(torch.bfloat16))  # only the output is rounded
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out32 = selective_scan_cpu(**{k: v.detach() for k, v in inputs.items()},
+                                   delta_softplus=True)
+    assert out32.dtype == torch.float32
+
+
+def test_entry_point_uses_compiled_scan_on_cpu():
+    inputs = make_inputs(1, 2, 3, 4)
+    out = selective_scan(**inputs, delta_softplus=True)
+    assert type(out.grad_fn).__name__ == '_CompiledScanBackward'
+
+
+def test_compiled_scan_rejects_bad_inputs():
+    inputs = make_inputs(1, 4, 3, 6)
+    with pytest.raises(ValueError, match='A must have shape'):
+        selective_scan_cpu(**dict(inputs, A=inputs['A'][:2]))
+    with pytest.raises(ValueError, match='groups'):
+        selective_scan_cpu(**dict(inputs, B=torch.randn(1, 3, 3, 6, dtype=torch.float64)))
+    with pytest.raises(ValueError, match='B must have shape'):
+        selective_scan_cpu(**dict(inputs, B=torch.randn(1, 3, 5, dtype=torch.float64)))
+    with pytest.raises(NotImplementedError, match='return_last_state'):
+        selective_scan_cpu(**inputs, return_last_state=True)
+
+
+FALLBACK_SCRIPT = '''
+import warnings
+import torch
+from mmshufflemamba.ops import selective_scan, selective_scan_reference
+g = torch.Generator().manual_seed(0)
+u, delta = torch.randn(1, 3, 5, generator=g), torch.randn(1, 3, 5, generator=g)
+A = -torch.rand(3, 2, generator=g) - 0.5
+B, C = torch.randn(1, 2, 5, generator=g), torch.randn(1, 2, 5, generator=g)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    outs = [selective_scan(u, delta, A, B, C, delta_softplus=True) for _ in range(3)]
+ref = selective_scan_reference(u, delta, A, B, C, delta_softplus=True)
+assert all(torch.allclose(o, ref, atol=1e-6) for o in outs)
+assert type(outs[0].grad_fn).__name__ != '_CompiledScanBackward'
+messages = [str(w.message) for w in caught if 'selective scan' in str(w.message)]
+print('WARNINGS', len(messages))
+for m in messages:
+    print(m)
+'''
+
+
+@pytest.mark.parametrize('case', ['no_compiler', 'switched_off'])
+def test_falls_back_to_pytorch_scan(case, tmp_path):
+    env = dict(os.environ, MMSHUFFLEMAMBA_BUILD_DIR=str(tmp_path / 'build'))
+    if case == 'no_compiler':
+        env['CXX'] = str(tmp_path / 'no-such-c++')
+    else:
+        env['MMSHUFFLEMAMBA_COMPILED_SCAN'] = '0'
+    proc = subprocess.run([sys.executable, '-c', FALLBACK_SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    if case == 'no_compiler':  # one warning that says what happened and what to do
+        assert 'WARNINGS 1' in proc.stdout, proc.stdout
+        assert 'could not build its compiled CPU selective scan' in proc.stdout
+        assert 'python -m mmshufflemamba.ops.build' in proc.stdout
+    else:
+        assert 'WARNINGS 0' in proc.stdout, proc.stdout
