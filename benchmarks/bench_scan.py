@@ -1,11 +1,12 @@
-"""Selective scan on CPU: this package's PyTorch scan against the textbook reference.
+"""Selective scan on CPU: the compiled kernel, the PyTorch scan and the textbook reference.
 
 Forward + backward time and peak extra memory at Vim-S sizes (batch 2, d_inner 768,
 d_state 16, variable B/C, z, D, delta_bias, softplus), measured side by side in one run.
 Every (implementation, L) pair runs in its own subprocess, so peak memory is that
-process's high-water RSS above its RSS once the inputs exist.
+process's high-water RSS above its RSS once the inputs exist. The reference's backward is
+quadratic in L (75 s at L = 1024 on 2 cores), so it runs only up to --reference-max-length.
 
-    python benchmarks/bench_scan.py [--lengths 197 1024] [--repeats 3]
+    python benchmarks/bench_scan.py [--lengths 197 1024 4096] [--repeats 3]
 """
 import argparse
 import json
@@ -16,6 +17,7 @@ import sys
 import time
 
 IMPLS = {
+    'compiled': 'mmshufflemamba.ops.selective_scan_cpu',
     'torch': 'mmshufflemamba.ops.selective_scan_torch',
     'reference': 'mmshufflemamba.ops.selective_scan_reference',
 }
@@ -33,6 +35,10 @@ def worker(impl: str, length: int, repeats: int, batch: int, channels: int,
     import torch
     module, name = IMPLS[impl].rsplit('.', 1)
     fn = getattr(importlib.import_module(module), name)
+    if impl == 'compiled':
+        from mmshufflemamba.ops.cpu_kernel import load_cpu_kernel
+        if load_cpu_kernel() is None:
+            raise SystemExit('the compiled scan is not built: python -m mmshufflemamba.ops.build')
     g = torch.Generator().manual_seed(0)
 
     def leaf(*shape, scale=1.0):
@@ -71,9 +77,11 @@ def run_worker(impl: str, length: int, repeats: int, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--lengths', type=int, nargs='+', default=[197, 1024])
+    parser.add_argument('--lengths', type=int, nargs='+', default=[197, 1024, 4096])
+    parser.add_argument('--reference-max-length', type=int, default=1024,
+                        help='longest L the (quadratic) textbook reference runs at')
     parser.add_argument('--repeats', type=int, default=3,
-                        help='runs of the fast path (best is kept); the reference runs once')
+                        help='runs of the fast paths (best is kept); the reference runs once')
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--channels', type=int, default=768, help='d_inner')
     parser.add_argument('--state', type=int, default=16, help='d_state')
@@ -86,20 +94,24 @@ def main() -> None:
 
     print(f'selective scan fwd+bwd, batch {args.batch}, d_inner {args.channels}, '
           f'd_state {args.state}, float32, CPU')
-    header = (f'{"L":>6} | {"torch s":>9} | {"reference s":>11} | {"speed-up":>8} | '
-              f'{"torch MiB":>9} | {"reference MiB":>13} | {"memory ratio":>12}')
+    header = (f'{"L":>5} | {"compiled s":>10} | {"torch s":>8} | {"reference s":>11} | '
+              f'{"vs torch":>8} | {"vs reference":>12} | {"peak MiB compiled / torch / reference":>37}')
     print(header)
     print('-' * len(header))
     for length in args.lengths:
-        fast = run_worker('torch', length, args.repeats, args)
-        ref = run_worker('reference', length, 1, args)
-        print(f'{length:>6} | {fast["seconds"]:>9.3f} | {ref["seconds"]:>11.2f} | '
-              f'{ref["seconds"] / fast["seconds"]:>7.1f}x | {fast["peak_mib"]:>9.0f} | '
-              f'{ref["peak_mib"]:>13.0f} | {fast["peak_mib"] / ref["peak_mib"]:>12.2f}',
+        fast = run_worker('compiled', length, args.repeats, args)
+        torch_ = run_worker('torch', length, args.repeats, args)
+        ref = (run_worker('reference', length, 1, args)
+               if length <= args.reference_max_length else None)
+        ref_s = f'{ref["seconds"]:>11.2f}' if ref else f'{"not run":>11}'
+        vs_ref = f'{ref["seconds"] / fast["seconds"]:>11.0f}x' if ref else f'{"-":>12}'
+        ref_mib = f'{ref["peak_mib"]:.0f}' if ref else '-'
+        mem = f'{fast["peak_mib"]:.0f} / {torch_["peak_mib"]:.0f} / {ref_mib}'
+        print(f'{length:>5} | {fast["seconds"]:>10.4f} | {torch_["seconds"]:>8.3f} | {ref_s} | '
+              f'{torch_["seconds"] / fast["seconds"]:>7.1f}x | {vs_ref} | {mem:>37}',
               flush=True)
-    print(f'(torch threads: {fast["threads"]}; memory ratio = torch / reference peak, '
-          'lower is better)')
-
+    print(f'(threads: {fast["threads"]}; "vs" = time of the other path / compiled time; '
+          f'reference not run above L = {args.reference_max_length})')
 
 if __name__ == '__main__':
     main()

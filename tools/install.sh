@@ -10,6 +10,7 @@
 # and says how to fix it.
 # mmcv 2.1.0 ships no wheel for current torch; it is built from source with its CPU ops
 # (15-25 min on 2 cores the first time; pip caches the built wheel afterwards).
+# Last, the compiled CPU selective scan is built (python -m mmshufflemamba.ops.build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -81,4 +82,9 @@ if [ "$WITH_TESTS" = 1 ]; then
   "${PIP[@]}" -c "$CONSTRAINTS" -r requirements/tests.txt
 fi
 "${PIP[@]}" -c "$CONSTRAINTS" --no-deps -e .
+
+# 4. The compiled CPU selective scan (about a minute; cached per torch version and CPU).
+if ! "$PY" -m mmshufflemamba.ops.build; then
+  log "WARNING: the compiled CPU selective scan was not built; the slower PyTorch scan will be used"
+fi
 "$PY" -c "import torch, torchvision, mmcv.ops, mmpretrain.models, mmseg.models, mmdet.models, mmshufflemamba; print('[install] ok: torch', torch.__version__, 'mmcv', mmcv.__version__)"

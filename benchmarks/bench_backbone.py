@@ -1,0 +1,197 @@
+"""Backbone speed on CPU: ShuffleMamba-T/S against mmpretrain's DeiT-T/S, side by side.
+
+    python benchmarks/bench_backbone.py [--sizes 224 256 512 1024] [--repeats 2]
+
+Three tables, every number measured in this run:
+
+1. Forward (inference, ``no_grad``) and train-step (forward + backward of the summed
+   outputs, ``train()`` mode) seconds per image at each input size, batch 1, and the
+   ratio ShuffleMamba / DeiT. Each (model, size) runs in its own subprocess.
+2. Scaling: train-step time when the token count grows 4x (256 -> 512 px) and 16x
+   (256 -> 1024 px). Linear scaling means a ratio of about 4 and 16.
+3. Shuffle overhead: ShuffleMamba-S train steps with shuffle_rate 0.5 and 0.0 in one
+   process, alternating (median of --shuffle-repeats each); and the peak memory of a
+   train step with and without activation checkpointing (``with_cp``), each in its own
+   process (high-water RSS above the RSS once model and input exist).
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+MODELS = {  # name -> (builder, arch)
+    'ShuffleMamba-T': ('shufflemamba', 'tiny'),
+    'ShuffleMamba-S': ('shufflemamba', 'small'),
+    'DeiT-T': ('deit', 'deit-tiny'),
+    'DeiT-S': ('deit', 'deit-small'),
+}
+
+
+def rss_kib() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
+
+
+def build(name: str, size: int, **kwargs):
+    kind, arch = MODELS[name]
+    if kind == 'shufflemamba':
+        from mmshufflemamba.models import ShuffleMamba
+        return ShuffleMamba(arch=arch, img_size=size, out_type='cls_token', **kwargs)
+    from mmpretrain.models import VisionTransformer
+    return VisionTransformer(arch=arch, img_size=size, patch_size=16, out_type='cls_token',
+                             **kwargs)
+
+
+def outputs_sum(out):
+    import torch
+    if isinstance(out, torch.Tensor):
+        return out.sum()
+    return sum(outputs_sum(o) for o in out)
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def worker_speed(name: str, size: int, repeats: int) -> dict:
+    import torch
+    torch.manual_seed(0)
+    model = build(name, size)
+    images = torch.randn(1, 3, size, size)
+
+    def forward():
+        model.eval()
+        with torch.no_grad():
+            model(images)
+
+    def train_step():
+        model.train()
+        outputs_sum(model(images)).backward()
+        model.zero_grad(set_to_none=True)
+
+    return dict(forward=timed(forward, repeats), train=timed(train_step, repeats),
+                threads=torch.get_num_threads())
+
+
+def worker_memory(name: str, size: int, with_cp: bool) -> dict:
+    import torch
+    torch.manual_seed(0)
+    model = build(name, size, with_cp=with_cp).train()
+    images = torch.randn(1, 3, size, size)
+    baseline = rss_kib()
+    outputs_sum(model(images)).backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return dict(peak_mib=max(peak - baseline, 0) / 1024)
+
+
+def worker_shuffle(size: int, repeats: int) -> dict:
+    import torch
+    from mmshufflemamba.models.layers import LayerwiseShuffle
+    torch.manual_seed(0)
+    model = build('ShuffleMamba-S', size).train()
+    images = torch.randn(1, 3, size, size)
+    shuffles = {rate: LayerwiseShuffle(model.num_layers, rate) for rate in (0.5, 0.0)}
+    times = {rate: [] for rate in shuffles}
+
+    def step():
+        outputs_sum(model(images)).backward()
+        model.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    for _ in range(repeats):
+        for rate, shuffle in shuffles.items():
+            model.shuffle = shuffle
+            start = time.perf_counter()
+            step()
+            times[rate].append(time.perf_counter() - start)
+    return {str(rate): statistics.median(t) for rate, t in times.items()}
+
+
+def run(args: list) -> dict:
+    proc = subprocess.run([sys.executable, __file__, '--worker', *map(str, args)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f'worker {args} failed:\n{proc.stderr}')
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--sizes', type=int, nargs='+', default=[224, 256, 512, 1024])
+    parser.add_argument('--repeats', type=int, default=2, help='timed runs (best is kept)')
+    parser.add_argument('--shuffle-size', type=int, default=224)
+    parser.add_argument('--shuffle-repeats', type=int, default=15)
+    parser.add_argument('--memory-size', type=int, default=512)
+    parser.add_argument('--worker', nargs='+', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        kind, *rest = args.worker
+        if kind == 'speed':
+            result = worker_speed(rest[0], int(rest[1]), int(rest[2]))
+        elif kind == 'memory':
+            result = worker_memory(rest[0], int(rest[1]), rest[2] == 'True')
+        else:
+            result = worker_shuffle(int(rest[0]), int(rest[1]))
+        print(json.dumps(result))
+        return
+
+    from mmshufflemamba.ops.cpu_kernel import load_cpu_kernel
+    scan = 'compiled' if load_cpu_kernel() is not None else 'PyTorch (not compiled)'
+    speed = {(name, size): run(['speed', name, size, args.repeats])
+             for size in args.sizes for name in MODELS}
+    threads = next(iter(speed.values()))['threads']
+    print(f'CPU, {threads} threads, batch 1, float32, selective scan: {scan}\n')
+    print('1. seconds per image (ratio = ShuffleMamba / DeiT at the same size)')
+    header = (f'{"size":>5} | {"tokens":>6} | {"model":>14} | {"forward s":>9} | '
+              f'{"train step s":>12} | {"fwd ratio":>9} | {"train ratio":>11}')
+    print(header)
+    print('-' * len(header))
+    for size in args.sizes:
+        for ours, deit in (('ShuffleMamba-T', 'DeiT-T'), ('ShuffleMamba-S', 'DeiT-S')):
+            for name in (ours, deit):
+                r = speed[(name, size)]
+                ratios = ''
+                if name == ours:
+                    d = speed[(deit, size)]
+                    ratios = (f' | {r["forward"] / d["forward"]:>8.2f}x | '
+                              f'{r["train"] / d["train"]:>10.2f}x')
+                else:
+                    ratios = f' | {"":>9} | {"":>11}'
+                print(f'{size:>5} | {(size // 16) ** 2:>6} | {name:>14} | {r["forward"]:>9.3f} | '
+                      f'{r["train"]:>12.3f}{ratios}')
+
+    if {256, 512, 1024} <= set(args.sizes):
+        print('\n2. train-step time as tokens grow (linear: 4x tokens -> about 4x time)')
+        header = f'{"model":>14} | {"4x tokens (256->512)":>20} | {"16x tokens (256->1024)":>22}'
+        print(header)
+        print('-' * len(header))
+        for name in MODELS:
+            base = speed[(name, 256)]['train']
+            print(f'{name:>14} | {speed[(name, 512)]["train"] / base:>19.2f}x | '
+                  f'{speed[(name, 1024)]["train"] / base:>21.2f}x')
+
+    shuffle = run(['shuffle', args.shuffle_size, args.shuffle_repeats])
+    overhead = shuffle['0.5'] / shuffle['0.0'] - 1
+    print(f'\n3. ShuffleMamba-S train step at {args.shuffle_size} px, median of '
+          f'{args.shuffle_repeats} alternating runs: shuffle_rate 0.5 {shuffle["0.5"]:.3f} s, '
+          f'0.0 {shuffle["0.0"]:.3f} s, overhead {overhead * 100:+.1f}%')
+    plain = run(['memory', 'ShuffleMamba-S', args.memory_size, False])
+    cp = run(['memory', 'ShuffleMamba-S', args.memory_size, True])
+    print(f'   peak memory of one ShuffleMamba-S train step at {args.memory_size} px: '
+          f'{plain["peak_mib"]:.0f} MiB without with_cp, {cp["peak_mib"]:.0f} MiB with '
+          f'with_cp ({cp["peak_mib"] / plain["peak_mib"]:.2f}x)')
+
+
+if __name__ == '__main__':
+    main()
