@@ -83,26 +83,26 @@ class BiMambaMixer(nn.Module):
 
     def _branch(self, x: Tensor, z: Tensor, conv: nn.Conv1d, x_proj: nn.Linear,
                 dt_proj: nn.Linear, A_log: Tensor, D: Tensor) -> Tensor:
-        """One scan direction. ``x``, ``z``: ``(B, d_inner, L)`` -> ``(B, d_inner, L)``."""
+        """One scan direction. ``x``, ``z``: ``(B, d_inner, L)`` -> ``(B, d_inner, L)``.
+
+        Channel-major throughout: the projections are computed as ``W @ x`` so that every
+        ``(B, channels, L)`` tensor comes out contiguous, with no transposing copies.
+        """
         x = causal_conv1d(x, conv.weight, conv.bias, activation='silu')
-        x_dbl = x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2N)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L); bias in the scan
+        x_dbl = torch.matmul(x_proj.weight, x)  # (B, dt_rank + 2N, L)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+        dt = torch.matmul(dt_proj.weight, dt)  # (B, d_inner, L); bias added in the scan
         A = -torch.exp(A_log.float())  # (d_inner, N), fp32
-        return selective_scan(
-            x,
-            dt,
-            A,
-            B.transpose(1, 2).contiguous(),  # (B, N, L)
-            C.transpose(1, 2).contiguous(),
-            D.float(),
-            z=z,
-            delta_bias=dt_proj.bias.float(),
-            delta_softplus=True)
+        return selective_scan(x, dt, A, B, C, D.float(), z=z,
+                              delta_bias=dt_proj.bias.float(), delta_softplus=True)
 
     def forward(self, hidden: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
-        xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2 * d_inner, L)
-        x, z = xz.chunk(2, dim=1)
+        hidden_t = hidden.transpose(1, 2)  # (B, C, L), a view
+        weight, bias = self.in_proj.weight, self.in_proj.bias
+        x, z = (torch.matmul(w, hidden_t) for w in weight.chunk(2, dim=0))  # (B, d_inner, L)
+        if bias is not None:
+            x_bias, z_bias = bias.chunk(2)
+            x, z = x + x_bias[:, None], z + z_bias[:, None]
         y_fwd = self._branch(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log,
                              self.D)
         y_bwd = self._branch(x.flip(-1), z.flip(-1), self.conv1d_b, self.x_proj_b,
