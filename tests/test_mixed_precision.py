@@ -22,17 +22,23 @@ def test_block_residual_dtype_under_autocast(residual_in_fp32):
     assert torch.isfinite(hidden.float()).all()
 
 
-def test_scan_state_stays_float32_under_autocast(monkeypatch):
+@pytest.mark.parametrize('path', ['compiled', 'pytorch'])
+def test_scan_state_stays_float32_under_autocast(monkeypatch, path):
     import importlib
     scan_module = importlib.import_module('mmshufflemamba.ops.selective_scan')
     seen = {}
-    core = scan_module._SelectiveScanCore.forward
+    if path == 'compiled':
+        core_cls = scan_module._CompiledScan
+    else:  # as on a machine where the kernel could not be built
+        monkeypatch.setattr(scan_module, 'load_cpu_kernel', lambda: None)
+        core_cls = scan_module._SelectiveScanCore
+    core = core_cls.forward
 
-    def spy(ctx, delta, u, A, *rest):
-        seen['dtypes'] = (delta.dtype, u.dtype, A.dtype)
-        return core(ctx, delta, u, A, *rest)
+    def spy(ctx, first, second, A, *rest):  # (u, delta) or (delta, u), then A
+        seen['dtypes'] = (first.dtype, second.dtype, A.dtype)
+        return core(ctx, first, second, A, *rest)
 
-    monkeypatch.setattr(scan_module._SelectiveScanCore, 'forward', staticmethod(spy))
+    monkeypatch.setattr(core_cls, 'forward', staticmethod(spy))
     block = MambaBlock(16, mixer_cfg=dict(d_state=4))
     with torch.autocast('cpu', dtype=torch.bfloat16):
         block(torch.randn(2, 5, 16))
