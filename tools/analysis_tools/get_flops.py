@@ -30,11 +30,16 @@ from mmshufflemamba.utils import TensorForward, build_model_from_config
 
 @contextmanager
 def scan_stand_in():
-    """Replace the mixers' scan by ``u + delta`` (same shape, no loop) while counting."""
+    """Replace the mixers' scan by ``u + delta + z`` (same shape, no loop) while counting.
+
+    The stand-in must consume ``z`` and the ``B``/``C`` projections too; the tracer prunes
+    whatever feeds nothing, and their projections would go uncounted.
+    """
     real = mixer_module.selective_scan
 
-    def stand_in(u, delta, *args, **kwargs):
-        return u + delta
+    def stand_in(u, delta, A, B, C, *args, z=None, **kwargs):
+        out = u + delta + B.sum(1, keepdim=True) + C.sum(1, keepdim=True)
+        return out if z is None else out + z
 
     mixer_module.selective_scan = stand_in
     try:
