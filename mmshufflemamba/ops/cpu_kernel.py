@@ -2,15 +2,18 @@
 
 The kernel is compiled with ``torch.utils.cpp_extension`` the first time it is needed (or by
 ``python -m mmshufflemamba.ops.build``, which ``tools/install.sh`` runs) and cached in
-``$MMSHUFFLEMAMBA_BUILD_DIR`` (default ``~/.cache/mmshufflemamba/<torch>-<python>-<cpu>``);
-later processes only import it. The directory name carries the torch version and the CPU
-instruction set compiled for, so a torch upgrade or a node of another CPU generation builds
-its own copy instead of loading an incompatible one.
+``$MMSHUFFLEMAMBA_BUILD_DIR`` (default
+``~/.cache/mmshufflemamba/<torch>-<python>-<cpu>-<source hash>``); later processes only
+import it. The directory name carries the torch version, the CPU instruction set compiled
+for and a hash of the source and flags, so a torch upgrade, a node of another CPU
+generation or another version of the source builds its own copy instead of loading an
+incompatible one.
 
 Set ``MMSHUFFLEMAMBA_COMPILED_SCAN=0`` to use the PyTorch scan instead. When the build
 fails (typically: no C++ compiler), one warning says why and the PyTorch scan is used.
 """
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -40,14 +43,41 @@ def _instruction_set() -> Tuple[str, List[str]]:
     return capability.lower(), flags
 
 
+def _compiler_flags() -> List[str]:
+    # -fopenmp: at::parallel_for is OpenMP in torch's builds (serial without it);
+    # -fno-trapping-math: lets GCC vectorise the exp/log polynomials; the last two allow
+    # reassociating the sums over the state index.
+    _, isa_flags = _instruction_set()
+    return ['-O3', '-fopenmp', '-fno-trapping-math', '-fno-signed-zeros',
+            '-fassociative-math', *isa_flags]
+
+
 def build_directory() -> Path:
-    """Where the compiled kernel for this torch, Python and CPU lives."""
+    """Where the kernel for this source, torch, Python and CPU is built and cached.
+
+    The name ends in a hash of the source and the compiler flags: every checkout with the
+    same source shares one build, and a changed source gets a directory of its own.
+    """
     if os.environ.get('MMSHUFFLEMAMBA_BUILD_DIR'):
         return Path(os.environ['MMSHUFFLEMAMBA_BUILD_DIR'])
     cache = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache'))
     isa, _ = _instruction_set()
     python = f'py{sys.version_info.major}{sys.version_info.minor}'
-    return cache / 'mmshufflemamba' / f'torch{torch.__version__}-{python}-{isa}'
+    digest = hashlib.sha1(_SOURCE.read_bytes() + ' '.join(_compiler_flags()).encode())
+    return (cache / 'mmshufflemamba' /
+            f'torch{torch.__version__}-{python}-{isa}-{digest.hexdigest()[:12]}')
+
+
+def _stage_source(directory: Path) -> Path:
+    """The source copied into the build directory, so that ninja sees one path and mtime
+    whichever checkout asks (an unchanged copy is left alone; replacing it is atomic)."""
+    staged = directory / _SOURCE.name
+    code = _SOURCE.read_bytes()
+    if not staged.exists() or staged.read_bytes() != code:
+        tmp = directory / f'.{_SOURCE.name}.{os.getpid()}'
+        tmp.write_bytes(code)
+        os.replace(tmp, staged)
+    return staged
 
 
 def _compile(verbose: bool) -> ModuleType:
@@ -68,10 +98,9 @@ def _compile(verbose: bool) -> ModuleType:
     if not any(directory.glob(f'{_NAME}*.so')):
         print(f'mmshufflemamba: compiling the CPU selective scan into {directory} '
               '(first use only, about a minute)', file=sys.stderr, flush=True)
-    _, flags = _instruction_set()
-    return load(name=_NAME, sources=[str(_SOURCE)], build_directory=str(directory),
-                extra_cflags=['-O3', '-fopenmp', '-fno-trapping-math', '-fno-signed-zeros', '-fassociative-math', *flags], extra_ldflags=['-fopenmp'],
-                verbose=verbose)
+    return load(name=_NAME, sources=[str(_stage_source(directory))],
+                build_directory=str(directory), extra_cflags=_compiler_flags(),
+                extra_ldflags=['-fopenmp'], verbose=verbose)
 
 
 @functools.lru_cache(maxsize=None)
