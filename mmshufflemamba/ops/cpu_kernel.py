@@ -93,6 +93,12 @@ def _compile(verbose: bool) -> ModuleType:
     compiler = os.environ.get('CXX', 'c++')
     if shutil.which(compiler) is None:
         raise RuntimeError(f'no C++ compiler: {compiler!r} was not found')
+    if shutil.which('ninja') is None:  # pip's ninja, when its bin directory is not on PATH
+        try:
+            import ninja
+            os.environ['PATH'] = ninja.BIN_DIR + os.pathsep + os.environ.get('PATH', '')
+        except ImportError:
+            raise RuntimeError('ninja was not found (pip install ninja)') from None
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
     if not any(directory.glob(f'{_NAME}*.so')):
