@@ -62,22 +62,15 @@ class _InputMatrix:
     ``(b, G, N, L)`` -> ``(L, b, D, N)`` (groups repeated over channels), spec ``lbdn``.
     """
 
-    def __init__(self, M: Tensor, channels: int, name: str):
+    def __init__(self, M: Tensor, channels: int):
         if M.dim() == 2:
             self.spec, self.data = 'dn', M
         elif M.dim() == 3:
             self.spec, self.data = 'lbn', M.permute(2, 0, 1).contiguous()
-        elif M.dim() == 4:
-            groups = M.shape[1]
-            if channels % groups:
-                raise ValueError(f'{name} has {groups} groups, which do not divide the '
-                                 f'{channels} channels of u.')
+        else:  # (b, G, N, L); shapes were checked by _check_inputs
             self.spec = 'lbdn'
-            self.data = M.repeat_interleave(channels // groups, dim=1).permute(
+            self.data = M.repeat_interleave(channels // M.shape[1], dim=1).permute(
                 3, 0, 1, 2).contiguous()
-        else:
-            raise ValueError(f'{name} must have shape (D, N), (B, N, L) or (B, G, N, L); '
-                             f'got {tuple(M.shape)}.')
 
     def broadcast(self) -> Tensor:
         """A view that broadcasts against ``(L, b, D, N)``."""
@@ -136,7 +129,8 @@ class _SelectiveScanCore(torch.autograd.Function):
         return grad_delta, grad_du * delta, grad_A, None, None, grad_B, grad_C
 
 
-def _check_inputs(u: Tensor, delta: Tensor, A: Tensor) -> None:
+def _check_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
+    """Shapes shared by every path; raises ValueError naming the input and its shape."""
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError('u and delta must both have shape (B, D, L); got '
                          f'{tuple(u.shape)} and {tuple(delta.shape)}.')
@@ -145,6 +139,8 @@ def _check_inputs(u: Tensor, delta: Tensor, A: Tensor) -> None:
                          f'{tuple(A.shape)}.')
     if A.is_complex():
         raise NotImplementedError('complex A is not supported by mmshufflemamba.')
+    _check_matrix(B, u, 'B')
+    _check_matrix(C, u, 'C')
 
 
 def _check_matrix(M: Tensor, u: Tensor, name: str) -> None:
@@ -182,7 +178,7 @@ def selective_scan_torch(u: Tensor,
 
 def _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                           return_last_state) -> Tensor:
-    _check_inputs(u, delta, A)
+    _check_inputs(u, delta, A, B, C)
     if return_last_state:
         raise NotImplementedError(
             'return_last_state is supported by the CUDA kernel and by '
@@ -195,8 +191,8 @@ def _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     if delta_softplus:
         delta = F.softplus(delta)
     channels = u.shape[1]
-    B_mat = _InputMatrix(B.to(compute), channels, 'B')
-    C_mat = _InputMatrix(C.to(compute), channels, 'C')
+    B_mat = _InputMatrix(B.to(compute), channels)
+    C_mat = _InputMatrix(C.to(compute), channels)
     delta_t = delta.permute(2, 0, 1).contiguous()  # (L, b, D)
     u_t = u.permute(2, 0, 1).contiguous()
     y = _SelectiveScanCore.apply(delta_t, u_t, A, B_mat, C_mat, B_mat.data,
@@ -261,9 +257,7 @@ def selective_scan_cpu(u: Tensor,
     float32), with autocast disabled; the output has the dtype of ``u``. Raises
     RuntimeError where the kernel could not be built (``selective_scan`` falls back instead).
     """
-    _check_inputs(u, delta, A)
-    _check_matrix(B, u, 'B')
-    _check_matrix(C, u, 'C')
+    _check_inputs(u, delta, A, B, C)
     if return_last_state:
         raise NotImplementedError(
             'return_last_state is supported by the CUDA kernel and by '
@@ -338,7 +332,7 @@ def selective_scan_reference(u: Tensor,
     built for all steps and indexed (``[:, :, t]``) inside the loop, which makes autograd's
     backward pass quadratic in ``L``. Computed in the dtype of ``u`` promoted to float32.
     """
-    _check_inputs(u, delta, A)
+    _check_inputs(u, delta, A, B, C)
     dtype_in = u.dtype
     compute = torch.promote_types(u.dtype, torch.float32)
     u, delta, A = u.to(compute), delta.to(compute), A.to(compute)
