@@ -46,6 +46,18 @@ def make_inputs(batch, channels, state, length, B_kind='var', C_kind='var', grou
                 z=randn(batch, channels, length), delta_bias=randn(channels))
 
 
+def assert_matches(out, expected, inputs):
+    """``out`` equals ``expected`` in value, and in the gradient of a random weighting of it
+    w.r.t. every given (not None) input; float64 tolerances."""
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    given = {k: v for k, v in inputs.items() if v is not None}
+    weight = torch.randn_like(expected)
+    got = torch.autograd.grad((out * weight).sum(), list(given.values()))
+    want = torch.autograd.grad((expected * weight).sum(), list(given.values()))
+    for name, g, w in zip(given, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10, msg=f'grad of {name}')
+
+
 SHAPES = [  # (batch, channels, state, length)
     (2, 4, 3, 9), (1, 3, 2, 1), (1, 5, 4, 7), (3, 2, 1, 16), (2, 6, 5, 33)]
 
@@ -53,17 +65,11 @@ SHAPES = [  # (batch, channels, state, length)
 @pytest.mark.parametrize('shape', SHAPES)
 def test_scan_equals_sequential_definition(shape):
     inputs = make_inputs(*shape)
-    names = list(inputs)
     expected = sequential_scan(*inputs.values(), True)
-    for fn in (selective_scan_torch, selective_scan_reference, selective_scan):
-        out = fn(**inputs, delta_softplus=True)
-        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
-    weight = torch.randn_like(expected)
-    grads_expected = torch.autograd.grad((expected * weight).sum(), list(inputs.values()))
-    out = selective_scan_torch(**inputs, delta_softplus=True)
-    grads = torch.autograd.grad((out * weight).sum(), list(inputs.values()))
-    for name, got, want in zip(names, grads, grads_expected):
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10, msg=f'grad of {name}')
+    for fn in (selective_scan_reference, selective_scan):
+        torch.testing.assert_close(fn(**inputs, delta_softplus=True), expected, rtol=1e-10,
+                                   atol=1e-10)
+    assert_matches(selective_scan_torch(**inputs, delta_softplus=True), expected, inputs)
 
 
 @pytest.mark.parametrize('B_kind,C_kind', [('shared', 'var'), ('var', 'shared'),
@@ -73,14 +79,8 @@ def test_scan_matches_reference_for_every_matrix_layout(B_kind, C_kind, softplus
     inputs = make_inputs(2, 4, 3, 11, B_kind, C_kind)
     if not softplus:  # keep delta positive so the recurrence stays stable
         inputs['delta'] = inputs['delta'].detach().abs().requires_grad_()
-    out = selective_scan_torch(**inputs, delta_softplus=softplus)
-    ref = selective_scan_reference(**inputs, delta_softplus=softplus)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    weight = torch.randn_like(out)
-    grads = torch.autograd.grad((out * weight).sum(), list(inputs.values()))
-    grads_ref = torch.autograd.grad((ref * weight).sum(), list(inputs.values()))
-    for name, got, want in zip(inputs, grads, grads_ref):
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10, msg=f'grad of {name}')
+    assert_matches(selective_scan_torch(**inputs, delta_softplus=softplus),
+                   selective_scan_reference(**inputs, delta_softplus=softplus), inputs)
 
 
 def test_scan_optional_inputs_absent():

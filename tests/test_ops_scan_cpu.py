@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from test_ops_scan import make_inputs, sequential_scan
+from test_ops_scan import assert_matches, make_inputs, sequential_scan
 
 from mmshufflemamba.ops import (selective_scan, selective_scan_cpu, selective_scan_reference,
                                 selective_scan_torch)
@@ -31,13 +31,7 @@ SHAPES = [(2, 4, 3, 9), (1, 3, 2, 1), (1, 5, 4, 7), (3, 2, 1, 16), (2, 6, 5, 33)
 def test_compiled_scan_equals_sequential_definition(shape):
     inputs = make_inputs(*shape)
     expected = sequential_scan(*inputs.values(), True)
-    out = selective_scan_cpu(**inputs, delta_softplus=True)
-    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
-    weight = torch.randn_like(expected)
-    want = torch.autograd.grad((expected * weight).sum(), list(inputs.values()))
-    got = torch.autograd.grad((out * weight).sum(), list(inputs.values()))
-    for name, g, w in zip(inputs, got, want):
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10, msg=f'grad of {name}')
+    assert_matches(selective_scan_cpu(**inputs, delta_softplus=True), expected, inputs)
 
 
 @pytest.mark.parametrize('B_kind,C_kind', [('shared', 'var'), ('var', 'shared'),
@@ -51,15 +45,8 @@ def test_compiled_scan_matches_reference_for_every_layout(B_kind, C_kind, softpl
         inputs['delta'] = inputs['delta'].detach().abs().requires_grad_()
     if absent:
         inputs[absent] = None
-    given = {k: v for k, v in inputs.items() if v is not None}
-    out = selective_scan_cpu(**inputs, delta_softplus=softplus)
-    ref = selective_scan_reference(**inputs, delta_softplus=softplus)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    weight = torch.randn_like(out)
-    got = torch.autograd.grad((out * weight).sum(), list(given.values()))
-    want = torch.autograd.grad((ref * weight).sum(), list(given.values()))
-    for name, g, w in zip(given, got, want):
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10, msg=f'grad of {name}')
+    assert_matches(selective_scan_cpu(**inputs, delta_softplus=softplus),
+                   selective_scan_reference(**inputs, delta_softplus=softplus), inputs)
 
 
 @pytest.mark.parametrize('B_kind,C_kind', [('var', 'var'), ('shared', 'group')])
