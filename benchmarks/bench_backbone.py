@@ -16,12 +16,12 @@ Three tables, every number measured in this run:
 """
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from mmshufflemamba.utils import PeakResidentMemory, outputs_sum
 
 MODELS = {  # name -> (builder, arch)
     'ShuffleMamba-T': ('shufflemamba', 'tiny'),
@@ -29,11 +29,6 @@ MODELS = {  # name -> (builder, arch)
     'DeiT-T': ('deit', 'deit-tiny'),
     'DeiT-S': ('deit', 'deit-small'),
 }
-
-
-def rss_kib() -> int:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
 
 
 def build(name: str, size: int, **kwargs):
@@ -44,13 +39,6 @@ def build(name: str, size: int, **kwargs):
     from mmpretrain.models import VisionTransformer
     return VisionTransformer(arch=arch, img_size=size, patch_size=16, out_type='cls_token',
                              **kwargs)
-
-
-def outputs_sum(out):
-    import torch
-    if isinstance(out, torch.Tensor):
-        return out.sum()
-    return sum(outputs_sum(o) for o in out)
 
 
 def timed(fn, repeats: int) -> float:
@@ -88,10 +76,9 @@ def worker_memory(name: str, size: int, with_cp: bool) -> dict:
     torch.manual_seed(0)
     model = build(name, size, with_cp=with_cp).train()
     images = torch.randn(1, 3, size, size)
-    baseline = rss_kib()
+    memory = PeakResidentMemory()
     outputs_sum(model(images)).backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return dict(peak_mib=max(peak - baseline, 0) / 1024)
+    return dict(peak_mib=memory.extra_mib())
 
 
 def worker_shuffle(size: int, repeats: int) -> dict:

@@ -10,8 +10,6 @@ quadratic in L (75 s at L = 1024 on 2 cores), so it runs only up to --reference-
 """
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
@@ -21,11 +19,6 @@ IMPLS = {
     'torch': 'mmshufflemamba.ops.selective_scan_torch',
     'reference': 'mmshufflemamba.ops.selective_scan_reference',
 }
-
-
-def rss_kib() -> int:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
 
 
 def worker(impl: str, length: int, repeats: int, batch: int, channels: int,
@@ -49,7 +42,8 @@ def worker(impl: str, length: int, repeats: int, batch: int, channels: int,
                   B=leaf(batch, state, length), C=leaf(batch, state, length),
                   D=leaf(channels), z=leaf(batch, channels, length),
                   delta_bias=leaf(channels, scale=0.1))
-    baseline = rss_kib()
+    from mmshufflemamba.utils import PeakResidentMemory
+    memory = PeakResidentMemory()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -59,9 +53,8 @@ def worker(impl: str, length: int, repeats: int, batch: int, channels: int,
         for tensor in inputs.values():
             tensor.grad = None
         del out
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return dict(impl=impl, length=length, seconds=min(times),
-                peak_mib=max(peak - baseline, 0) / 1024, threads=torch.get_num_threads())
+                peak_mib=memory.extra_mib(), threads=torch.get_num_threads())
 
 
 def run_worker(impl: str, length: int, repeats: int, args) -> dict:

@@ -10,25 +10,13 @@ backbone + neck for detectors). ``--train`` times a forward + backward of the sa
 its level before the first run on CPU.
 """
 import argparse
-import resource
 import time
 
 import torch
 from mmengine.config import DictAction
 
-from mmshufflemamba.utils import TensorForward, build_model_from_config
-
-
-def rss_mib() -> float:
-    with open('/proc/self/statm') as f:
-        import os
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
-
-
-def outputs_sum(out) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out.float().sum()
-    return sum(outputs_sum(o) for o in out)
+from mmshufflemamba.utils import (PeakResidentMemory, TensorForward, build_model_from_config,
+                                  outputs_sum)
 
 
 def main() -> None:
@@ -60,7 +48,7 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
 
-    baseline = rss_mib()
+    memory = PeakResidentMemory()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     for _ in range(args.warmup):
@@ -73,7 +61,7 @@ def main() -> None:
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline
+        peak = memory.extra_mib()
     times.sort()
     median = times[len(times) // 2]
     mode = 'train step' if args.train else 'inference'
