@@ -118,28 +118,34 @@ void sigmoid_row(const T* x, int64_t len, T* out) {
   for (int64_t t = 0; t < len; ++t) out[t] = T(1) / (T(1) + exp_t(-x[t]));
 }
 
+// B or C: shared over time (dim, nstate), or time-varying (batch, groups, len, nstate).
+template <typename T>
+struct InputMatrix {
+  const T* data;
+  bool var;
+  int64_t groups;  // 1 when shared
+
+  int64_t group(int64_t d, int64_t dim) const { return d / (dim / groups); }
+  int64_t step(int64_t nstate) const { return var ? nstate : 0; }  // from t to t + 1
+};
+
 template <typename T>
 struct ScanInputs {
   const T* u;
   const T* delta;
   const T* A;
-  const T* B;
-  const T* C;
+  InputMatrix<T> B, C;
   const T* D;     // may be null
   const T* z;     // may be null
   const T* bias;  // may be null
-  int64_t batch, dim, len, nstate, groups_b, groups_c;
-  bool var_b, var_c, softplus;
+  int64_t batch, dim, len, nstate;
+  bool softplus;
 
-  // B (or C) at step 0 of row (b, d), and the pointer step from t to t + 1.
-  const T* b_row(int64_t b, int64_t d) const {
-    return var_b ? B + (b * groups_b + d / (dim / groups_b)) * len * nstate : B + d * nstate;
+  // B or C at step 0 of row (b, d).
+  const T* row(const InputMatrix<T>& M, int64_t b, int64_t d) const {
+    return M.var ? M.data + (b * M.groups + M.group(d, dim)) * len * nstate
+                 : M.data + d * nstate;
   }
-  const T* c_row(int64_t b, int64_t d) const {
-    return var_c ? C + (b * groups_c + d / (dim / groups_c)) * len * nstate : C + d * nstate;
-  }
-  int64_t b_step() const { return var_b ? nstate : 0; }
-  int64_t c_step() const { return var_c ? nstate : 0; }
 };
 
 int64_t num_chunks(int64_t len) { return (len + kChunk - 1) / kChunk; }
@@ -184,9 +190,9 @@ void scan_forward(const ScanInputs<T>& s, T* out, T* checkpoints) {
     T* __restrict__ dt = dt_buf.data();
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / s.dim, d = row % s.dim;
-      const T* B0 = s.b_row(b, d);
-      const T* C0 = s.c_row(b, d);
-      const int64_t c_step = s.c_step();
+      const T* B0 = s.row(s.B, b, d);
+      const T* C0 = s.row(s.C, b, d);
+      const int64_t c_step = s.C.step(N);
       const T* __restrict__ u = s.u + row * L;
       T* __restrict__ y = out + row * L;
       T* ckpt = checkpoints + row * nchunks * N;
@@ -196,7 +202,7 @@ void scan_forward(const ScanInputs<T>& s, T* out, T* checkpoints) {
       for (int64_t c = 0; c < nchunks; ++c) {
         const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
         std::copy(h, h + N, ckpt + c * N);
-        chunk_states<T, kN>(s.A + d * N, dt, u, B0, s.b_step(), N, t0, t1, a_buf.data(), h);
+        chunk_states<T, kN>(s.A + d * N, dt, u, B0, s.B.step(N), N, t0, t1, a_buf.data(), h);
         for (int64_t t = t0; t < t1; ++t) y[t] = dot(C0 + t * c_step, h + (t - t0 + 1) * N, N);
         std::copy(h + (t1 - t0) * N, h + (t1 - t0 + 1) * N, h);  // h_{t1-1} starts the next
       }
@@ -234,8 +240,8 @@ struct ScanGrads {
   T* dA;         // (batch, dim, nstate), summed over batch afterwards
   T* dD;         // (batch, dim) or null
   T* dbias;      // (batch, dim) or null
-  T* dB;         // var: (batch, blocks, groups_b, len, nstate); shared: (batch, dim, nstate)
-  T* dC;         // as dB with groups_c
+  T* dB;         // var: (batch, blocks, groups of B, len, nstate); shared: (batch, dim, nstate)
+  T* dC;         // as dB, with the groups of C
 };
 
 template <typename T, int kN>
@@ -263,17 +269,17 @@ void scan_backward(const ScanInputs<T>& s, const T* dout, const T* checkpoints,
       for (int64_t d = block * plan.block_size; d < d_end; ++d) {
         const int64_t row = b * s.dim + d;
         const T* __restrict__ A = s.A + d * N;
-        const T* B0 = s.b_row(b, d);
-        const T* C0 = s.c_row(b, d);
-        const int64_t b_step = s.b_step(), c_step = s.c_step();
+        const T* B0 = s.row(s.B, b, d);
+        const T* C0 = s.row(s.C, b, d);
+        const int64_t b_step = s.B.step(N), c_step = s.C.step(N);
         // Where dL/dB_t and dL/dC_t accumulate: this task's partial buffer (time-varying)
         // or one running vector for the row (shared over time).
-        T* dB0 = dB_shared.data();
-        T* dC0 = dC_shared.data();
-        if (s.var_b)
-          dB0 = g.dB + ((b * plan.blocks + block) * s.groups_b + d / (s.dim / s.groups_b)) * L * N;
-        if (s.var_c)
-          dC0 = g.dC + ((b * plan.blocks + block) * s.groups_c + d / (s.dim / s.groups_c)) * L * N;
+        auto grad_row = [&](const InputMatrix<T>& M, T* partial, std::vector<T>& shared) {
+          return M.var ? partial + ((b * plan.blocks + block) * M.groups + M.group(d, s.dim)) * L * N
+                       : shared.data();
+        };
+        T* dB0 = grad_row(s.B, g.dB, dB_shared);
+        T* dC0 = grad_row(s.C, g.dC, dC_shared);
         const T skip = s.D ? s.D[d] : T(0);
         const T* __restrict__ u = s.u + row * L;
         const T* __restrict__ z = s.z ? s.z + row * L : nullptr;
@@ -342,8 +348,8 @@ void scan_backward(const ScanInputs<T>& s, const T* dout, const T* checkpoints,
         std::copy(dA, dA + N, g.dA + row * N);
         if (g.dD) g.dD[row] = dD;
         if (g.dbias) g.dbias[row] = dbias;
-        if (!s.var_b) std::copy(dB_shared.begin(), dB_shared.end(), g.dB + row * N);
-        if (!s.var_c) std::copy(dC_shared.begin(), dC_shared.end(), g.dC + row * N);
+        if (!s.B.var) std::copy(dB_shared.begin(), dB_shared.end(), g.dB + row * N);
+        if (!s.C.var) std::copy(dC_shared.begin(), dC_shared.end(), g.dC + row * N);
       }
     }
   });
@@ -377,8 +383,8 @@ ScanInputs<T> make_inputs(const at::Tensor& u, const at::Tensor& delta, const at
   s.u = u.data_ptr<T>();
   s.delta = delta.data_ptr<T>();
   s.A = A.data_ptr<T>();
-  s.B = B.data_ptr<T>();
-  s.C = C.data_ptr<T>();
+  s.B = {B.data_ptr<T>(), B.dim() == 4, B.dim() == 4 ? B.size(1) : 1};
+  s.C = {C.data_ptr<T>(), C.dim() == 4, C.dim() == 4 ? C.size(1) : 1};
   s.D = D ? D->data_ptr<T>() : nullptr;
   s.z = z ? z->data_ptr<T>() : nullptr;
   s.bias = bias ? bias->data_ptr<T>() : nullptr;
@@ -386,10 +392,6 @@ ScanInputs<T> make_inputs(const at::Tensor& u, const at::Tensor& delta, const at
   s.dim = u.size(1);
   s.len = u.size(2);
   s.nstate = A.size(1);
-  s.var_b = B.dim() == 4;
-  s.var_c = C.dim() == 4;
-  s.groups_b = s.var_b ? B.size(1) : 1;
-  s.groups_c = s.var_c ? C.size(1) : 1;
   s.softplus = softplus;
   return s;
 }
