@@ -11,7 +11,7 @@ import os
 from mmengine.config import DictAction
 
 from mmshufflemamba.utils import (build_runner, check_checkpoint_file, check_data_paths,
-                                  prepare_config)
+                                  finish_distributed, prepare_config)
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,6 +39,7 @@ def main() -> None:
     check_data_paths(cfg, ['test_dataloader'])
     cfg.load_from = args.checkpoint
     metrics = build_runner(cfg).test()
+    finish_distributed()
     print('metrics:', {k: round(float(v), 4) for k, v in metrics.items()})
 
 

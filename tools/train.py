@@ -11,7 +11,7 @@ import os
 from mmengine.config import DictAction
 
 from mmshufflemamba.utils import (build_runner, check_checkpoint_file, check_data_paths,
-                                  prepare_config)
+                                  finish_distributed, prepare_config)
 
 
 def parse_args() -> argparse.Namespace:
@@ -76,6 +76,7 @@ def main() -> None:
     check_data_paths(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg')
                                                    is not None else []))
     build_runner(cfg).train()
+    finish_distributed()
 
 
 if __name__ == '__main__':

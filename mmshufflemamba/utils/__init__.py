@@ -6,9 +6,9 @@ from .model_io import TensorForward, build_model_from_config  # noqa: E402
 
 __all__ += ['build_model_from_config', 'TensorForward', 'PeakResidentMemory', 'outputs_sum']
 from .runner import (build_runner, check_checkpoint_file, check_data_paths,  # noqa: E402
-                     init_cpu_distributed, prepare_config)
+                     finish_distributed, init_cpu_distributed, prepare_config)
 
 __all__ += [
-    'prepare_config', 'build_runner', 'init_cpu_distributed', 'check_data_paths',
-    'check_checkpoint_file'
+    'prepare_config', 'build_runner', 'init_cpu_distributed', 'finish_distributed',
+    'check_data_paths', 'check_checkpoint_file'
 ]

@@ -9,7 +9,8 @@ from typing import Optional
 import torch
 
 __all__ = [
-    'prepare_config', 'build_runner', 'init_cpu_distributed', 'check_data_paths',
+    'prepare_config', 'build_runner', 'init_cpu_distributed', 'finish_distributed',
+    'check_data_paths',
     'check_checkpoint_file'
 ]
 
@@ -70,6 +71,18 @@ def build_runner(cfg):
     from mmengine.runner import Runner
     init_cpu_distributed(cfg)
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+
+
+def finish_distributed() -> None:
+    """Shut the process group down after a run that succeeded on every rank.
+
+    Without it, gloo's worker threads can outlive the interpreter and abort the process at
+    exit (SIGABRT, "terminate called without an active exception") after a finished run.
+    Not called after a failure: a collective shutdown could hang on ranks that are gone.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def check_data_paths(cfg, loaders=('train_dataloader', 'val_dataloader', 'test_dataloader')):
