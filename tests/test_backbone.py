@@ -7,8 +7,9 @@ from mmshufflemamba.models import BiMambaMixer, ShuffleMamba
 TINY = dict(arch=dict(embed_dims=32, num_layers=4), img_size=32, patch_size=8,
             mixer_cfg=dict(d_state=4))
 
-# DESIGN.md section 1: published counts with a 1000-class linear head (millions).
-PUBLISHED_PARAMS = {'small': 26, 'middle': 74, 'base': 98, 'large': 341}
+# DESIGN.md section 1: published counts with a 1000-class linear head (millions); the
+# 40-layer large model is ShuffleMamba's mambar_large_patch16_224_40 (~283M).
+PUBLISHED_PARAMS = {'small': 26, 'middle': 74, 'base': 98, 'large': 341, 'large-40': 283}
 
 
 def count_with_linear_head(model: ShuffleMamba, num_classes: int = 1000) -> int:
@@ -21,6 +22,38 @@ def test_param_count_matches_published(arch):
     count = count_with_linear_head(ShuffleMamba(arch=arch))
     published = PUBLISHED_PARAMS[arch] * 1e6
     assert abs(count - published) / published < 0.01, count
+
+
+def test_arch_zoo_carries_upstreams_norm_and_stride():
+    assert ShuffleMamba(arch='middle').norm_type == 'LN'  # rms_norm=False upstream
+    assert isinstance(ShuffleMamba(arch='middle').layers[0].norm, torch.nn.LayerNorm)
+    for arch in ('tiny', 'small', 'base', 'large', 'large-40'):
+        assert ShuffleMamba.arch_zoo[arch].get('norm_type', 'RMSNorm') == 'RMSNorm'
+    assert ShuffleMamba(arch='large-40').num_layers == 40
+    plus = ShuffleMamba(arch='tiny-stride8')
+    assert plus.patch_stride == 8 and plus.patch_embed.proj.stride == (8, 8)
+    with pytest.raises(ValueError, match="norm_type='RMSNorm' contradicts arch 'middle'"):
+        ShuffleMamba(arch='middle', norm_type='RMSNorm')
+    with pytest.raises(ValueError, match="patch_stride=16 contradicts arch 'tiny-stride8'"):
+        ShuffleMamba(arch='tiny-stride8', patch_stride=16)
+    custom = ShuffleMamba(arch=dict(embed_dims=32, num_layers=2, norm_type='LN',
+                                    patch_stride=8), img_size=32)
+    assert custom.norm_type == 'LN' and custom.patch_resolution == (3, 3)
+    with pytest.raises(ValueError, match=r"Unknown arch keys \['depth'\]"):
+        ShuffleMamba(arch=dict(embed_dims=32, num_layers=2, depth=2))
+
+
+def test_patch_stride_grid_and_pyramid_strides():
+    model = ShuffleMamba(**dict(TINY, img_size=40), patch_stride=4, cls_token=None,
+                         out_type='featmap', out_indices=(0, 1, 2, 3),
+                         out_scales=(2, 1, 0.5, 0.25))
+    assert model.patch_resolution == (9, 9)  # (40 - 8) // 4 + 1
+    assert model.out_strides == (2, 4, 8, 16)
+    maps = model.eval()(torch.randn(1, 3, 40, 48))
+    assert [tuple(m.shape[2:]) for m in maps] == [(18, 22), (9, 11), (5, 6), (3, 3)]
+    with pytest.raises(ValueError, match=r'sides must be 8 \+ 4 \* k \(e.g. 40 or 44\)'):
+        model(torch.randn(1, 3, 42, 48))
+    assert ShuffleMamba(**TINY, out_type='featmap').out_strides == (8, )
 
 
 def test_tiny_param_count_matches_rounded_published_figure():
@@ -64,6 +97,10 @@ def test_output_shapes(cls_token, num_registers, size):
     tokens = h * w + (cls_token is not None) + num_registers
     expected = {'raw': (2, tokens, 32), 'featmap': (2, 32, h, w), 'avg_featmap': (2, 32),
                 'cls_token': (2, 32)}
+    if cls_token is not None and num_registers:
+        with pytest.raises(ValueError, match='needs cls_token=None'):
+            ShuffleMamba(**TINY, cls_token=cls_token, num_registers=num_registers)
+        return
     for out_type, shape in expected.items():
         if out_type == 'cls_token' and cls_token is None:
             continue
@@ -78,12 +115,14 @@ def test_token_layout_positions():
     layout = model._layout(16)
     assert layout.cls_index == 8 and layout.patch_index.tolist() == list(range(8)) + list(
         range(9, 17))
+    # Mamba-Reg: blocks of 16 // 5 = 3 patches, each followed by a register, then the rest
     regs = ShuffleMamba(**TINY, cls_token=None, num_registers=4, out_type='raw')._layout(16)
-    assert regs.register_index.tolist() == [2, 7, 12, 17]
-    assert sorted(regs.order.tolist()) == list(range(20))
+    assert regs.register_index.tolist() == [3, 7, 11, 15]
+    assert regs.order.tolist() == [0, 1, 2, 16, 3, 4, 5, 17, 6, 7, 8, 18, 9, 10, 11, 19,
+                                   12, 13, 14, 15]
     # featmap returns the patch tokens in raster order, whatever the layout
     x = torch.randn(1, 3, 32, 32)
-    for kwargs in (dict(cls_token='middle'), dict(cls_token='head', num_registers=3)):
+    for kwargs in (dict(cls_token='middle'), dict(cls_token=None, num_registers=3)):
         raw_model = ShuffleMamba(**TINY, out_type='raw', **kwargs).eval()
         fmap_model = ShuffleMamba(**TINY, out_type='featmap', **kwargs).eval()
         fmap_model.load_state_dict(raw_model.state_dict())
@@ -177,7 +216,7 @@ def test_mixer_matches_plain_definition(bias):
 
 
 def test_optimizer_hints():
-    model = ShuffleMamba(**TINY, num_registers=2)
+    model = ShuffleMamba(**TINY, cls_token=None, out_type='avg_featmap', num_registers=2)
     depth = {n: model.get_layer_depth(n, 'backbone.')[0] for n, _ in model.named_parameters(
         prefix='backbone')}
     assert depth['backbone.pos_embed'] == 0 and depth['backbone.patch_embed.proj.weight'] == 0

@@ -14,7 +14,8 @@ class Segmentor(nn.Module):
     def __init__(self):
         super().__init__()
         self.backbone = ShuffleMamba(arch=dict(embed_dims=16, num_layers=3), img_size=32,
-                                     patch_size=16, num_registers=1,
+                                     patch_size=16, cls_token=None, num_registers=1,
+                                     out_type='featmap',
                                      mixer_cfg=dict(d_state=2))
         self.head = nn.Sequential(nn.Conv2d(16, 8, 1), nn.BatchNorm2d(8))
 

@@ -25,12 +25,37 @@ def test_class_slot_dropped_for_dense_backbone(layout):
     torch.testing.assert_close(dense.layers[2].mixer.A_log, src.layers[2].mixer.A_log)
 
 
-def test_registers_dropped_and_class_slot_kept_between_same_layouts():
-    src = ShuffleMamba(**BASE, cls_token='middle', num_registers=3)
-    dst = ShuffleMamba(**dict(BASE, img_size=48), cls_token='middle')
+def test_registers_dropped_for_a_backbone_without_them():
+    src = ShuffleMamba(**BASE, cls_token=None, num_registers=3, out_type='registers')
+    dst = ShuffleMamba(**dict(BASE, img_size=48), cls_token=None, out_type='featmap')
     dst.load_state_dict(src.state_dict())
     assert dst.load_report['dropped'] == ['register_tokens', 'pos_embed_reg']
+    assert dst.load_report['resized'] == ['pos_embed 2x2 -> 3x3 (bicubic)']
+
+
+def test_class_slot_kept_between_same_layouts_and_every_resize_reported(caplog):
+    from mmengine.logging import MMLogger
+    MMLogger.get_instance('mmengine', log_level='INFO')
+    src = ShuffleMamba(**BASE, cls_token='middle')
+    dst = ShuffleMamba(**dict(BASE, img_size=48), cls_token='middle')
+    dst.load_state_dict(src.state_dict())
     torch.testing.assert_close(dst.pos_embed[:, 4], src.pos_embed[:, 2])  # the class slot
+    assert dst.load_report == dict(dropped=[], resized=['pos_embed 2x2 -> 3x3 (bicubic)'])
+    same = ShuffleMamba(**BASE, cls_token='middle')
+    same.load_state_dict(src.state_dict())
+    assert same.load_report == dict(dropped=[], resized=[])
+
+
+def test_stride8_weights_load_into_a_stride16_model_with_a_reported_resize():
+    """Vim-T+ weights (patch 16, stride 8: 27x27 at 224 px) into a stride-16 backbone:
+    the conv has the same shape, so only the grid tells; the resize is named."""
+    plus = ShuffleMamba(**dict(BASE, img_size=224), patch_stride=8, cls_token='middle')
+    assert plus.patch_resolution == (27, 27) and plus.pos_embed.shape[1] == 27 * 27 + 1
+    plain = ShuffleMamba(**dict(BASE, img_size=224), cls_token='middle')
+    plain.load_state_dict(plus.state_dict())
+    assert plain.load_report['resized'] == ['pos_embed 27x27 -> 14x14 (bicubic)']
+    # the class slot is read at 729 // 2 = 364 and written at 196 // 2 = 98
+    torch.testing.assert_close(plain.pos_embed[:, 98], plus.pos_embed[:, 364])
 
 
 @pytest.mark.parametrize('src_norm,dst_norm', [('LN', 'RMSNorm'), ('RMSNorm', 'LN')])

@@ -7,14 +7,18 @@ and writes ``{'state_dict': ..., 'meta': ...}`` for ``ImageClassifier`` with a
 ``mmshufflemamba.ShuffleMamba`` backbone. Match the backbone config to the weights:
 ``cls_token='middle'`` for Vim's ``*midclstok*`` files, ``'head'`` for ShuffleMamba and
 VideoMamba, ``cls_token=None, num_registers=k, out_type='registers'`` with
-``RegisterClsHead`` for ``mambar_*``; ``norm_type`` as trained (RMSNorm for all of these).
+``RegisterClsHead`` for ``mambar_*``; ``norm_type`` as trained (RMSNorm for all of these
+but ShuffleMamba-M) and ``patch_stride=8`` for Vim-T+/S+. The converter prints what the
+weights say (width, depth, norm, patch grid and the stride it implies, registers and
+their head reduction) before writing.
 The reference files are trusted pickles: they load with ``weights_only=False``.
 """
 import argparse
 
 import torch
 
-from mmshufflemamba.models.utils import is_register_model, reference_to_mmpretrain
+from mmshufflemamba.models.utils import (describe_reference, is_register_model,
+                                         reference_to_mmpretrain)
 
 
 def main() -> None:
@@ -32,6 +36,8 @@ def main() -> None:
         raise SystemExit(f'{args.src} has no model_ema entry (keys: {list(ckpt)}).')
     else:
         reference = ckpt
+    for line in describe_reference(reference):
+        print(line)
     state = reference_to_mmpretrain(reference)
     meta = dict(converted_from=args.src, entry=entry, registers=is_register_model(reference))
     torch.save({'state_dict': state, 'meta': meta}, args.dst)

@@ -14,47 +14,12 @@ from torch import Tensor, nn
 from mmshufflemamba.registry import MODELS
 from ..layers import LayerwiseShuffle, MambaBlock, SimplePyramid, build_norm
 from ..layers.block import DropPath
-from ..utils import resize_pos_embed
+from ..utils import CLS_TOKEN_LAYOUTS, TokenLayout, cls_token_index, resize_pos_embed
 
 __all__ = ['ShuffleMamba']
 
 OUT_TYPES = ('raw', 'cls_token', 'featmap', 'avg_featmap', 'registers')
-CLS_TOKEN_LAYOUTS = ('head', 'middle', None)
-
-
-class TokenLayout:
-    """Where the class token, the registers and the patches sit in the sequence.
-
-    The sequence is first ``patches`` with the class token at index 0 (``'head'``) or at
-    ``num_patches // 2`` (``'middle'``, Vim); then ``num_registers`` register tokens are
-    interleaved evenly: register ``j`` goes to index ``int((j + 0.5) * T / k)`` of the
-    final length-``T`` sequence.
-
-    Attributes:
-        order: ``(T,)`` indices into ``cat([patches, cls, registers], dim=1)``.
-        cls_index: Index of the class token, or None.
-        register_index: ``(k,)`` indices of the registers.
-        patch_index: ``(M,)`` indices of the patches, in raster order.
-    """
-
-    def __init__(self, num_patches: int, cls_token: Optional[str], num_registers: int):
-        M = num_patches
-        base = list(range(M))
-        if cls_token == 'head':
-            base = [M] + base
-        elif cls_token == 'middle':
-            base = base[:M // 2] + [M] + base[M // 2:]
-        num_cls = int(cls_token is not None)
-        total = len(base) + num_registers
-        reg_positions = {int((j + 0.5) * total / num_registers): j
-                         for j in range(num_registers)}
-        order, it = [], iter(base)
-        for pos in range(total):
-            order.append(M + num_cls + reg_positions[pos] if pos in reg_positions else next(it))
-        self.order = torch.tensor(order)
-        self.cls_index = order.index(M) if cls_token is not None else None
-        self.register_index = torch.tensor(sorted(reg_positions), dtype=torch.long)
-        self.patch_index = torch.tensor([i for i, o in enumerate(order) if o < M])
+INTERMEDIATE_OUTPUTS = ('residual', 'mixer')
 
 
 @MODELS.register_module()
@@ -62,24 +27,37 @@ class ShuffleMamba(BaseModule):
     """Plain bidirectional Mamba backbone (Vim) with stochastic layer-wise shuffle.
 
     Args:
-        arch: A name of :attr:`arch_zoo` (``tiny``/``small``/``middle``/``base``/``large``,
-            or their first letter), or a dict with ``embed_dims`` and ``num_layers``.
-        img_size: Input size the position embedding is stored for. Other sizes (whose
-            sides are multiples of ``patch_size``) are handled by bicubic resizing.
-        patch_size: Patch size and stride of the patch embedding.
+        arch: A name of :attr:`arch_zoo` or a dict with ``embed_dims`` and ``num_layers``
+            (and optionally ``norm_type``, ``patch_stride``). The zoo holds the published
+            sizes: ``tiny``, ``small``, ``middle`` (LayerNorm, as upstream), ``base``,
+            ``large`` (48 blocks), ``large-40`` (40 blocks, ``mambar_large_patch16_224_40``)
+            and ``tiny-stride8`` / ``small-stride8`` (Vim-T+ / Vim-S+: patch 16, stride 8).
+        img_size: Input size the position embedding is stored for. Other sizes are
+            handled by bicubic resizing at run time.
+        patch_size: Kernel size of the patch embedding.
+        patch_stride: Its stride; default: the arch's, else ``patch_size``. A grid side
+            is ``(side - patch_size) // patch_stride + 1`` (27 at 224 px for 16 / 8).
         in_channels: Image channels.
         out_indices: Blocks whose output is returned; negative values count from the end.
         out_type: ``'raw'`` (all tokens ``(B, T, C)``), ``'cls_token'`` (``(B, C)``),
-            ``'featmap'`` (patch tokens ``(B, C, H/p, W/p)``) or ``'avg_featmap'``
-            (mean of patch tokens ``(B, C)``), as in mmpretrain; and ``'registers'``
-            (the register tokens ``(B, k, C)``, for the Mamba-Reg head).
-        cls_token: ``'head'``, ``'middle'`` (Vim) or None (no class token).
-        num_registers: Register tokens (Mamba-Reg), interleaved evenly.
+            ``'featmap'`` (patch tokens ``(B, C, Hg, Wg)`` on the patch grid) or
+            ``'avg_featmap'`` (mean of patch tokens ``(B, C)``), as in mmpretrain; and
+            ``'registers'`` (the register tokens ``(B, k, C)``, for the Mamba-Reg head).
+        intermediate_output: What an ``out_indices`` entry before the last block returns:
+            ``'residual'`` (default) the residual stream after that block,
+            ``residual + hidden``, i.e. what the next block normalises; ``'mixer'`` that
+            block's mixer output ``hidden`` alone (upstream ShuffleMamba's segmentation
+            backbone, and Vim's). The last block always returns
+            ``norm_f(residual + hidden)``.
+        cls_token: ``'head'``, ``'middle'`` (Vim) or None (no class token); see
+            :mod:`mmshufflemamba.models.utils.token_layout`.
+        num_registers: Register tokens (Mamba-Reg ``get_cls_idx`` layout); needs
+            ``cls_token=None``.
         shuffle_rate: Shuffle probability of the last layer (``p_i = rate * i / (L-1)``).
         drop_path_rate: Stochastic depth; block ``i`` gets ``linspace(0, rate, L)[i - 1]``
             and the final add ``rate`` (Vim's schedule).
         drop_rate: Dropout after adding the position embedding.
-        norm_type: ``'RMSNorm'`` (Vim) or ``'LN'``.
+        norm_type: ``'RMSNorm'`` or ``'LN'``; default: the arch's (RMSNorm for a dict).
         norm_eps: Norm epsilon.
         residual_in_fp32: Keep the residual stream in float32.
         final_norm: Apply ``norm_f`` to the output of the last block.
@@ -88,10 +66,11 @@ class ShuffleMamba(BaseModule):
         with_cp: Activation checkpointing in every block.
         mixer_cfg: Extra arguments of :class:`BiMambaMixer` (``d_state``, ``expand``, ...).
         out_scales: For dense prediction: resample the ``featmap`` outputs into a
-            pyramid, output ``k`` by ``out_scales[k]`` (``(4, 2, 1, 0.5)`` gives strides
-            4/8/16/32 for patch size 16). Either one map per scale (``out_indices`` of the
-            same length, as BEiT) or one map for all scales (a single index, as ViTDet).
-            None: no pyramid (classification).
+            pyramid, output ``k`` by ``out_scales[k]``. Scales are relative to the token
+            map's stride ``patch_stride``: ``(4, 2, 1, 0.5)`` gives strides 4/8/16/32 for
+            stride 16, ``(2, 1, 0.5, 0.25)`` for stride 8 (see :attr:`out_strides`).
+            Either one map per scale (``out_indices`` of the same length, as BEiT) or one
+            map for all scales (a single index, as ViTDet). None: no pyramid.
         pyramid_norm: Norm inside the pyramid's upsamplers: ``'LN2d'`` (default; works on
             one process), ``'GN'``, ``'BN'`` or ``'SyncBN'``.
         interpolate_mode: Mode for resizing the position embedding.
@@ -105,24 +84,33 @@ class ShuffleMamba(BaseModule):
     arch_zoo: Dict[str, dict] = {
         **dict.fromkeys(['t', 'tiny'], {'embed_dims': 192, 'num_layers': 24}),
         **dict.fromkeys(['s', 'small'], {'embed_dims': 384, 'num_layers': 24}),
-        **dict.fromkeys(['m', 'middle'], {'embed_dims': 576, 'num_layers': 32}),
+        # ShuffleMamba-M: rms_norm=False upstream (models_shuffle.mambar_middle_patch16_224)
+        **dict.fromkeys(['m', 'middle'], {'embed_dims': 576, 'num_layers': 32,
+                                          'norm_type': 'LN'}),
         **dict.fromkeys(['b', 'base'], {'embed_dims': 768, 'num_layers': 24}),
         **dict.fromkeys(['l', 'large'], {'embed_dims': 1024, 'num_layers': 48}),
+        'large-40': {'embed_dims': 1024, 'num_layers': 40},
+        # Vim-T+ / Vim-S+ (vim_*_patch16_stride8_224_*): fine-tuned with stride 8
+        'tiny-stride8': {'embed_dims': 192, 'num_layers': 24, 'patch_stride': 8},
+        'small-stride8': {'embed_dims': 384, 'num_layers': 24, 'patch_stride': 8},
     }
+    _ARCH_DEFAULTS = {'norm_type': 'RMSNorm', 'patch_stride': None}
 
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
                  img_size: Union[int, Tuple[int, int]] = 224,
                  patch_size: int = 16,
+                 patch_stride: Optional[int] = None,
                  in_channels: int = 3,
                  out_indices: Union[int, Sequence[int]] = -1,
                  out_type: str = 'cls_token',
+                 intermediate_output: str = 'residual',
                  cls_token: Optional[str] = 'head',
                  num_registers: int = 0,
                  shuffle_rate: float = 0.0,
                  drop_path_rate: float = 0.0,
                  drop_rate: float = 0.0,
-                 norm_type: str = 'RMSNorm',
+                 norm_type: Optional[str] = None,
                  norm_eps: float = 1e-5,
                  residual_in_fp32: bool = True,
                  final_norm: bool = True,
@@ -135,11 +123,18 @@ class ShuffleMamba(BaseModule):
                  ckpt_cls_token: str = 'head',
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
-        self.arch_settings = self._parse_arch(arch)
+        self.arch_settings = self._parse_arch(arch, norm_type=norm_type,
+                                              patch_stride=patch_stride)
         self.embed_dims = self.arch_settings['embed_dims']
         self.num_layers = self.arch_settings['num_layers']
-        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.norm_type = self.arch_settings['norm_type']
         self.patch_size = patch_size
+        stride = self.arch_settings['patch_stride']
+        self.patch_stride = patch_size if stride is None else stride
+        if not 0 < self.patch_stride <= patch_size:
+            raise ValueError(f'patch_stride must lie in 1..patch_size ({patch_size}); got '
+                             f'{self.patch_stride}.')
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.in_channels = in_channels
         for side in self.img_size:
             self._check_side(side, 'img_size')
@@ -148,20 +143,27 @@ class ShuffleMamba(BaseModule):
             raise ValueError(f'cls_token must be one of {CLS_TOKEN_LAYOUTS}; got {cls_token!r}.')
         if out_type not in OUT_TYPES:
             raise ValueError(f'out_type must be one of {OUT_TYPES}; got {out_type!r}.')
+        if intermediate_output not in INTERMEDIATE_OUTPUTS:
+            raise ValueError(f'intermediate_output must be one of {INTERMEDIATE_OUTPUTS}; '
+                             f'got {intermediate_output!r}.')
         if out_type == 'registers' and not num_registers:
             raise ValueError("out_type='registers' needs num_registers > 0.")
         if ckpt_cls_token not in ('head', 'middle'):
             raise ValueError(f"ckpt_cls_token must be 'head' or 'middle'; got {ckpt_cls_token!r}.")
         self.ckpt_cls_token = ckpt_cls_token
-        self.norm_type = norm_type
         if out_type == 'cls_token' and cls_token is None:
             raise ValueError("out_type='cls_token' needs a class token: set cls_token to "
                              "'head' or 'middle', or use out_type='avg_featmap'.")
         if num_registers < 0:
             raise ValueError(f'num_registers must be >= 0; got {num_registers}.')
+        if num_registers and cls_token is not None:
+            raise ValueError(f'num_registers={num_registers} needs cls_token=None: Mamba-Reg '
+                             f'models classify from their registers and have no class token '
+                             f'(got cls_token={cls_token!r}).')
         self.cls_token_layout = cls_token
         self.num_registers = num_registers
         self.out_type = out_type
+        self.intermediate_output = intermediate_output
         self.interpolate_mode = interpolate_mode
         self.out_indices = self._parse_out_indices(out_indices)
         self.final_norm = final_norm
@@ -169,8 +171,8 @@ class ShuffleMamba(BaseModule):
 
         C = self.embed_dims
         self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(in_channels, C, patch_size, stride=patch_size)
-        self.patch_resolution = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
+        self.patch_embed.proj = nn.Conv2d(in_channels, C, patch_size, stride=self.patch_stride)
+        self.patch_resolution = self.grid_size(self.img_size)
         num_cls = int(cls_token is not None)
         self.pos_embed = nn.Parameter(torch.zeros(1, num_cls + self._num_patches(
             self.patch_resolution), C))
@@ -186,7 +188,7 @@ class ShuffleMamba(BaseModule):
         self.layers = nn.ModuleList([
             MambaBlock(
                 C,
-                norm_type=norm_type,
+                norm_type=self.norm_type,
                 norm_eps=norm_eps,
                 drop_path_rate=([0.0] + dpr)[i],
                 residual_in_fp32=residual_in_fp32,
@@ -194,9 +196,9 @@ class ShuffleMamba(BaseModule):
                 with_cp=with_cp) for i in range(self.num_layers)
         ])
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
-        self.norm_f = build_norm(norm_type, C, norm_eps) if final_norm else nn.Identity()
+        self.norm_f = build_norm(self.norm_type, C, norm_eps) if final_norm else nn.Identity()
         self._layouts: Dict[int, TokenLayout] = {}
-        self.load_report: dict = dict(dropped=[])
+        self.load_report: dict = dict(dropped=[], resized=[])
         self.pyramid = self._build_pyramid(out_scales, pyramid_norm)
 
         self._init_mamba_weights()
@@ -204,17 +206,37 @@ class ShuffleMamba(BaseModule):
         self._freeze_stages()
 
     # ----------------------------------------------------------------- construction
-    def _parse_arch(self, arch: Union[str, dict]) -> dict:
+    def _parse_arch(self, arch: Union[str, dict], **explicit: Optional[object]) -> dict:
+        """The arch's settings, with ``norm_type``/``patch_stride`` given as arguments.
+
+        An argument that contradicts the arch (``arch='middle', norm_type='RMSNorm'``) is
+        an error, not a silent override: use a dict arch for a variant.
+        """
         if isinstance(arch, str):
             key = arch.lower()
             if key not in self.arch_zoo:
                 raise ValueError(f'Unknown arch {arch!r}; choose from '
                                  f'{sorted(set(self.arch_zoo))} or pass a dict.')
-            return dict(self.arch_zoo[key])
-        missing = {'embed_dims', 'num_layers'} - set(arch)
-        if missing:
-            raise ValueError(f'A custom arch dict needs the keys {sorted(missing)}.')
-        return dict(arch)
+            given = dict(self.arch_zoo[key])
+        else:
+            given = dict(arch)
+            missing = {'embed_dims', 'num_layers'} - set(given)
+            if missing:
+                raise ValueError(f'A custom arch dict needs the keys {sorted(missing)}.')
+            unknown = set(given) - {'embed_dims', 'num_layers', *self._ARCH_DEFAULTS}
+            if unknown:
+                raise ValueError(f'Unknown arch keys {sorted(unknown)}; an arch dict takes '
+                                 f'embed_dims, num_layers, norm_type and patch_stride.')
+        settings = {**self._ARCH_DEFAULTS, **given}
+        for name, value in explicit.items():
+            if value is None:
+                continue
+            if name in given and given[name] != value:
+                raise ValueError(f'{name}={value!r} contradicts arch {arch!r}, whose '
+                                 f'{name} is {given[name]!r}. Leave {name} unset, or pass '
+                                 f'a dict arch for another variant.')
+            settings[name] = value
+        return settings
 
     def _parse_out_indices(self, out_indices: Union[int, Sequence[int]]) -> List[int]:
         indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
@@ -240,12 +262,31 @@ class ShuffleMamba(BaseModule):
                              f'per scale or a single one; got {self.out_indices}.')
         return SimplePyramid(self.embed_dims, out_scales, norm_type)
 
+    def grid_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
+        """Patch grid ``(Hg, Wg)`` of an ``(H, W)`` input: ``(side - patch) // stride + 1``."""
+        return tuple((side - self.patch_size) // self.patch_stride + 1 for side in size)
+
+    @property
+    def out_strides(self) -> Tuple[float, ...]:
+        """Strides of the outputs w.r.t. the input: the token map's is ``patch_stride``."""
+        if self.pyramid is None:
+            return (self.patch_stride, ) * len(self.out_indices)
+        return tuple(self.patch_stride / scale for scale in self.pyramid.scales)
+
     def _check_side(self, side: int, what: str) -> None:
-        if side % self.patch_size:
+        p, s = self.patch_size, self.patch_stride
+        if side >= p and (side - p) % s == 0:
+            return
+        if s == p:
             raise ValueError(
-                f'{what} side {side} is not a multiple of the patch size {self.patch_size}. '
-                f'Resize or pad the input to a multiple of {self.patch_size} (for example '
-                f'with the pipeline\'s Pad transform, size_divisor={self.patch_size}).')
+                f'{what} side {side} is not a multiple of the patch size {p}. '
+                f'Resize or pad the input to a multiple of {p} (for example '
+                f'with the pipeline\'s Pad transform, size_divisor={p}).')
+        below = p + max(side - p, 0) // s * s
+        raise ValueError(
+            f'{what} side {side} does not fit patch size {p} with stride {s}: sides must be '
+            f'{p} + {s} * k (e.g. {below} or {below + s}) so that the patches cover the '
+            f'image exactly. Resize or pad the input.')
 
     @staticmethod
     def _num_patches(resolution: Tuple[int, int]) -> int:
@@ -337,17 +378,10 @@ class ShuffleMamba(BaseModule):
         return num_layers - 1, num_layers
 
     # ------------------------------------------------------------ position embedding
-    @staticmethod
-    def _cls_slot(layout: Optional[str], num_patches: int) -> Optional[int]:
-        """Index of the class-token slot in ``pos_embed`` for ``layout``."""
-        if layout is None:
-            return None
-        return 0 if layout == 'head' else num_patches // 2
-
     def _split_pos_embed(self, pos_embed: Tensor, num_patches: int,
                          layout: Optional[str]) -> Tuple[Optional[Tensor], Tensor]:
         """``(1, n, C)`` -> (class-token slot ``(1, 1, C)`` or None, patch part ``(1, M, C)``)."""
-        slot = self._cls_slot(layout, num_patches)
+        slot = cls_token_index(num_patches, layout)
         if slot is None:
             return None, pos_embed
         patches = torch.cat([pos_embed[:, :slot], pos_embed[:, slot + 1:]], dim=1)
@@ -368,9 +402,10 @@ class ShuffleMamba(BaseModule):
         Refuses a checkpoint of the other norm type; resizes ``pos_embed`` to our patch
         grid; moves, drops (when we have no class token, see ``ckpt_cls_token``) or keeps
         its class-token slot; drops class/register tokens we do not have. Everything
-        dropped is recorded in ``self.load_report`` for the caller to log.
+        dropped or resized is recorded in ``self.load_report`` for the caller to log, and
+        every resize is logged here as well (``pos_embed 27x27 -> 14x14``).
         """
-        self.load_report = dict(dropped=[])
+        self.load_report = dict(dropped=[], resized=[])
         self._check_norm_type(state_dict, prefix)
         self._check_depth(state_dict, prefix)
         name = prefix + 'pos_embed'
@@ -399,18 +434,26 @@ class ShuffleMamba(BaseModule):
                 f'plus a class-token slot of this width. Check arch/embed_dims, or convert '
                 f'the checkpoint with tools/model_converters.')
         cls_pos, patch_pos = self._split_pos_embed(ckpt, side * side, src_layout)
-        patch_pos = resize_pos_embed(patch_pos, (side, side), self.patch_resolution,
-                                     self.interpolate_mode)
+        if (side, side) != self.patch_resolution:
+            patch_pos = resize_pos_embed(patch_pos, (side, side), self.patch_resolution,
+                                         self.interpolate_mode)
+            resize = (f'{name} {side}x{side} -> {self.patch_resolution[0]}x'
+                      f'{self.patch_resolution[1]} ({self.interpolate_mode})')
+            self.load_report['resized'].append(resize)
+            from mmengine.logging import print_log
+            print_log(f'ShuffleMamba: resized {resize}: the checkpoint\'s patch grid differs '
+                      f'from this model\'s (img_size {self.img_size}, patch {self.patch_size}, '
+                      f'stride {self.patch_stride}).', logger='current')
         if self.cls_token_layout is not None:
             if cls_pos is None:
                 raise ValueError(f'{name} has no class-token slot but this model has '
                                  f'cls_token={self.cls_token_layout!r}.')
-            slot = self._cls_slot(self.cls_token_layout,
-                                  self._num_patches(self.patch_resolution))
+            slot = cls_token_index(self._num_patches(self.patch_resolution),
+                                   self.cls_token_layout)
             patch_pos = torch.cat([patch_pos[:, :slot], cls_pos, patch_pos[:, slot:]], dim=1)
         elif cls_pos is not None:
             self.load_report['dropped'].append(
-                f'{name}[{self._cls_slot(src_layout, side * side)}] (class-token slot, '
+                f'{name}[{cls_token_index(side * side, src_layout)}] (class-token slot, '
                 f"ckpt_cls_token={src_layout!r})")
         state_dict[name] = patch_pos
 
@@ -463,13 +506,15 @@ class ShuffleMamba(BaseModule):
         missing = [k for k in result.missing_keys if not k.startswith('pyramid.')]
         report = dict(checkpoint=checkpoint,
                       loaded=len(self.state_dict()) - len(result.missing_keys),
-                      dropped=self.load_report['dropped'], missing=missing,
+                      dropped=self.load_report['dropped'],
+                      resized=self.load_report['resized'], missing=missing,
                       unexpected=list(result.unexpected_keys), new=new_modules)
         print_log(
             f"ShuffleMamba init from {checkpoint}: {report['loaded']} tensors loaded; "
             f"missing keys: {missing or 'none'}; unexpected keys: "
             f"{report['unexpected'] or 'none'}; dropped on purpose: "
-            f"{report['dropped'] or 'none'}; not in the checkpoint (new dense-prediction "
+            f"{report['dropped'] or 'none'}; resized: {report['resized'] or 'none'}; "
+            f"not in the checkpoint (new dense-prediction "
             f"pyramid): {len(new_modules)} tensors", logger='current')
         if missing or report['unexpected']:
             raise ValueError(f'Pretrained weights do not fit this backbone: missing '
@@ -501,16 +546,13 @@ class ShuffleMamba(BaseModule):
         resolution = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # (B, M, C)
         cls_pos, patch_pos = self._patch_pos_embed(resolution)
-        tokens = [x + patch_pos]
+        extra = None  # the class token or the registers, with their position embeddings
         if cls_pos is not None:
-            tokens.append((self.cls_token + cls_pos).expand(x.shape[0], -1, -1))
-        if self.num_registers:
-            tokens.append((self.register_tokens + self.pos_embed_reg).expand(
-                x.shape[0], -1, -1))
+            extra = (self.cls_token + cls_pos).expand(x.shape[0], -1, -1)
+        elif self.num_registers:
+            extra = (self.register_tokens + self.pos_embed_reg).expand(x.shape[0], -1, -1)
         layout = self._layout(x.shape[1])
-        x = torch.cat(tokens, dim=1)
-        if len(tokens) > 1 or self.cls_token_layout == 'middle':
-            x = x.index_select(1, layout.order.to(x.device))
+        x = layout.arrange(x + patch_pos, extra)
         return self.pos_drop(x), layout, resolution
 
     def _format_output(self, tokens: Tensor, layout: TokenLayout,
@@ -528,7 +570,8 @@ class ShuffleMamba(BaseModule):
         return patches.transpose(1, 2).reshape(B, C, *resolution)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        """Images ``(B, in_channels, H, W)``, sides multiples of ``patch_size``.
+        """Images ``(B, in_channels, H, W)`` whose sides fit the patch grid (see
+        :meth:`grid_size`; multiples of ``patch_size`` when the stride equals it).
 
         Returns:
             One output per ``out_indices`` entry, formatted by ``out_type``.
@@ -543,6 +586,8 @@ class ShuffleMamba(BaseModule):
                 if i == last:
                     stream = residual + self.drop_path(hidden)
                     tokens = self.norm_f(stream.to(self._norm_f_dtype(stream)))
+                elif self.intermediate_output == 'mixer':
+                    tokens = hidden
                 else:
                     tokens = residual + hidden
                 outs.append(self._format_output(tokens, layout, resolution))

@@ -14,16 +14,21 @@ __all__ = ['RegisterClsHead']
 class RegisterClsHead(ClsHead):
     """Classify from the register tokens of a ``ShuffleMamba(out_type='registers')``.
 
-    The ``k`` registers ``(B, k, C)`` are each reduced to ``C // reduction`` channels by
-    one shared linear layer (``reduction > 1`` only), concatenated to
-    ``(B, k * C // reduction)``, normed (``reduction > 1`` only, as in Mamba-Reg, whose
-    small/base models concatenate the raw registers) and classified.
+    Mamba-Reg's head (``cls_reduce = r``): the ``k`` registers ``(B, k, C)``, register-major
+    as the backbone returns them, are each reduced to ``C // r`` channels by one shared
+    linear layer without bias (upstream ``neck``), concatenated to ``(B, k * C // r)``,
+    normed (upstream ``norm_neck``; RMSNorm for the published models) and classified by
+    ``fc`` (upstream ``head``). With ``r = 1`` (Mamba-Reg-T) there is neither reduction nor
+    norm: the raw registers are concatenated.
+
+    Published settings (``mambar_*_patch16_224``): tiny k=12, r=1; small k=12, r=2;
+    base k=12, r=4; large k=16, r=8.
 
     Args:
         num_classes: Number of classes.
         in_channels: Width ``C`` of the registers.
         num_registers: ``k``.
-        reduction: Channel reduction per register (Mamba-Reg-L: 8).
+        reduction: ``r``, the channel reduction per register (must divide ``C``).
         norm_type: ``'RMSNorm'`` or ``'LN'`` for the norm after the reduction.
         loss: Loss config (mmpretrain's).
         init_cfg: Init config.

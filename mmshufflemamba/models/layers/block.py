@@ -5,6 +5,7 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
+from ..utils.precision import at_least_float32
 from .mixer import BiMambaMixer
 from .norm import build_norm
 
@@ -67,7 +68,7 @@ class MambaBlock(nn.Module):
         residual = hidden if residual is None else residual + self.drop_path(hidden)
         normed = self.norm(residual.to(self.norm.weight.dtype))
         if self.residual_in_fp32:
-            residual = residual.float()
+            residual = at_least_float32(residual)
         return normed, residual
 
     def _forward(self, hidden: Tensor, residual: Optional[Tensor]) -> Tuple[Tensor, Tensor]:

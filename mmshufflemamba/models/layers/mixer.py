@@ -4,6 +4,7 @@ import torch
 from torch import Tensor, nn
 
 from mmshufflemamba.ops import causal_conv1d, selective_scan
+from ..utils.precision import at_least_float32
 
 __all__ = ['BiMambaMixer']
 
@@ -92,9 +93,9 @@ class BiMambaMixer(nn.Module):
         x_dbl = torch.matmul(x_proj.weight, x)  # (B, dt_rank + 2N, L)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
         dt = torch.matmul(dt_proj.weight, dt)  # (B, d_inner, L); bias added in the scan
-        A = -torch.exp(A_log.float())  # (d_inner, N), fp32
-        return selective_scan(x, dt, A, B, C, D.float(), z=z,
-                              delta_bias=dt_proj.bias.float(), delta_softplus=True)
+        A = -torch.exp(at_least_float32(A_log))  # (d_inner, N), fp32 (or fp64)
+        return selective_scan(x, dt, A, B, C, at_least_float32(D), z=z,
+                              delta_bias=at_least_float32(dt_proj.bias), delta_softplus=True)
 
     def forward(self, hidden: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
         hidden_t = hidden.transpose(1, 2)  # (B, C, L), a view

@@ -4,11 +4,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..utils.precision import at_least_float32
+
 __all__ = ['RMSNorm', 'build_norm']
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm with a learned scale (no bias), computed in float32.
+    """Root-mean-square norm with a learned scale (no bias), computed in float32 or wider.
 
     Args:
         dims: Size of the last dimension.
@@ -21,9 +23,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dims))
 
     def forward(self, x: Tensor) -> Tensor:  # (..., C) -> (..., C)
-        x32 = x.float()
+        x32 = at_least_float32(x)
         out = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (out * self.weight.float()).to(x.dtype)
+        return (out * at_least_float32(self.weight)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f'{self.weight.shape[0]}, eps={self.eps}'

@@ -1,6 +1,10 @@
+from .convert import (describe_reference, is_register_model, mmpretrain_to_reference,
+                      reference_to_mmpretrain)
 from .pos_embed import resize_pos_embed
+from .token_layout import CLS_TOKEN_LAYOUTS, TokenLayout, cls_token_index, register_indices
 
-__all__ = ['resize_pos_embed']
-from .convert import is_register_model, mmpretrain_to_reference, reference_to_mmpretrain  # noqa
-
-__all__ += ['reference_to_mmpretrain', 'mmpretrain_to_reference', 'is_register_model']
+__all__ = [
+    'resize_pos_embed', 'TokenLayout', 'cls_token_index', 'register_indices',
+    'CLS_TOKEN_LAYOUTS', 'reference_to_mmpretrain', 'mmpretrain_to_reference',
+    'is_register_model', 'describe_reference'
+]

@@ -13,12 +13,16 @@ Ours (``ImageClassifier``): ``backbone.`` + the backbone keys (registers as
 ``register_tokens``/``pos_embed_reg``) and ``head.fc.*`` (``head.reduction.weight``,
 ``head.norm.*`` for the register head). Unknown keys are errors, never dropped.
 """
+import math
 from collections import OrderedDict
-from typing import Dict
+from typing import Dict, List
 
 from torch import Tensor
 
-__all__ = ['reference_to_mmpretrain', 'mmpretrain_to_reference', 'is_register_model']
+__all__ = [
+    'reference_to_mmpretrain', 'mmpretrain_to_reference', 'is_register_model',
+    'describe_reference'
+]
 
 _BACKBONE_PREFIXES = ('patch_embed.', 'layers.', 'norm_f.')
 _BACKBONE_KEYS = ('pos_embed', )
@@ -77,3 +81,55 @@ def mmpretrain_to_reference(state: Dict[str, Tensor]) -> 'OrderedDict[str, Tenso
     if unknown:
         raise KeyError(f'Keys with no reference counterpart: {unknown}.')
     return out
+
+
+def _strides_for_grid(grid: int, patch: int, sizes=(224, 384, 128)) -> List[str]:
+    """Patch strides that give a ``grid``-wide patch grid at common training sizes."""
+    found = []
+    for size in sizes:
+        if grid > 1 and (size - patch) % (grid - 1) == 0 and \
+                0 < (size - patch) // (grid - 1) <= patch:
+            found.append(f'stride {(size - patch) // (grid - 1)} at {size} px')
+    if not any(f'stride {patch} ' in f for f in found):
+        found.append(f'stride {patch} at {patch * grid} px')
+    return found
+
+
+def describe_reference(reference: Dict[str, Tensor]) -> List[str]:
+    """What a reference state dict says about its architecture, one fact per line.
+
+    The width, depth, norm type, patch kernel, register count and head reduction are in
+    the tensors' shapes; the patch *stride* and the class token's position are not: the
+    lines say what the position-embedding grid implies and what to set.
+    """
+    lines = []
+    width = reference['patch_embed.proj.weight'].shape[0]
+    patch = reference['patch_embed.proj.weight'].shape[-1]
+    depth = 1 + max(int(k.split('.')[1]) for k in reference if k.startswith('layers.'))
+    norm = 'LN' if 'layers.0.norm.bias' in reference else 'RMSNorm'
+    d_state = reference['layers.0.mixer.A_log'].shape[1]
+    lines.append(f'architecture: embed_dims {width}, {depth} blocks, {norm}, d_state '
+                 f'{d_state}, patch {patch}')
+    slots = reference['pos_embed'].shape[1]
+    registers = is_register_model(reference)
+    patches = slots if registers else slots - 1
+    grid = math.isqrt(patches)
+    extra = '' if registers else ' (+1 class-token slot)'
+    if grid * grid != patches:
+        lines.append(f'pos_embed: {slots} slots{extra}, not a square grid')
+    else:
+        lines.append(f'pos_embed: {grid}x{grid} patch grid{extra}; with patch {patch} that '
+                     f'is ' + ', or '.join(_strides_for_grid(grid, patch)) +
+                     '. Set img_size and patch_stride (default: the patch size) to match, '
+                     'or the grid is resized when the weights load.')
+    if registers:
+        k = reference['cls_token'].shape[1]
+        reduction = width // reference['neck.weight'].shape[0] if 'neck.weight' in \
+            reference else 1
+        lines.append(f'registers: {k} (Mamba-Reg layout): cls_token=None, num_registers={k}, '
+                     f"out_type='registers'; head RegisterClsHead(num_registers={k}, "
+                     f'reduction={reduction})')
+    else:
+        lines.append("class token: cls_token='middle' for Vim (vim_*midclstok*), 'head' for "
+                     'ShuffleMamba and VideoMamba; the weights cannot tell which')
+    return lines

@@ -4,6 +4,8 @@ from typing import Tuple
 import torch.nn.functional as F
 from torch import Tensor
 
+from .precision import at_least_float32
+
 __all__ = ['resize_pos_embed']
 
 
@@ -22,5 +24,6 @@ def resize_pos_embed(pos_embed: Tensor,
         raise ValueError(f'pos_embed has {length} positions but the source grid '
                          f'{tuple(src_shape)} has {src_shape[0] * src_shape[1]}.')
     grid = pos_embed.reshape(1, src_shape[0], src_shape[1], C).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=tuple(dst_shape), mode=mode, align_corners=False)
+    grid = F.interpolate(at_least_float32(grid), size=tuple(dst_shape), mode=mode,
+                         align_corners=False)
     return grid.flatten(2).transpose(1, 2).to(pos_embed.dtype)
