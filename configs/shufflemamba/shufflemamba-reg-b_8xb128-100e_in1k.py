@@ -1,6 +1,6 @@
-# ShuffleMamba-Reg-B, stage 2 (reference run_reg.sh): 100 epochs at 224 px from the
-# stage-1 weights (the position embedding is resized when they load), lr 2e-4, wd 0.05,
-# drop-path 0.4, shuffle 0.1.
+# ShuffleMamba-Reg-B, stage 2 (run_reg.sh): 100 epochs at 224 px from the stage-1 weights
+# (the position embedding is resized when they load, and the resize is logged), lr 2e-4
+# per 512 images, wd 0.05, drop-path 0.4, shuffle 0.1; everything else as stage 1.
 _base_ = './shufflemamba-reg-b_8xb128-300e_in1k-128px.py'
 
 load_from = 'work_dirs/shufflemamba-reg-b_8xb128-300e_in1k-128px/epoch_300.pth'
@@ -29,10 +29,11 @@ train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-optim_wrapper = dict(optimizer=dict(lr=2e-4 * 1024 / 512))
+lr = 2e-4 * 1024 / 512
+optim_wrapper = dict(optimizer=dict(lr=lr))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, end=5,
+    dict(type='LinearLR', start_factor=1e-6 / lr, by_epoch=True, end=5,
          convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', eta_min=5e-6, by_epoch=True, begin=5),
+    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=5),
 ]
 train_cfg = dict(max_epochs=100)

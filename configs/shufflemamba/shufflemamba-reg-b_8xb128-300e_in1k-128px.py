@@ -1,5 +1,8 @@
-# ShuffleMamba-Reg-B, stage 1 of the Mamba-Reg recipe (reference run_reg.sh): 300 epochs
-# at 128 px, lr 5e-4, wd 0.05, drop-path 0.1, shuffle 0.1, 3-Augment, no label smoothing.
+# ShuffleMamba-Reg-B, stage 1 of the Mamba-Reg recipe (ShuffleMamba run_reg.sh with
+# main_reg.py's defaults): 300 epochs at 128 px, 8 GPUs x 128, AdamW lr 5e-4 per 512
+# images, wd 0.05, betas (0.9, 0.999), no grad clip, 5 warmup epochs from 1e-6 then cosine
+# to 1e-5, drop-path 0.1, shuffle 0.1, 3-Augment, mixup 0.8 / cutmix 1.0 without label
+# smoothing, no random erasing, repeated augmentation, EMA 0.99996, bf16 autocast.
 # Stage 2: shufflemamba-reg-b_8xb128-100e_in1k.py, stage 3: ..._8xb64-20e-ft_in1k.py.
 _base_ = './shufflemamba-t_8xb128_in1k.py'
 
@@ -7,10 +10,9 @@ num_registers = 12
 model = dict(
     backbone=dict(arch='base', img_size=128, cls_token=None, num_registers=num_registers,
                   out_type='registers', drop_path_rate=0.1, shuffle_rate=0.1),
-    # reduction 8 per register (as Mamba-Reg-L) gives the ~98M parameters reported for
-    # ShuffleMamba-Reg-B; concatenating the raw registers would give 106M
+    # mambar_base_patch16_224: 12 registers, cls_reduce 4 (768 -> 192 channels each)
     head=dict(_delete_=True, type='mmshufflemamba.RegisterClsHead', num_classes=1000,
-              in_channels=768, num_registers=num_registers, reduction=8,
+              in_channels=768, num_registers=num_registers, reduction=4,
               loss=dict(type='CrossEntropyLoss', use_soft=True)),
 )
 
@@ -28,7 +30,7 @@ train_pipeline = [
     dict(type='ColorJitter', brightness=0.3, contrast=0.3, saturation=0.3),
     dict(type='PackInputs'),
 ]
-test_pipeline = [
+test_pipeline = [  # eval crop ratio 0.875: 146 -> 128
     dict(type='LoadImageFromFile'),
     dict(type='ResizeEdge', scale=146, edge='short', backend='pillow',
          interpolation='bicubic'),
@@ -39,4 +41,16 @@ train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-optim_wrapper = dict(optimizer=dict(lr=5e-4 * 1024 / 512, weight_decay=0.05))
+lr = 5e-4 * 1024 / 512
+optim_wrapper = dict(
+    optimizer=dict(lr=lr, weight_decay=0.05, betas=(0.9, 0.999)),
+    clip_grad=None)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-6 / lr, by_epoch=True, end=5,
+         convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=5),
+]
+custom_hooks = [
+    dict(type='EMAHook', momentum=1 - 0.99996, priority='ABOVE_NORMAL'),
+    dict(type='mmshufflemamba.RNGStateHook'),
+]

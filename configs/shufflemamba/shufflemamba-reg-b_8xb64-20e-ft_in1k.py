@@ -1,9 +1,10 @@
-# ShuffleMamba-Reg-B, stage 3 (reference run_reg.sh): 20 epochs of fine-tuning at 224 px
-# from the stage-2 weights, batch 8 x 64, lr 1e-5, wd 0.1, drop-path 0.4, shuffle 0.1,
-# label smoothing 0.1, RandAugment, full-image evaluation crop (crop ratio 1.0).
-_base_ = [
-    './shufflemamba-reg-b_8xb128-100e_in1k.py',
-]
+# ShuffleMamba-Reg-B, stage 3 (run_reg.sh): 20 epochs of fine-tuning at 224 px from the
+# stage-2 weights, 8 GPUs x 64, lr 1e-5 per 512 images, wd 0.1, drop-path 0.4, shuffle 0.1,
+# label smoothing 0.1 (with mixup/cutmix), RandAugment rand-m9-mstd0.5-inc1, no repeated
+# augmentation, full-image evaluation crop (crop ratio 1.0). main_reg.py's defaults still
+# apply: 5 warmup epochs from 1e-6, min lr 1e-5 (= the lr: constant after warmup), betas
+# (0.9, 0.999), no grad clip, EMA 0.99996.
+_base_ = './shufflemamba-reg-b_8xb128-100e_in1k.py'
 
 load_from = 'work_dirs/shufflemamba-reg-b_8xb128-100e_in1k/epoch_100.pth'
 model = dict(head=dict(loss=dict(_delete_=True, type='LabelSmoothLoss',
@@ -26,11 +27,19 @@ test_pipeline = [
     dict(type='CenterCrop', crop_size=224),
     dict(type='PackInputs'),
 ]
-train_dataloader = dict(batch_size=64, dataset=dict(pipeline=train_pipeline))
+train_dataloader = dict(
+    batch_size=64,
+    sampler=dict(_delete_=True, type='DefaultSampler', shuffle=True),  # --no-repeated-aug
+    dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-optim_wrapper = dict(optimizer=dict(lr=1e-5 * 512 / 512, weight_decay=0.1))
-param_scheduler = [dict(type='CosineAnnealingLR', eta_min=1e-6, by_epoch=True, begin=0)]
+lr = 1e-5 * 512 / 512
+optim_wrapper = dict(optimizer=dict(lr=lr, weight_decay=0.1))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-6 / lr, by_epoch=True, end=5,
+         convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=5),  # flat at 1e-5
+]
 train_cfg = dict(max_epochs=20)
 auto_scale_lr = dict(base_batch_size=512)

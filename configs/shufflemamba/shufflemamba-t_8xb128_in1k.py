@@ -1,9 +1,10 @@
 # ShuffleMamba-T (plain Vim-T, head class token) on ImageNet-1k at 224, 8 GPUs x 128.
-# DeiT-style recipe of the reference scripts (run.sh): AdamW (lr 5e-4 per 512 images),
-# wd 0.1, betas (0.9, 0.95), grad clip 3.0, 30 warmup epochs then cosine to 5e-6,
-# RandAugment, random erasing, mixup 0.8 / cutmix 1.0, label smoothing 0.1, EMA 0.9999,
-# bf16 autocast. Drop-path and shuffle rates: the reference scripts give them for the base
-# model only (0.5 / 0.5); the smaller sizes use our lower values (tiny 0.05 / 0.1).
+# DeiT-style recipe of the reference scripts (ShuffleMamba run.sh + main_shuffle.py
+# defaults): AdamW (lr 5e-4 per 512 images), wd 0.1, betas (0.9, 0.95), grad clip 3.0,
+# 30 warmup epochs then cosine to 5e-6, RandAugment, random erasing, mixup 0.8 / cutmix
+# 1.0, label smoothing 0.1, repeated augmentation (3 repeats), EMA 0.9999, bf16 autocast.
+# Drop-path and shuffle rates: the reference scripts give them for the base model only
+# (0.5 / 0.5); the smaller sizes use our lower values (tiny 0.05 / 0.1).
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
     'mmpretrain::_base_/default_runtime.py',
@@ -34,7 +35,9 @@ model = dict(
     ]),
 )
 
-train_dataloader = dict(batch_size=128)
+# main_shuffle.py's default --repeated-aug (DeiT's RASampler; run.sh leaves it on)
+train_dataloader = dict(
+    batch_size=128, sampler=dict(type='RepeatAugSampler', num_repeats=3, shuffle=True))
 val_dataloader = dict(batch_size=128)
 test_dataloader = val_dataloader
 
@@ -44,16 +47,16 @@ optim_wrapper = dict(
     optimizer=dict(
         type='AdamW', lr=5e-4 * 1024 / 512, weight_decay=0.1, eps=1e-8, betas=(0.9, 0.95)),
     clip_grad=dict(max_norm=3.0),
-    # no weight decay for 1-D parameters (norms, biases, D/D_b), position embeddings,
-    # class/register tokens and A_log/A_b_log
+    # the parameter groups of upstream's timm create_optimizer: no weight decay for 1-D
+    # tensors (norms, biases, D/D_b) and the model's no_weight_decay() names (position
+    # embeddings, class/register tokens); everything else, A_log/A_b_log included (2-D),
+    # is decayed as upstream does (timm does not read the _no_weight_decay marks)
     paramwise_cfg=dict(
         flat_decay_mult=0.0,
         custom_keys={
             'pos_embed': dict(decay_mult=0.0),
             'cls_token': dict(decay_mult=0.0),
             'register_tokens': dict(decay_mult=0.0),
-            'A_log': dict(decay_mult=0.0),
-            'A_b_log': dict(decay_mult=0.0),
         }),
 )
 

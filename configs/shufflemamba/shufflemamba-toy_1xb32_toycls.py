@@ -36,7 +36,7 @@ train_dataloader = dict(
     num_workers=0,
     persistent_workers=False,
     # an endless sampler: mmengine's iteration loop pauses 2 s at every epoch boundary
-    sampler=dict(type='InfiniteSampler', shuffle=True),
+    sampler=dict(_delete_=True, type='InfiniteSampler', shuffle=True),
     dataset=dict(
         _delete_=True,
         type='CustomDataset',

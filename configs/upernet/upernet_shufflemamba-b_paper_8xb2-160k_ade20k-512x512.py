@@ -1,0 +1,69 @@
+# Paper reproduction: upstream ShuffleMamba's ADE20K settings for the base model
+# (segmentation/configs/shufflemamba/upernet_shufflemamba_8xb2-160k_ade20k-512x512_base.py),
+# not this package's default recipe (../upernet/README.md compares the two):
+# - four stride-16 maps straight into UPerHead (no pyramid), the FCN auxiliary head on
+#   level 3;
+# - intermediate maps are the blocks' *mixer outputs* (intermediate_output='mixer'), the
+#   last one after norm_f;
+# - the position embedding stays at the 14x14 grid of the 224 px weights and is resized to
+#   the input's grid at every forward (img_size=224), as upstream;
+# - AdamW lr 6e-5, wd 0.01, no layer decay, upstream's no-decay keys (they match A_log but
+#   not A_b_log, D and D_b: kept as they are), no grad clip; drop-path 0.2, shuffle 0;
+# - a LayerNorm backbone (upstream's rms_norm=False): it needs LayerNorm classification
+#   weights. Upstream loads weights with strict=False, so its RMSNorm base checkpoints
+#   would load into these LayerNorm blocks without a word; ours refuse a norm mismatch.
+# Add the weights in a child config:
+#   model = dict(backbone=dict(init_cfg=dict(type='Pretrained', checkpoint='...pth',
+#                                            prefix='backbone.')))
+_base_ = [
+    'mmseg::_base_/models/upernet_r50.py',
+    'mmseg::_base_/datasets/ade20k.py',
+    'mmseg::_base_/default_runtime.py',
+    'mmseg::_base_/schedules/schedule_160k.py',
+]
+custom_imports = dict(imports=['mmshufflemamba'], allow_failed_imports=False)
+
+crop_size = (512, 512)
+embed_dims = 768
+data_preprocessor = dict(size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='mmshufflemamba.ShuffleMamba',
+        arch='base',
+        norm_type='LN',
+        img_size=224,
+        patch_size=16,
+        cls_token=None,
+        ckpt_cls_token='head',
+        out_type='featmap',
+        out_indices=(5, 11, 17, 23),
+        intermediate_output='mixer',
+        drop_path_rate=0.2,
+        shuffle_rate=0.0),
+    decode_head=dict(in_channels=[embed_dims] * 4, in_index=[0, 1, 2, 3], num_classes=150),
+    auxiliary_head=dict(in_channels=embed_dims, in_index=3, num_classes=150),
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)),
+)
+
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
+    paramwise_cfg=dict(
+        custom_keys={
+            '.pos_embed': dict(decay_mult=0.0),
+            '.cls_token': dict(decay_mult=0.0),
+            'norm': dict(decay_mult=0.0),
+            '.A_log': dict(decay_mult=0.0),
+            '.D': dict(decay_mult=0.0),
+        }))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
+    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=1500, end=160000),
+]
+train_dataloader = dict(batch_size=2)
+val_dataloader = dict(batch_size=1)
+test_dataloader = val_dataloader
