@@ -11,6 +11,8 @@ Most tests use chunks of 4 steps and blocks of 2 channels to cross several chunk
 channel-block boundaries with tiny (fast to interpret) shapes.
 """
 import importlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -188,6 +190,10 @@ def test_triton_scan_rejects_bad_inputs(monkeypatch):
         selective_scan_triton(**dict(inputs, A=inputs['A'][:2]))
     with pytest.raises(ValueError, match='groups'):
         selective_scan_triton(**dict(inputs, B=torch.randn(1, 3, 3, 6, dtype=torch.float64)))
+    with pytest.raises(ValueError, match='z must have shape'):
+        selective_scan_triton(**dict(inputs, z=inputs['z'][..., :3]))
+    with pytest.raises(ValueError, match='D must have shape'):
+        selective_scan_triton(**dict(inputs, D=inputs['D'][:2]))
     with pytest.raises(ValueError, match='powers of two'):
         scan(inputs, chunk=6)
     monkeypatch.setenv('TRITON_INTERPRET', '0')
@@ -198,3 +204,24 @@ def test_triton_scan_rejects_bad_inputs(monkeypatch):
         assert not triton_available()
         with pytest.raises(RuntimeError, match='TRITON_INTERPRET=1'):
             selective_scan_triton(**inputs)
+
+
+WITHOUT_TRITON = """
+import sys
+sys.modules['triton'] = None  # import triton now raises ImportError
+import torch
+from mmshufflemamba.ops.triton_scan import selective_scan_triton, triton_available
+assert not triton_available()
+x = torch.randn(1, 2, 3)
+try:
+    selective_scan_triton(x, x, -torch.ones(2, 1), torch.randn(2, 1), torch.randn(2, 1))
+except RuntimeError as e:
+    print(e)
+"""
+
+
+def test_module_imports_without_triton():
+    proc = subprocess.run([sys.executable, '-c', WITHOUT_TRITON], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert 'needs Triton' in proc.stdout

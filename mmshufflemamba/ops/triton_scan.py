@@ -96,21 +96,30 @@ def _kernels() -> ModuleType:
     return kernels
 
 
-class _Matrix(NamedTuple):
-    """B or C as the kernels read it."""
-    data: Tensor  # (D, N) shared, or (b, G, N, L) variable; contiguous
-    var: bool
+class _Layout(NamedTuple):
+    """How the kernels read B or C."""
+    var: bool  # (b, G, N, L), else shared (D, N)
     groups: int  # G; 1 when shared
     group_size: int  # channels per group; D when shared
 
-    @classmethod
-    def of(cls, M: Tensor, channels: int) -> '_Matrix':
-        """From ``(D, N)``, ``(b, N, L)`` or ``(b, G, N, L)`` (shapes already checked)."""
-        if M.dim() == 2:
-            return cls(M.contiguous(), False, 1, channels)
-        if M.dim() == 3:
-            M = M.unsqueeze(1)
-        return cls(M.contiguous(), True, M.shape[1], channels // M.shape[1])
+
+def _kernel_matrix(M: Tensor, channels: int) -> Tuple[Tensor, _Layout]:
+    """B or C from ``(D, N)``, ``(b, N, L)`` or ``(b, G, N, L)`` (shapes already checked) to
+    contiguous ``(D, N)`` or ``(b, G, N, L)`` (``(b, N, L)`` as ``G = 1``), and its layout."""
+    if M.dim() == 2:
+        return M.contiguous(), _Layout(False, 1, channels)
+    if M.dim() == 3:
+        M = M.unsqueeze(1)
+    return M.contiguous(), _Layout(True, M.shape[1], channels // M.shape[1])
+
+
+def _check_optional(u: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+                    delta_bias: Optional[Tensor]) -> None:
+    """Shapes of the optional inputs (the kernels index them unchecked)."""
+    for name, t, shape in (('D', D, u.shape[1:2]), ('z', z, u.shape),
+                           ('delta_bias', delta_bias, u.shape[1:2])):
+        if t is not None and t.shape != shape:
+            raise ValueError(f'{name} must have shape {tuple(shape)}; got {tuple(t.shape)}.')
 
 
 class _Tiling(NamedTuple):
@@ -127,16 +136,16 @@ class _Tiling(NamedTuple):
     compute: torch.dtype
 
     @classmethod
-    def of(cls, u: Tensor, A: Tensor, matrices: Sequence[_Matrix], chunk: int,
+    def of(cls, u: Tensor, A: Tensor, layouts: Sequence[_Layout], chunk: int,
            block_d: int) -> '_Tiling':
         """For u ``(b, D, L)`` and A ``(D, N)``; ``block_d`` is halved until it divides the
         channels per group of every grouped matrix, so that a program's channels share
         one group."""
         batch, channels, length = u.shape
         state = A.shape[1]
-        for M in matrices:
-            if M.groups > 1:
-                while M.group_size % block_d:
+        for layout in layouts:
+            if layout.groups > 1:
+                while layout.group_size % block_d:
                     block_d //= 2
         compute = torch.float64 if u.dtype == torch.float64 else torch.float32
         return cls(batch, channels, length, state, chunk, -(-length // chunk), block_d,
@@ -156,20 +165,21 @@ class _Tiling(NamedTuple):
                     COMPUTE=kernels.COMPUTE_DTYPES[self.compute],
                     num_warps=NUM_WARPS)
 
-    def matrix_grad_buffer(self, M: _Matrix, like: Tensor) -> Tensor:
-        """Partial sums of M's gradient: ``(b, num_blocks, N, L)`` variable, ``(b, K, D,
-        N)`` shared (see ``_store_matrix_grad``)."""
-        shape = ((self.batch, self.num_blocks, self.state, self.length) if M.var else
+    def matrix_grad_buffer(self, layout: _Layout, like: Tensor) -> Tensor:
+        """Partial sums of the gradient of B or C: ``(b, num_blocks, N, L)`` variable,
+        ``(b, K, D, N)`` shared (see ``_store_matrix_grad``)."""
+        shape = ((self.batch, self.num_blocks, self.state, self.length) if layout.var else
                  (self.batch, self.num_chunks, self.channels, self.state))
         return like.new_empty(shape, dtype=self.compute)
 
-    def reduce_matrix_grad(self, partial: Tensor, M: _Matrix, shape: torch.Size) -> Tensor:
-        """M's gradient in the layout it was given: the blocks of each group summed, or the
-        batch and chunks."""
-        if not M.var:
+    def reduce_matrix_grad(self, partial: Tensor, layout: _Layout,
+                           shape: torch.Size) -> Tensor:
+        """The gradient of B or C in the shape it was given: the channel blocks of each
+        group summed, or the batch and chunks."""
+        if not layout.var:
             return partial.sum((0, 1))
-        return partial.view(self.batch, M.groups, self.num_blocks // M.groups, self.state,
-                            self.length).sum(2).reshape(shape)
+        return partial.view(self.batch, layout.groups, self.num_blocks // layout.groups,
+                            self.state, self.length).sum(2).reshape(shape)
 
 
 class _TritonScan(torch.autograd.Function):
@@ -182,8 +192,8 @@ class _TritonScan(torch.autograd.Function):
                 delta_softplus: bool, chunk: int, block_d: int) -> Tuple[Tensor, Tensor]:
         u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
         D, z, delta_bias = (None if t is None else t.contiguous() for t in (D, z, delta_bias))
-        B_mat, C_mat = _Matrix.of(B, u.shape[1]), _Matrix.of(C, u.shape[1])
-        tiling = _Tiling.of(u, A, (B_mat, C_mat), chunk, block_d)
+        (B_data, B_lay), (C_data, C_lay) = (_kernel_matrix(M, u.shape[1]) for M in (B, C))
+        tiling = _Tiling.of(u, A, (B_lay, C_lay), chunk, block_d)
         kernels = _kernels()
         blocking = tiling.blocking(kernels)
         flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus)
@@ -195,8 +205,8 @@ class _TritonScan(torch.autograd.Function):
         ends = u.new_empty((b, channels, K, state), dtype=tiling.compute)
         sums = u.new_empty((b, channels, K), dtype=tiling.compute)
         kernels.chunk_end_states_kernel[tiling.chunk_grid()](
-            delta, bias, u, A, B_mat.data, ends, sums, channels, length, state, K,
-            B_mat.groups, B_mat.group_size, B_VAR=B_mat.var, **flags, **blocking)
+            delta, bias, u, A, B_data, ends, sums, channels, length, state, K, B_lay.groups,
+            B_lay.group_size, B_VAR=B_lay.var, **flags, **blocking)
         starts = torch.empty_like(ends)
         last = u.new_empty((b, channels, state), dtype=tiling.compute)
         kernels.carry_kernel[tiling.carry_grid()](
@@ -205,14 +215,13 @@ class _TritonScan(torch.autograd.Function):
             COMPUTE=blocking['COMPUTE'], num_warps=NUM_WARPS)
         y = torch.empty_like(u)
         kernels.chunk_scan_forward_kernel[tiling.chunk_grid()](
-            delta, bias, u, A, B_mat.data, C_mat.data, absent if D is None else D,
-            absent if z is None else z, starts, y, channels, length, state, K, B_mat.groups,
-            B_mat.group_size, C_mat.groups, C_mat.group_size, B_VAR=B_mat.var,
-            C_VAR=C_mat.var, HAS_D=D is not None, HAS_Z=z is not None, **flags, **blocking)
+            delta, bias, u, A, B_data, C_data, absent if D is None else D,
+            absent if z is None else z, starts, y, channels, length, state, K, B_lay.groups,
+            B_lay.group_size, C_lay.groups, C_lay.group_size, B_VAR=B_lay.var,
+            C_VAR=C_lay.var, HAS_D=D is not None, HAS_Z=z is not None, **flags, **blocking)
 
-        ctx.save_for_backward(u, delta, A, B_mat.data, C_mat.data, D, z, delta_bias, starts,
-                              sums)
-        ctx.matrices = (B_mat._replace(data=None), C_mat._replace(data=None))
+        ctx.save_for_backward(u, delta, A, B_data, C_data, D, z, delta_bias, starts, sums)
+        ctx.layouts = (B_lay, C_lay)
         ctx.matrix_shapes = (B.shape, C.shape)
         ctx.tiling = tiling
         ctx.delta_softplus = delta_softplus
@@ -223,7 +232,7 @@ class _TritonScan(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y: Optional[Tensor], grad_last: Optional[Tensor]):
         u, delta, A, B_data, C_data, D, z, delta_bias, starts, sums = ctx.saved_tensors
-        B_mat, C_mat = (M._replace(data=data) for M, data in zip(ctx.matrices, (B_data, C_data)))
+        B_lay, C_lay = ctx.layouts
         tiling: _Tiling = ctx.tiling
         kernels = _kernels()
         blocking = tiling.blocking(kernels)
@@ -239,7 +248,7 @@ class _TritonScan(torch.autograd.Function):
         parts = starts.new_empty(starts.shape)
         kernels.chunk_adjoint_parts_kernel[tiling.chunk_grid()](
             delta, bias, gate, grad_y, A, C_data, parts, channels, length, state, K,
-            C_mat.groups, C_mat.group_size, C_VAR=C_mat.var, **flags, **blocking)
+            C_lay.groups, C_lay.group_size, C_VAR=C_lay.var, **flags, **blocking)
         adjoints = torch.empty_like(parts)
         kernels.carry_kernel[tiling.carry_grid()](
             sums, parts, A, absent if grad_last is None else grad_last.contiguous(), adjoints,
@@ -250,8 +259,8 @@ class _TritonScan(torch.autograd.Function):
         grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
         grad_z = None if z is None else torch.empty_like(z)
         grad_A = starts.new_empty((b, K, channels, state))
-        grad_B = tiling.matrix_grad_buffer(B_mat, u)
-        grad_C = tiling.matrix_grad_buffer(C_mat, u)
+        grad_B = tiling.matrix_grad_buffer(B_lay, u)
+        grad_C = tiling.matrix_grad_buffer(C_lay, u)
         grad_D, grad_bias = (None if t is None else starts.new_empty((b, K, channels))
                              for t in (D, delta_bias))
         kernels.chunk_scan_backward_kernel[tiling.chunk_grid()](
@@ -259,12 +268,12 @@ class _TritonScan(torch.autograd.Function):
             adjoints, grad_u, grad_delta, absent if grad_z is None else grad_z, grad_A, grad_B,
             grad_C, absent if grad_D is None else grad_D,
             absent if grad_bias is None else grad_bias, channels, length, state, K,
-            tiling.num_blocks, B_mat.groups, B_mat.group_size, C_mat.groups, C_mat.group_size,
-            B_VAR=B_mat.var, C_VAR=C_mat.var, HAS_D=D is not None, **flags, **blocking)
+            tiling.num_blocks, B_lay.groups, B_lay.group_size, C_lay.groups, C_lay.group_size,
+            B_VAR=B_lay.var, C_VAR=C_lay.var, HAS_D=D is not None, **flags, **blocking)
 
         B_shape, C_shape = ctx.matrix_shapes
-        grad_B = tiling.reduce_matrix_grad(grad_B, B_mat, B_shape).to(B_data.dtype)
-        grad_C = tiling.reduce_matrix_grad(grad_C, C_mat, C_shape).to(C_data.dtype)
+        grad_B = tiling.reduce_matrix_grad(grad_B, B_lay, B_shape).to(B_data.dtype)
+        grad_C = tiling.reduce_matrix_grad(grad_C, C_lay, C_shape).to(C_data.dtype)
         grad_A = grad_A.sum((0, 1)).to(A.dtype)
         grad_D = None if D is None else grad_D.sum((0, 1)).to(D.dtype)
         grad_bias = None if delta_bias is None else grad_bias.sum((0, 1)).to(delta_bias.dtype)
@@ -283,11 +292,12 @@ def _selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     """:func:`selective_scan_triton` with the chunk length and the channel block given
     (powers of two); tests use small chunks to cross many chunk boundaries cheaply."""
     _check_inputs(u, delta, A, B, C)
+    _check_optional(u, D, z, delta_bias)
     if not (_is_power_of_two(chunk) and _is_power_of_two(block_d)):
         raise ValueError(f'chunk and block_d must be powers of two; got {chunk}, {block_d}.')
     if not triton_available():
         raise RuntimeError('the Triton selective scan needs Triton 3.4 or later, and CUDA or '
-                           'TRITON_INTERPRET=1 (set before the first call).')
+                           'TRITON_INTERPRET=1 (Triton\'s interpreter, which runs on CPU).')
     if not u.is_cuda and not _interpreting():
         raise ValueError(f'the Triton selective scan runs CUDA tensors (got {u.device}); '
                          'CPU tensors only under TRITON_INTERPRET=1.')

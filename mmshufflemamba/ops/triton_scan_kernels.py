@@ -14,7 +14,8 @@ Layouts (all contiguous): ``u``, ``delta``, ``z``, ``y`` and their gradients ``(
 ``A`` ``(D, N)``; ``D`` and ``delta_bias`` ``(D,)``; B and C either shared ``(D, N)`` or
 variable ``(b, G, N, L)`` (``G = 1`` for ``(b, N, L)``). A program's channels lie in one
 group (the launcher picks ``BLOCK_D`` to divide the channels per group). Per-chunk tensors:
-``(b, D, K, N)`` for states and chunk sums, ``(b, D, K)`` for the sums of step sizes.
+``(b, D, K, N)`` for states and adjoints (end states, checkpoints, adjoint contributions,
+entering adjoints), ``(b, D, K)`` for the summed step sizes.
 
 Inputs are read in their own dtype and computed in ``COMPUTE`` (float32, or float64);
 results are stored in the dtype of the pointer they are stored to.
