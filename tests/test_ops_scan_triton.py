@@ -123,30 +123,45 @@ def test_triton_scan_float32(B_kind, C_kind):
         assert err < 1e-5, f'{name}: relative difference {err:.2e}'
 
 
-def test_triton_scan_low_precision_inputs_keep_a_float32_state():
-    """bf16 inputs are read as they are and computed in float32: results are those of the
-    float32 scan of the same values, rounded to bf16 once.
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_triton_scan_low_precision_inputs_keep_a_float32_state(dtype):
+    """bf16 / fp16 inputs are read as they are and computed in float32: results are those
+    of the float32 scan of the same values, rounded once.
 
     Parameter gradients (partial sums added and rounded by torch) are equal exactly.
-    Tensors the kernels store in bf16 (y and the gradients of u, delta, z) are within one
-    bf16 step: the interpreter truncates float32 to bf16, where GPUs round to nearest.
+    Tensors the kernels store in the low precision (y and the gradients of u, delta, z)
+    are within one step of it: the interpreter truncates float32 to bf16 (GPUs round to
+    nearest).
     """
     inputs = make_inputs(1, 4, 3, 9, 'var', 'group', dtype=torch.float32)
-    low = {k: v.detach().to(torch.bfloat16).requires_grad_() for k, v in inputs.items()}
+    low = {k: v.detach().to(dtype).requires_grad_() for k, v in inputs.items()}
     high = {k: v.detach().float().requires_grad_() for k, v in low.items()}
     out, ref = scan(low), scan(high)
-    assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), ref, rtol=2**-7, atol=0)
-    weight = torch.randn(out.shape).to(torch.bfloat16)
+    assert out.dtype == dtype
+    step = torch.finfo(dtype).eps
+    torch.testing.assert_close(out.float(), ref, rtol=step, atol=0)
+    weight = torch.randn(out.shape).to(dtype)
     got = torch.autograd.grad((out * weight).sum(), list(low.values()))
     want = torch.autograd.grad((ref * weight.float()).sum(), list(high.values()))
     for name, a, b in zip(low, got, want):
-        assert a.dtype == torch.bfloat16, name
+        assert a.dtype == dtype, name
         if name in ('u', 'delta', 'z'):
-            torch.testing.assert_close(a.float(), b, rtol=2**-7, atol=0, msg=f'grad of {name}')
+            torch.testing.assert_close(a.float(), b, rtol=step, atol=0, msg=f'grad of {name}')
         else:
-            torch.testing.assert_close(a, b.to(torch.bfloat16), rtol=0, atol=0,
-                                       msg=f'grad of {name}')
+            torch.testing.assert_close(a, b.to(dtype), rtol=0, atol=0, msg=f'grad of {name}')
+
+
+def test_triton_scan_softplus_tails_and_non_contiguous_inputs():
+    # delta + bias beyond +-20: softplus is linear above 20 and exp(x) (via log1p) far below.
+    inputs = make_inputs(2, 4, 3, 9)
+    with torch.no_grad():
+        inputs['delta'][:, :2, ::2] *= 30
+    # u, delta and B as views of time-major tensors.
+    inputs.update({k: inputs[k].detach().transpose(-1, -2).contiguous().transpose(-1, -2)
+                   .requires_grad_() for k in ('u', 'delta', 'B')})
+    assert not inputs['u'].is_contiguous()
+    assert_matches(scan(inputs), selective_scan_reference(**inputs, delta_softplus=True),
+                   inputs)
 
 
 def test_public_entry_uses_default_chunks():

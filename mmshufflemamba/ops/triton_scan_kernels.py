@@ -84,7 +84,8 @@ def _step_sizes(delta_ptrs, bias_ptrs, mask, bias_mask, HAS_BIAS: tl.constexpr,
     if SOFTPLUS:
         e = tl.exp(tl.minimum(x, SOFTPLUS_THRESHOLD))
         w = 1.0 + e
-        log1p_e = tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0))
+        tiny = w == 1.0  # then log1p(e) = e to working precision (and w - 1 = 0)
+        log1p_e = tl.where(tiny, e, tl.log(w) * e / tl.where(tiny, 1.0, w - 1.0))
         dt = tl.where(x > SOFTPLUS_THRESHOLD, x, log1p_e)
         slope = tl.where(x > SOFTPLUS_THRESHOLD, 1.0, e / w)
     else:
