@@ -88,7 +88,8 @@ def main() -> None:
     print(f'selective scan fwd+bwd, batch {args.batch}, d_inner {args.channels}, '
           f'd_state {args.state}, float32, CPU')
     header = (f'{"L":>5} | {"compiled s":>10} | {"torch s":>8} | {"reference s":>11} | '
-              f'{"vs torch":>8} | {"vs reference":>12} | {"peak MiB compiled / torch / reference":>37}')
+              f'{"vs torch":>8} | {"vs reference":>12} | '
+              f'{"peak MiB compiled / torch / reference":>37}')
     print(header)
     print('-' * len(header))
     for length in args.lengths:

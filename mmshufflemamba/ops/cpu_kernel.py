@@ -125,7 +125,8 @@ def load_cpu_kernel(verbose: bool = False) -> Optional[ModuleType]:
             'mmshufflemamba could not build its compiled CPU selective scan, so the slower '
             f'PyTorch scan is used ({type(err).__name__}: {reason}). Install a C++ compiler '
             '(e.g. `apt install g++`) and ninja, then run `python -m '
-            f'mmshufflemamba.ops.build --verbose` (it shows the compiler output); set {ENV_SWITCH}=0 to silence this warning.',
+            'mmshufflemamba.ops.build --verbose` (it shows the compiler output); set '
+            f'{ENV_SWITCH}=0 to silence this warning.',
             RuntimeWarning, stacklevel=2)
         return None
 

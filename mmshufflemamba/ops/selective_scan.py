@@ -8,23 +8,33 @@ for every channel ``d`` and state ``n``::
     y_t  = sum_n C_t[n] * h_t[n] + D[d] * u_t
     y_t  = y_t * silu(z_t)                         (only if z is given)
 
-Backends, chosen per call:
+Backends, chosen per call by :func:`scan_backend` (logged once per device and backend):
 
-* ``mamba_ssm``'s fused CUDA kernel when the tensors are on CUDA and it imports;
-* :func:`selective_scan_cpu`, this package's compiled C++ kernel, for CPU tensors: forward
+* CUDA tensors: ``mamba_ssm``'s fused CUDA kernel when it imports (not for float64, which
+  it does not take); else :func:`~.triton_scan.selective_scan_triton`, this package's
+  Triton kernel, which needs no CUDA build (Triton ships with CUDA builds of torch); else
+  the PyTorch scan, with one warning that says how to get a fast path;
+* CPU tensors: :func:`selective_scan_cpu`, this package's compiled C++ kernel: forward
   and a backward that recomputes the states chunk by chunk from checkpoints (so it stores
   ``L / 64`` states per row instead of ``L``), everything fused; built on first use (see
   :mod:`mmshufflemamba.ops.cpu_kernel`);
-* otherwise :func:`selective_scan_torch`, this package's PyTorch implementation, which runs
-  on any device: one autograd function whose only sequential part is one fused
-  multiply-add per step on contiguous time-major slices, forward and backward (the
-  adjoint recurrence, written by hand). Everything else is a handful of batched ops.
+* otherwise, and as the fallback everywhere: :func:`selective_scan_torch`, this package's
+  PyTorch implementation, which runs on any device: one autograd function whose only
+  sequential part is one fused multiply-add per step on contiguous time-major slices,
+  forward and backward (the adjoint recurrence, written by hand).
+
+``MMSHUFFLEMAMBA_SCAN_BACKEND`` (``auto``, ``mamba_ssm``, ``triton``, ``compiled`` or
+``torch``) forces one backend for every call; a forced backend that cannot run the call is
+an error, not a silent fallback. ``MMSHUFFLEMAMBA_COMPILED_SCAN=0`` keeps only the
+compiled CPU kernel out of ``auto``.
 
 :func:`selective_scan_reference` is the plain sequential definition (the textbook loop that
 indexes full tensors at every step). It is slow, quadratic in ``L`` in the backward pass,
 and exists only to check the fast paths against and to benchmark them.
 """
 import functools
+import os
+import warnings
 from typing import Callable, Optional, Tuple, Union
 
 import torch
@@ -35,8 +45,11 @@ from .cpu_kernel import load_cpu_kernel
 
 __all__ = [
     'selective_scan', 'selective_scan_cpu', 'selective_scan_torch', 'selective_scan_reference',
-    'selective_scan_flops'
+    'selective_scan_flops', 'scan_backend', 'BACKEND_ENV'
 ]
+
+BACKEND_ENV = 'MMSHUFFLEMAMBA_SCAN_BACKEND'
+BACKENDS = ('mamba_ssm', 'triton', 'compiled', 'torch')
 
 ScanOutput = Union[Tensor, Tuple[Tensor, Tensor]]
 
@@ -278,6 +291,83 @@ def selective_scan_cpu(u: Tensor,
     return y.to(u.dtype)
 
 
+def _forced_backend() -> Optional[str]:
+    value = os.environ.get(BACKEND_ENV, 'auto').strip().lower()
+    if value in ('', 'auto'):
+        return None
+    if value not in BACKENDS:
+        raise ValueError(f'{BACKEND_ENV}={value!r} is not a selective-scan backend; use auto '
+                         f'or one of {", ".join(BACKENDS)}.')
+    return value
+
+
+def _why_not(backend: str, u: Tensor, return_last_state: bool) -> Optional[str]:
+    """Why ``backend`` cannot run this call, or None when it can."""
+    from .triton_scan import triton_available
+    if backend == 'mamba_ssm':
+        if _mamba_ssm_scan() is None:
+            return 'mamba_ssm does not import here (it needs its CUDA build: pip install ' \
+                   'mamba-ssm on a machine with a CUDA toolkit)'
+        if u.dtype == torch.float64:
+            return "mamba_ssm's kernel takes float32, float16 and bfloat16 inputs only"
+    elif backend == 'triton':
+        if not triton_available():
+            return 'Triton >= 3.4 with CUDA (or TRITON_INTERPRET=1 on CPU) is not available'
+    elif backend == 'compiled':
+        if u.device.type != 'cpu':
+            return f'the compiled kernel runs CPU tensors, not {u.device.type}'
+        if return_last_state:
+            return 'the compiled kernel does not return the last state'
+        if load_cpu_kernel() is None:
+            return 'the compiled CPU kernel could not be built (see the warning above)'
+    elif backend == 'torch' and return_last_state:
+        return 'the PyTorch scan does not return the last state'
+    return None
+
+
+_SLOW_CUDA_WARNING = (
+    'mmshufflemamba: no fast selective scan for CUDA tensors here (mamba_ssm does not import '
+    'and Triton >= 3.4 is not available), so the PyTorch scan runs: one step at a time, far '
+    'too slow for training. Install Triton (it comes with the CUDA builds of torch: pip '
+    'install triton) or mamba-ssm (pip install mamba-ssm, built against your torch).')
+
+
+@functools.lru_cache(maxsize=None)
+def _announce(device: str, backend: str) -> None:
+    """Log the backend once per (device type, backend)."""
+    from mmengine.logging import print_log
+    names = {'mamba_ssm': "mamba_ssm's CUDA kernel", 'triton': 'the Triton kernel',
+             'compiled': 'the compiled CPU kernel', 'torch': 'the PyTorch scan'}
+    print_log(f'mmshufflemamba: the selective scan runs {names[backend]} for {device} '
+              f'tensors ({BACKEND_ENV}={os.environ.get(BACKEND_ENV, "auto")}).',
+              logger='current')
+    if device == 'cuda' and backend == 'torch' and _forced_backend() is None:
+        warnings.warn(_SLOW_CUDA_WARNING, RuntimeWarning, stacklevel=3)
+
+
+def scan_backend(u: Tensor, return_last_state: bool = False) -> str:
+    """The backend :func:`selective_scan` uses for ``u``: ``'mamba_ssm'``, ``'triton'``,
+    ``'compiled'`` or ``'torch'`` (see the module docstring for the order).
+
+    Raises RuntimeError when :data:`BACKEND_ENV` forces a backend that cannot run the call.
+    """
+    forced = _forced_backend()
+    if forced is not None:
+        reason = _why_not(forced, u, return_last_state)
+        if reason:
+            raise RuntimeError(f'{BACKEND_ENV}={forced} cannot run this call: {reason}. '
+                               f'Unset it (auto) or choose another backend.')
+        return forced
+    if u.is_cuda:
+        candidates = ('mamba_ssm', 'triton', 'torch')
+    elif u.device.type == 'cpu':
+        candidates = ('compiled', 'torch')
+    else:
+        candidates = ('torch', )
+    return next(b for b in candidates if _why_not(b, u, return_last_state) is None or
+                b == 'torch')
+
+
 def selective_scan(u: Tensor,
                    delta: Tensor,
                    A: Tensor,
@@ -305,15 +395,17 @@ def selective_scan(u: Tensor,
     Returns:
         ``y`` of shape ``(B, D, L)`` (and the last state if asked).
     """
-    if u.is_cuda:
-        kernel = _mamba_ssm_scan()
-        if kernel is not None:
-            return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                          return_last_state)
-    elif u.device.type == 'cpu' and not return_last_state and load_cpu_kernel() is not None:
-        return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                return_last_state)
+    backend = scan_backend(u, return_last_state)
+    _announce(u.device.type, backend)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if backend == 'mamba_ssm':
+        return _mamba_ssm_scan()(*args)
+    if backend == 'triton':
+        from .triton_scan import selective_scan_triton
+        return selective_scan_triton(*args)
+    if backend == 'compiled':
+        return selective_scan_cpu(*args)
+    return selective_scan_torch(*args)
 
 
 def selective_scan_reference(u: Tensor,
