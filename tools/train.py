@@ -3,15 +3,21 @@
 The codebase comes from the config's ``default_scope``; nothing here is specific to one.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
-                          [--cfg-options key=value ...] [--launcher pytorch]
+                          [--partial-load] [--cfg-options key=value ...]
+                          [--launcher pytorch]
+
+A ``load_from`` checkpoint must fit the model: missing or unexpected keys are an error
+that lists them (``--partial-load`` loads what fits on purpose). On a machine without CUDA,
+a multi-process run trains SyncBN layers as BatchNorm (with a warning).
 """
 import argparse
 import os
 
 from mmengine.config import DictAction
 
-from mmshufflemamba.utils import (build_runner, check_checkpoint_file, check_data_paths,
-                                  finish_distributed, prepare_config)
+from mmshufflemamba.utils import (CheckpointMismatchError, build_runner,
+                                  check_checkpoint_file, check_data_paths, finish_distributed,
+                                  prepare_config)
 
 
 def parse_args() -> argparse.Namespace:
@@ -28,6 +34,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision: AmpOptimWrapper (float16, loss scaling) on '
                         'GPUs, bfloat16 autocast on CPU')
+    parser.add_argument('--partial-load', action='store_true',
+                        help='load_from: load only the tensors that fit the model (the '
+                        'others are logged) instead of refusing a checkpoint that does not '
+                        'fit')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -73,9 +83,14 @@ def main() -> None:
         cfg.load_from = args.resume
     if cfg.get('load_from'):
         check_checkpoint_file(cfg.load_from)
+    if args.partial_load:
+        cfg.load_partial = True
     check_data_paths(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg')
                                                    is not None else []))
-    build_runner(cfg).train()
+    try:
+        build_runner(cfg).train()
+    except CheckpointMismatchError as err:
+        raise SystemExit(str(err)) from None
     finish_distributed()
 
 

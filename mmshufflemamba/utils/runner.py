@@ -1,18 +1,67 @@
 """What tools/train.py and tools/test.py share: config set-up and building the runner."""
+import copy
 import datetime
+import logging
 import os
-import zipfile
 import os.path as osp
 import warnings
+import zipfile
 from typing import Optional
 
 import torch
 
 __all__ = [
     'prepare_config', 'build_runner', 'init_cpu_distributed', 'finish_distributed',
-    'check_data_paths',
-    'check_checkpoint_file'
+    'check_data_paths', 'check_checkpoint_file', 'CheckpointMismatchError',
+    'apply_test_options', 'add_result_dump', 'ToolRunnerMixin'
 ]
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint whose keys or shapes do not fit the model (``load_from``, tools)."""
+
+
+class ToolRunnerMixin:
+    """What the tools add to the config's runner class (``Runner`` or its ``runner_type``).
+
+    * **Checkpoints load strictly.** ``load_from`` and ``tools/test.py CHECKPOINT`` refuse a
+      checkpoint whose keys do not fit the model (missing or unexpected keys, other
+      shapes), listing them, instead of mmengine's warning and a model that silently keeps
+      random weights. ``load_partial=True`` in the config (``--partial-load``) loads what
+      fits on purpose. The backbone's own load hook (position-embedding resize, dropped
+      class-token slots) runs first, as always.
+    * **SyncBN on CPU.** Distributed training on a machine without CUDA turns SyncBN
+      layers into BatchNorm (mmengine's ``revert_sync_batchnorm``) before the model is
+      wrapped, with a warning: DistributedDataParallel refuses SyncBN on CPU modules.
+    """
+
+    def load_checkpoint(self, filename, map_location='cpu', strict=False,
+                        revise_keys=[(r'^module.', '')]):
+        partial = bool(self.cfg.get('load_partial', False))
+        try:
+            return super().load_checkpoint(filename, map_location=map_location,
+                                           strict=not partial, revise_keys=revise_keys)
+        except RuntimeError as err:
+            if partial or 'state_dict' not in str(err):
+                raise
+            raise CheckpointMismatchError(
+                f'checkpoint {filename} does not fit this model '
+                f'({type(self.model).__name__}):\n{_summarise_mismatch(str(err))}\nIt is a '
+                f'checkpoint of another model, architecture or task. To load only the '
+                f'tensors that fit on purpose (e.g. a backbone into a new detector), pass '
+                f'--partial-load to the tools or set load_partial=True in the config; the '
+                f'skipped keys are then logged as warnings.') from None
+
+    def wrap_model(self, model_wrapper_cfg, model):
+        if self.distributed and not torch.cuda.is_available():
+            from mmengine.logging import print_log
+            from mmengine.model import revert_sync_batchnorm
+            if any('SyncBatchNorm' in type(m).__name__ for m in model.modules()):
+                print_log('No CUDA here: SyncBN layers are trained as BatchNorm (per '
+                          'process statistics) in this CPU distributed run.',
+                          logger='current', level=logging.WARNING)
+                model = revert_sync_batchnorm(model)
+        return super().wrap_model(model_wrapper_cfg, model)
 
 
 def prepare_config(config: str, launcher: str = 'none', cfg_options: Optional[dict] = None,
@@ -65,12 +114,127 @@ def init_cpu_distributed(cfg) -> None:
                             world_size=int(os.environ['WORLD_SIZE']), **dist_cfg)
 
 
+def _summarise_mismatch(message: str) -> str:
+    """mmengine's strict-load message, with long key lists grouped by module."""
+    lines = []
+    for line in message.splitlines():
+        for label in ('unexpected key in source state_dict: ',
+                      'missing keys in source state_dict: '):
+            if line.startswith(label):
+                keys = [k.strip() for k in line[len(label):].split(',') if k.strip()]
+                what = 'unexpected keys' if label.startswith('unexpected') else 'missing keys'
+                lines.append(f'  {what} ({len(keys)}): {_group_keys(keys)}')
+                break
+        else:
+            if line.startswith('size mismatch'):
+                lines.append('  ' + line)
+    return '\n'.join(lines) or message
+
+
+def _group_keys(keys, limit: int = 8) -> str:
+    if len(keys) <= limit:
+        return ', '.join(keys)
+    groups = {}
+    for key in keys:
+        parts = key.split('.')
+        prefix = '.'.join(parts[:2] if parts[0] == 'backbone' else parts[:1])
+        groups[prefix] = groups.get(prefix, 0) + 1
+    return ', '.join(f'{prefix}.* ({n})' for prefix, n in groups.items())
+
+
 def build_runner(cfg):
-    """The mmengine runner for ``cfg`` (``runner_type`` honoured)."""
+    """The runner for ``cfg``: its ``runner_type`` (default mmengine's ``Runner``) with
+    :class:`ToolRunnerMixin`."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     init_cpu_distributed(cfg)
-    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    base = Runner if 'runner_type' not in cfg else RUNNERS.get(cfg.runner_type)
+    if base is None:
+        raise SystemExit(f'runner_type {cfg.runner_type!r} is not registered.')
+    runner_cls = type(base.__name__, (ToolRunnerMixin, base), {})
+    return runner_cls.from_cfg(cfg)
+
+
+def apply_test_options(cfg, show: bool = False, show_dir: Optional[str] = None,
+                       wait_time: float = 2.0, interval: int = 1, tta: bool = False,
+                       out: Optional[str] = None) -> None:
+    """``--show``/``--show-dir``/``--interval``/``--tta``/``--out`` with the meaning each
+    codebase's own ``tools/test.py`` gives them (the codebase is the config's scope).
+
+    Visualisation draws every ``interval``-th test image (default 1: every one, as
+    mmpretrain; mmseg/mmdet's hooks default to every 50th). ``--tta`` uses the config's
+    ``tta_model``/``tta_pipeline``, or a flip TTA where the codebase defines a default
+    (mmdet, mmpretrain). ``--out``: mmseg writes the predicted label maps to that
+    directory; mmdet/mmpretrain dump predictions to a pickle (see :func:`add_result_dump`).
+    """
+    scope = cfg.get('default_scope')
+    if tta and (show or show_dir) and scope == 'mmpretrain':
+        raise SystemExit("--tta with --show/--show-dir: mmpretrain's VisualizationHook "
+                         'cannot draw test-time-augmented batches; run the two apart.')
+    if show or show_dir:
+        hook = cfg.get('default_hooks', {}).get('visualization')
+        if hook is None:
+            raise SystemExit('--show/--show-dir need a visualization hook in '
+                             'default_hooks (the codebases\' default_runtime has one).')
+        hook.interval = interval
+        if scope == 'mmpretrain':
+            hook.update(enable=True, show=show, wait_time=wait_time, out_dir=show_dir)
+        else:
+            hook.update(draw=True, show=show, wait_time=wait_time)
+            if show_dir and scope == 'mmdet':
+                hook.test_out_dir = osp.abspath(show_dir)
+            elif show_dir:  # mmseg: the visualizer's backends write under save_dir
+                cfg.visualizer.save_dir = osp.abspath(show_dir)
+    if tta:
+        _apply_tta(cfg, scope)
+    if out and scope == 'mmseg':
+        cfg.test_evaluator['output_dir'] = out
+        cfg.test_evaluator['keep_results'] = True
+    elif out and scope == 'mmdet' and not out.endswith(('.pkl', '.pickle')):
+        raise SystemExit(f'--out {out}: mmdet dumps predictions to a .pkl file.')
+
+
+def _apply_tta(cfg, scope: Optional[str]) -> None:
+    from mmengine.config import ConfigDict
+    if scope == 'mmdet' and cfg.model.get('roi_head', {}).get('mask_head'):
+        raise SystemExit("--tta: mmdet's test-time augmentation (DetTTAModel) does not "
+                         'support instance segmentation, so it cannot run Mask R-CNN; '
+                         'test without --tta.')
+    dataset = cfg.test_dataloader.dataset
+    while 'dataset' in dataset:  # wrappers
+        dataset = dataset.dataset
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        if scope == 'mmseg':
+            raise SystemExit('--tta needs tta_model and tta_pipeline in the config '
+                             "(mmseg's _base_/datasets and default_runtime define them).")
+        pack = dataset.pipeline[-1]
+        if scope == 'mmdet':
+            pack = dict(type='PackDetInputs', meta_keys=(
+                'img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
+                'flip_direction'))
+        cfg.setdefault('tta_model', dict(type='DetTTAModel', tta_cfg=dict(
+            nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+            if scope == 'mmdet' else dict(type='mmpretrain.AverageClsScoreTTA'))
+        tta_pipeline = copy.deepcopy(list(dataset.pipeline))
+        tta_pipeline[-1] = dict(type='TestTimeAug', transforms=[
+            [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)], [pack]])
+        cfg.setdefault('tta_pipeline', tta_pipeline)
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    dataset.pipeline = cfg.tta_pipeline
+
+
+def add_result_dump(runner, scope: Optional[str], out: Optional[str],
+                    out_item: Optional[str] = None) -> None:
+    """``--out`` for mmdet (DumpDetResults) and mmpretrain (DumpResults, unless
+    ``--out-item metrics``, which tools/test.py writes itself)."""
+    if not out or scope == 'mmseg':
+        return
+    if scope == 'mmdet':
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=out))
+    elif out_item != 'metrics':
+        from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=out))
 
 
 def finish_distributed() -> None:
