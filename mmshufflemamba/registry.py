@@ -12,9 +12,13 @@ from mmengine.registry import \
     OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
+from mmengine.registry import PARAM_SCHEDULERS as MMENGINE_PARAM_SCHEDULERS
 from mmengine.registry import Registry
 
-__all__ = ['MODELS', 'DATASETS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'OPTIM_WRAPPERS', 'HOOKS']
+__all__ = [
+    'MODELS', 'DATASETS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'OPTIM_WRAPPERS', 'HOOKS',
+    'PARAM_SCHEDULERS'
+]
 
 MODELS = Registry(
     'model',
@@ -38,3 +42,8 @@ OPTIM_WRAPPERS = Registry(
     locations=['mmshufflemamba.engine'])
 HOOKS = Registry(
     'hook', parent=MMENGINE_HOOKS, scope='mmshufflemamba', locations=['mmshufflemamba.engine'])
+PARAM_SCHEDULERS = Registry(
+    'parameter scheduler',
+    parent=MMENGINE_PARAM_SCHEDULERS,
+    scope='mmshufflemamba',
+    locations=['mmshufflemamba.engine'])

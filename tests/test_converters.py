@@ -94,3 +94,32 @@ def test_converter_cli_reads_model_or_model_ema(tmp_path):
     exported = torch.load(str(back))['model']
     assert set(exported) == set(ema)
     assert all(torch.equal(exported[k], ema[k]) for k in ema)
+
+
+def test_rmsnorm_to_layernorm_reproduces_upstreams_segmentation_load(tmp_path):
+    """Upstream's LayerNorm segmentation backbones load RMSNorm checkpoints with
+    strict=False: LayerNorm weights = the RMSNorm weights, biases at LayerNorm's zero
+    init. The converter flag writes exactly that, and our LayerNorm backbone takes it."""
+    from mmshufflemamba.models import ShuffleMamba
+    reference = reference_state('head')
+    src = tmp_path / 'rms.pth'
+    torch.save({'model': reference}, str(src))
+    dst = tmp_path / 'ln.pth'
+    proc = run_tool('tools/model_converters/reference2mmpretrain.py', str(src), str(dst),
+                    '--rmsnorm-to-layernorm')
+    assert f'{DEPTH + 1} norms written as LayerNorm' in proc.stdout
+    state = torch.load(str(dst))['state_dict']
+    backbone = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    model = ShuffleMamba(arch=dict(embed_dims=C, num_layers=DEPTH), img_size=16 * GRID,
+                         norm_type='LN', cls_token=None, out_type='featmap',
+                         mixer_cfg=dict(d_state=N))
+    model.load_state_dict(backbone, strict=True)
+    assert torch.equal(model.layers[0].norm.weight, reference['layers.0.norm.weight'])
+    assert torch.count_nonzero(model.norm_f.bias) == 0
+    layer_norm = dict(reference, **{f'layers.{i}.norm.bias': torch.zeros(C)
+                                    for i in range(DEPTH)}, **{'norm_f.bias': torch.zeros(C)})
+    torch.save({'model': layer_norm}, str(tmp_path / 'ln_ref.pth'))
+    again = run_tool('tools/model_converters/reference2mmpretrain.py',
+                     str(tmp_path / 'ln_ref.pth'), str(tmp_path / 'x.pth'),
+                     '--rmsnorm-to-layernorm', check=False)
+    assert again.returncode != 0 and 'LayerNorm already' in again.stderr

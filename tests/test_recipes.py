@@ -5,6 +5,7 @@ defaults of ``main_shuffle.py``/``main_reg.py``, ``segmentation/configs/shufflem
 and hustvl/Vim (``vim/scripts/*.sh``, ``vim/main.py``). Learning rates are given per 512
 images, as upstream scales them (``lr * total_batch / 512``).
 """
+import math
 import os.path as osp
 
 import pytest
@@ -25,10 +26,12 @@ def total_batch(cfg: Config) -> int:
 
 
 def warmup_and_floor(cfg: Config):
-    """(warmup epochs, warmup start lr, final lr) of a LinearLR + CosineAnnealingLR plan."""
-    warmup, cosine = cfg.param_scheduler
-    assert warmup.type == 'LinearLR' and cosine.type == 'CosineAnnealingLR'
-    return warmup.end, warmup.start_factor * cfg.optim_wrapper.optimizer.lr, cosine.eta_min
+    """(warmup epochs, warmup start lr, final lr) of the config's timm-style schedule, which
+    must span the whole run, as timm's ``t_initial`` does."""
+    scheduler, = cfg.param_scheduler
+    assert scheduler.type == 'mmshufflemamba.TimmCosineLR'
+    assert scheduler.epochs == cfg.train_cfg.max_epochs
+    return scheduler.warmup_epochs, scheduler.warmup_lr, scheduler.min_lr
 
 
 # run_reg.sh: (lr, weight decay, drop-path, epochs, input size, repeated aug) per stage
@@ -62,6 +65,10 @@ def test_reg_recipe_is_run_reg_sh(size, stage):
     assert len(ema) == 1 and ema[0].momentum == pytest.approx(1 - 0.99996)
     assert optim.type == 'AmpOptimWrapper' and optim.dtype == 'bfloat16'
     assert (cfg.train_dataloader.sampler.type == 'RepeatAugSampler') == repeated
+    assert cfg.model.backbone.init_scheme == 'vim'  # models_reg.py initialises as Vim
+    # stages 2 and 3 start from the previous stage's raw weights (--finetune: 'model')
+    raw = any(h.type == 'mmshufflemamba.LoadRawWeightsHook' for h in cfg.custom_hooks)
+    assert raw == (cfg.get('load_from') is not None)
     # smoothing 0.0 in stages 1-2 (mixup's soft targets), 0.1 in stage 3
     smoothing = 0.1 if stage.endswith('ft_in1k') else 0.0
     assert head.loss.get('label_smooth_val', 0.0) == smoothing
@@ -75,7 +82,8 @@ def test_plain_recipe_is_run_sh(name):
     assert optim.optimizer.lr == pytest.approx(5e-4 * total_batch(cfg) / 512)
     assert tuple(optim.optimizer.betas) == (0.9, 0.95) and optim.clip_grad.max_norm == 3.0
     assert optim.optimizer.weight_decay == 0.1
-    assert warmup_and_floor(cfg)[0] == 30 and warmup_and_floor(cfg)[2] == 5e-6
+    assert warmup_and_floor(cfg) == pytest.approx((30, 5e-7, 5e-6))  # run.sh
+    assert cfg.model.backbone.init_scheme == 'shufflemamba'  # models_shuffle.py's init
     assert cfg.train_dataloader.sampler.type == 'RepeatAugSampler'  # default --repeated-aug
     assert cfg.train_dataloader.sampler.num_repeats == 3
     assert [h.momentum for h in cfg.custom_hooks if h.type == 'EMAHook'] == [1e-4]
@@ -107,6 +115,7 @@ def test_vim_recipes_are_the_vim_scripts(name, lr, wd, drop_path, batch, epochs,
     assert optim.optimizer.weight_decay == wd and optim.type == 'OptimWrapper'  # --no_amp
     start = 1e-5 if 'stride8' in name else 1e-6  # --warmup-lr
     assert warmup_and_floor(cfg) == pytest.approx((5, start, 1e-5))
+    assert cfg.model.backbone.init_scheme == 'vim'
 
 
 def timm_decays(name: str, param: torch.Tensor, skip: set) -> bool:
@@ -189,3 +198,115 @@ def test_large_segmentation_configs_match_one_upstream_config(name, depth, drop_
     assert ShuffleMamba.arch_zoo[arch]['num_layers'] == depth
     assert cfg.model.backbone.drop_path_rate == drop_path
     assert cfg.optim_wrapper.clip_grad.max_norm == clip and cfg.optim_wrapper.optimizer.lr == 3e-5
+
+
+def timm_epoch_lrs(epochs, warmup_epochs, warmup_lr, min_lr, base):
+    """The lr of each epoch under timm 0.4.12's CosineLRScheduler as DeiT's loop drives it:
+    the scheduler is built (setting the warm-up lr, or the base lr without warm-up), every
+    epoch trains at the current lr, then ``step(epoch)`` sets ``_get_lr(epoch)``."""
+    def get_lr(t):
+        if t < warmup_epochs:
+            return warmup_lr + t * (base - warmup_lr) / warmup_epochs
+        return min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * t / epochs))
+    lr = warmup_lr if warmup_epochs else base
+    lrs = []
+    for epoch in range(epochs):
+        lrs.append(lr)
+        lr = get_lr(epoch)
+    return lrs
+
+
+@pytest.mark.parametrize('epochs,warmup,warmup_lr,min_lr', [
+    (300, 30, 5e-7, 5e-6), (100, 5, 1e-6, 1e-5), (20, 5, 1e-6, 1e-5), (30, 5, 1e-5, 1e-5),
+    (12, 0, 0.0, 1e-6)])
+def test_timm_cosine_schedule_is_timms(epochs, warmup, warmup_lr, min_lr):
+    from mmshufflemamba.engine import TimmCosineLR
+    base = 2e-3
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.SGD([dict(params=params), dict(params=[torch.nn.Parameter(
+        torch.zeros(1))], lr=base / 2)], lr=base)
+    scheduler = TimmCosineLR(optimizer, epochs=epochs, warmup_epochs=warmup,
+                             warmup_lr=warmup_lr, min_lr=min_lr)
+    ours = [[], []]
+    for _ in range(epochs):
+        for group, record in zip(optimizer.param_groups, ours):
+            record.append(group['lr'])
+        optimizer.step()
+        scheduler.step()
+    assert ours[0] == pytest.approx(timm_epoch_lrs(epochs, warmup, warmup_lr, min_lr, base))
+    assert ours[1] == pytest.approx(timm_epoch_lrs(epochs, warmup, warmup_lr, min_lr,
+                                                   base / 2))
+    if (epochs, warmup) == (300, 30):  # what the loop's one-epoch offset gives, in numbers
+        lrs = [lr / base for lr in ours[0]]
+        assert lrs[0] == lrs[1] == pytest.approx(5e-7 / base)
+        assert lrs[30] == pytest.approx(0.9667, abs=1e-4)  # f(29): still in warm-up
+        assert lrs[150] == pytest.approx(0.5065, abs=1e-4)  # f(149)
+
+
+def test_plain_init_scheme_is_models_shuffles():
+    """models_shuffle.py: segm_init_weights on every linear (trunc-normal 0.02, zero bias,
+    the step-size bias included), out_proj rescaled by 1/sqrt(depth), class token zero."""
+    from mmshufflemamba.models import ShuffleMamba
+    torch.manual_seed(0)
+    shuffle = ShuffleMamba(arch='small', init_scheme='shufflemamba')
+    vim = ShuffleMamba(arch='small', init_scheme='vim')
+    mixer, vim_mixer = shuffle.layers[3].mixer, vim.layers[3].mixer
+    assert torch.count_nonzero(mixer.dt_proj.bias) == 0 and \
+        torch.count_nonzero(mixer.dt_proj_b.bias) == 0
+    for linear in (mixer.in_proj, mixer.x_proj, mixer.dt_proj_b):
+        assert linear.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert torch.count_nonzero(shuffle.cls_token) == 0
+    bound = 1 / math.sqrt(mixer.out_proj.in_features) / math.sqrt(24)  # kaiming(a=sqrt 5)
+    assert mixer.out_proj.weight.abs().max() <= bound
+    assert mixer.out_proj.weight.abs().max() > 0.9 * bound
+    # Vim/Mamba-Reg: step sizes softplus^-1 of [0.001, 0.1], default linears, a token
+    dt = torch.nn.functional.softplus(vim_mixer.dt_proj.bias)
+    assert dt.min() >= 1e-4 and dt.max() <= 0.1 + 1e-6
+    assert vim_mixer.in_proj.weight.std().item() > 0.025  # kaiming-uniform: 0.0295
+    assert vim.cls_token.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_load_raw_weights_hook_starts_from_raw_weights_with_a_fresh_ema(tmp_path):
+    """A checkpoint written with an EMA hook holds the EMA weights as state_dict and the raw
+    ones in ema_state_dict. Upstream's next stage starts from the raw weights with a new
+    EMA; with LoadRawWeightsHook, load_from does the same (mmpretrain's EMAHook alone loads
+    the raw weights but continues the old average)."""
+    from helpers import data_overrides, run_tool, write_child_config
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from mmshufflemamba.datasets import make_toy_classification
+    data = str(tmp_path / 'toy_cls')
+    make_toy_classification(data, train_per_class=4, val_per_class=1)
+    config = write_child_config(tmp_path / 'cls.py',
+                                'configs/shufflemamba/shufflemamba-toy_1xb32_toycls.py',
+                                data_overrides(data))
+    run_tool('tools/train.py', config, '--work-dir', str(tmp_path / 'stage1'), '--cfg-options',
+             'train_cfg.max_iters=3', 'train_cfg.val_interval=3',
+             'default_hooks.checkpoint.interval=3')
+    ckpt_path = str(tmp_path / 'stage1' / 'iter_3.pth')
+    ckpt = torch.load(ckpt_path, map_location='cpu', weights_only=False)
+    key = 'backbone.layers.0.mixer.in_proj.weight'
+    raw, averaged = ckpt['ema_state_dict']['module.' + key], ckpt['state_dict'][key]
+    assert not torch.equal(raw, averaged)  # 3 steps with momentum 0.05
+
+    def loaded(hooks):
+        cfg = Config.fromfile(config)
+        cfg.work_dir = str(tmp_path / f'stage2_{len(hooks)}')
+        cfg.load_from = ckpt_path
+        cfg.custom_hooks = hooks + [dict(type='EMAHook', momentum=0.05,
+                                         priority='ABOVE_NORMAL')]
+        runner = Runner.from_cfg(cfg)
+        runner.call_hook('before_run')  # as Runner.train(): the EMA hook builds its model
+        runner.load_or_resume()
+        ema_hook = next(h for h in runner.hooks if type(h).__name__ == 'EMAHook')
+        return (runner.model.state_dict()[key],
+                ema_hook.ema_model.module.state_dict()[key])
+
+    model, ema = loaded([dict(type='mmshufflemamba.LoadRawWeightsHook')])
+    torch.testing.assert_close(model, raw, rtol=0, atol=0)
+    torch.testing.assert_close(ema, raw, rtol=0, atol=0)  # a fresh average
+    model, ema = loaded([])
+    torch.testing.assert_close(model, raw, rtol=0, atol=0)
+    torch.testing.assert_close(ema, averaged, rtol=0, atol=0)  # the old average goes on

@@ -36,10 +36,9 @@ test_dataloader = val_dataloader
 
 lr = 1e-5 * 512 / 512
 optim_wrapper = dict(optimizer=dict(lr=lr, weight_decay=0.1))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6 / lr, by_epoch=True, end=5,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=5),  # flat at 1e-5
+param_scheduler = [  # flat at 1e-5 after the warm-up: min lr = lr
+    dict(type='mmshufflemamba.TimmCosineLR', epochs=20, warmup_epochs=5, warmup_lr=1e-6,
+         min_lr=1e-5),
 ]
 train_cfg = dict(max_epochs=20)
 auto_scale_lr = dict(base_batch_size=512)

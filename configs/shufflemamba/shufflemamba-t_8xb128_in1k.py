@@ -1,7 +1,7 @@
 # ShuffleMamba-T (plain Vim-T, head class token) on ImageNet-1k at 224, 8 GPUs x 128.
 # DeiT-style recipe of the reference scripts (ShuffleMamba run.sh + main_shuffle.py
 # defaults): AdamW (lr 5e-4 per 512 images), wd 0.1, betas (0.9, 0.95), grad clip 3.0,
-# 30 warmup epochs then cosine to 5e-6, RandAugment, random erasing, mixup 0.8 / cutmix
+# 30 warmup epochs from 5e-7 then cosine to 5e-6 (timm's, per epoch), RandAugment, random erasing, mixup 0.8 / cutmix
 # 1.0, label smoothing 0.1, repeated augmentation (3 repeats), EMA 0.9999, bf16 autocast.
 # Drop-path and shuffle rates: the reference scripts give them for the base model only
 # (0.5 / 0.5); the smaller sizes use our lower values (tiny 0.05 / 0.1).
@@ -21,7 +21,9 @@ model = dict(
         cls_token='head',
         out_type='cls_token',
         drop_path_rate=0.05,
-        shuffle_rate=0.1),
+        shuffle_rate=0.1,
+        # models_shuffle.py initialises every linear trunc-normal(0.02) with zero bias
+        init_scheme='shufflemamba'),
     neck=None,
     head=dict(
         type='LinearClsHead',
@@ -60,10 +62,10 @@ optim_wrapper = dict(
         }),
 )
 
+# timm's cosine as run.sh steps it (per epoch, over all 300 epochs): warm-up from 5e-7
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, end=30,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', eta_min=5e-6, by_epoch=True, begin=30),
+    dict(type='mmshufflemamba.TimmCosineLR', epochs=300, warmup_epochs=30, warmup_lr=5e-7,
+         min_lr=5e-6),
 ]
 train_cfg = dict(by_epoch=True, max_epochs=300, val_interval=1)
 val_cfg = dict()

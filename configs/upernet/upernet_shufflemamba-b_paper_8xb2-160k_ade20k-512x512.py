@@ -7,11 +7,15 @@
 #   last one after norm_f;
 # - the position embedding stays at the 14x14 grid of the 224 px weights and is resized to
 #   the input's grid at every forward (img_size=224), as upstream;
-# - AdamW lr 6e-5, wd 0.01, no layer decay, upstream's no-decay keys (they match A_log but
-#   not A_b_log, D and D_b: kept as they are), no grad clip; drop-path 0.2, shuffle 0;
+# - AdamW lr 6e-5, wd 0.01, no layer decay, upstream's no-decay keys (kept as they are:
+#   '.D' matches D and D_b, '.A_log' does not match A_b_log, which is decayed), no grad
+#   clip; drop-path 0.2, shuffle 0; validation every 8000 iterations and seed 873369272
+#   (upstream's _base_ files);
 # - a LayerNorm backbone (upstream's rms_norm=False): it needs LayerNorm classification
 #   weights. Upstream loads weights with strict=False, so its RMSNorm base checkpoints
-#   would load into these LayerNorm blocks without a word; ours refuse a norm mismatch.
+#   load into these LayerNorm blocks (zero LN biases) without a word; ours refuse a norm
+#   mismatch. To reproduce upstream's model from RMSNorm weights on purpose, convert them
+#   with tools/model_converters/reference2mmpretrain.py --rmsnorm-to-layernorm.
 # Add the weights in a child config:
 #   model = dict(backbone=dict(init_cfg=dict(type='Pretrained', checkpoint='...pth',
 #                                            prefix='backbone.')))
@@ -67,3 +71,5 @@ param_scheduler = [
 train_dataloader = dict(batch_size=2)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
+train_cfg = dict(val_interval=8000)
+randomness = dict(seed=873369272)

@@ -13,8 +13,13 @@ model = dict(backbone=dict(arch='tiny-stride8'))
 lr = 5e-6 * 1024 / 512
 optim_wrapper = dict(optimizer=dict(lr=lr, weight_decay=1e-8))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-5 / lr, by_epoch=True, end=5,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=5),
+    dict(type='mmshufflemamba.TimmCosineLR', epochs=30, warmup_epochs=5, warmup_lr=1e-5,
+         min_lr=1e-5),
 ]
 train_cfg = dict(max_epochs=30)
+# vim/main.py --finetune reads checkpoint['model']: the raw weights, not the EMA ones
+custom_hooks = [
+    dict(type='mmshufflemamba.LoadRawWeightsHook'),
+    dict(type='EMAHook', momentum=1 - 0.99996, priority='ABOVE_NORMAL'),
+    dict(type='mmshufflemamba.RNGStateHook'),
+]

@@ -9,7 +9,7 @@
 _base_ = '../shufflemamba/shufflemamba-t_8xb128_in1k.py'
 
 model = dict(backbone=dict(arch='tiny', cls_token='middle', drop_path_rate=0.0,
-                           shuffle_rate=0.0))
+                           shuffle_rate=0.0, init_scheme='vim'))
 
 lr = 5e-4 * 1024 / 512
 optim_wrapper = dict(
@@ -17,10 +17,9 @@ optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=lr, weight_decay=0.1, eps=1e-8, betas=(0.9, 0.999)),
     paramwise_cfg={{_base_.optim_wrapper.paramwise_cfg}})
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6 / lr, by_epoch=True, end=5,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=5),
+param_scheduler = [  # timm's cosine, per epoch
+    dict(type='mmshufflemamba.TimmCosineLR', epochs=300, warmup_epochs=5, warmup_lr=1e-6,
+         min_lr=1e-5),
 ]
 custom_hooks = [
     dict(type='EMAHook', momentum=1 - 0.99996, priority='ABOVE_NORMAL'),

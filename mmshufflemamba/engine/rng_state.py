@@ -35,6 +35,8 @@ class RNGStateHook(Hook):
         checkpoint.setdefault('meta', {})['torch_rng_state'] = state
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if not runner._resume:  # load_from starts a new run: its own seed, not the old state
+            return
         self._pending = checkpoint.get('meta', {}).get('torch_rng_state')
         if self._pending is None:
             runner.logger.warning('The checkpoint has no torch_rng_state (written without '

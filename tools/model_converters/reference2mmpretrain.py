@@ -1,6 +1,7 @@
 """Convert a reference checkpoint (Vim, VideoMamba, ShuffleMamba, Mamba-Reg) to mmpretrain.
 
     python tools/model_converters/reference2mmpretrain.py SRC.pth DST.pth [--ema]
+                                                           [--rmsnorm-to-layernorm]
 
 Reads the ``model`` entry (``model_ema`` with ``--ema``; a bare state dict also works)
 and writes ``{'state_dict': ..., 'meta': ...}`` for ``ImageClassifier`` with a
@@ -12,6 +13,11 @@ but ShuffleMamba-M) and ``patch_stride=8`` for Vim-T+/S+. The converter prints w
 weights say (width, depth, norm, patch grid and the stride it implies, registers and
 their head reduction) before writing.
 The reference files are trusted pickles: they load with ``weights_only=False``.
+
+``--rmsnorm-to-layernorm`` writes RMSNorm weights as LayerNorm weights with zero biases:
+what upstream ShuffleMamba's segmentation gets when it loads an RMSNorm checkpoint into its
+LayerNorm backbones with ``strict=False`` (the base and 40-layer large paper configs).
+Only for reproducing that; the model is not the one the weights were trained as.
 """
 import argparse
 
@@ -27,6 +33,9 @@ def main() -> None:
     parser.add_argument('src')
     parser.add_argument('dst')
     parser.add_argument('--ema', action='store_true', help='convert the model_ema entry')
+    parser.add_argument('--rmsnorm-to-layernorm', action='store_true',
+                        help='add zero biases to the block and final norms, as upstream\'s '
+                        'segmentation loads RMSNorm weights into LayerNorm backbones')
     args = parser.parse_args()
     ckpt = torch.load(args.src, map_location='cpu', weights_only=False)
     entry = 'model_ema' if args.ema else 'model'
@@ -39,6 +48,15 @@ def main() -> None:
     for line in describe_reference(reference):
         print(line)
     state = reference_to_mmpretrain(reference)
+    if args.rmsnorm_to_layernorm:
+        norms = [k for k in state if k.startswith('backbone.') and
+                 k.endswith(('.norm.weight', 'norm_f.weight'))]
+        if any(k[:-len('weight')] + 'bias' in state for k in norms):
+            raise SystemExit('--rmsnorm-to-layernorm: the checkpoint is LayerNorm already.')
+        for key in norms:
+            state[key[:-len('weight')] + 'bias'] = state[key].new_zeros(state[key].shape)
+        print(f'--rmsnorm-to-layernorm: {len(norms)} norms written as LayerNorm with zero '
+              'bias (upstream segmentation\'s strict=False load); use norm_type=\'LN\'')
     meta = dict(converted_from=args.src, entry=entry, registers=is_register_model(reference))
     torch.save({'state_dict': state, 'meta': meta}, args.dst)
     print(f'{args.src} [{entry}] -> {args.dst}: {len(state)} tensors'

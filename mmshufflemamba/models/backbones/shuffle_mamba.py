@@ -20,6 +20,7 @@ __all__ = ['ShuffleMamba']
 
 OUT_TYPES = ('raw', 'cls_token', 'featmap', 'avg_featmap', 'registers')
 INTERMEDIATE_OUTPUTS = ('residual', 'mixer')
+INIT_SCHEMES = ('vim', 'shufflemamba')
 
 
 @MODELS.register_module()
@@ -47,8 +48,7 @@ class ShuffleMamba(BaseModule):
             ``'residual'`` (default) the residual stream after that block,
             ``residual + hidden``, i.e. what the next block normalises; ``'mixer'`` that
             block's mixer output ``hidden`` alone (upstream ShuffleMamba's segmentation
-            backbone, and Vim's). The last block always returns
-            ``norm_f(residual + hidden)``.
+            backbone). The last block always returns ``norm_f(residual + hidden)``.
         cls_token: ``'head'``, ``'middle'`` (Vim) or None (no class token); see
             :mod:`mmshufflemamba.models.utils.token_layout`.
         num_registers: Register tokens (Mamba-Reg ``get_cls_idx`` layout); needs
@@ -74,6 +74,13 @@ class ShuffleMamba(BaseModule):
         pyramid_norm: Norm inside the pyramid's upsamplers: ``'LN2d'`` (default; works on
             one process), ``'GN'``, ``'BN'`` or ``'SyncBN'``.
         interpolate_mode: Mode for resizing the position embedding.
+        init_scheme: How weights are initialised when nothing is loaded: ``'vim'`` (Vim and
+            Mamba-Reg: trunc-normal embeddings and tokens, lecun patch conv, PyTorch's
+            default linears, Mamba's step-size init, ``out_proj`` rescaled by
+            ``1/sqrt(depth)``) or ``'shufflemamba'`` (upstream ShuffleMamba's plain models,
+            ``models_shuffle.py``: as ``'vim'``, then every linear of the blocks
+            trunc-normal(0.02) with zero bias, the step-size bias too, so every step size
+            starts at ``softplus(0)``; ``out_proj`` rescaled again; a zero class token).
         ckpt_cls_token: Where the class-token slot of ``pos_embed`` sits in checkpoints
             loaded into a backbone *without* a class token (``'head'``: ShuffleMamba and
             this package's classifiers; ``'middle'``: Vim's ``*midclstok*`` weights). The
@@ -120,6 +127,7 @@ class ShuffleMamba(BaseModule):
                  out_scales: Optional[Sequence[float]] = None,
                  pyramid_norm: str = 'LN2d',
                  interpolate_mode: str = 'bicubic',
+                 init_scheme: str = 'vim',
                  ckpt_cls_token: str = 'head',
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
@@ -151,6 +159,9 @@ class ShuffleMamba(BaseModule):
         if ckpt_cls_token not in ('head', 'middle'):
             raise ValueError(f"ckpt_cls_token must be 'head' or 'middle'; got {ckpt_cls_token!r}.")
         self.ckpt_cls_token = ckpt_cls_token
+        if init_scheme not in INIT_SCHEMES:
+            raise ValueError(f'init_scheme must be one of {INIT_SCHEMES}; got {init_scheme!r}.')
+        self.init_scheme = init_scheme
         if out_type == 'cls_token' and cls_token is None:
             raise ValueError("out_type='cls_token' needs a class token: set cls_token to "
                              "'head' or 'middle', or use out_type='avg_featmap'.")
@@ -278,15 +289,31 @@ class ShuffleMamba(BaseModule):
         if side >= p and (side - p) % s == 0:
             return
         if s == p:
-            raise ValueError(
-                f'{what} side {side} is not a multiple of the patch size {p}. '
-                f'Resize or pad the input to a multiple of {p} (for example '
-                f'with the pipeline\'s Pad transform, size_divisor={p}).')
+            raise ValueError(f'{what} side {side} is not a multiple of the patch size {p}. '
+                             f'{self._size_fix_hint()}')
         below = p + max(side - p, 0) // s * s
         raise ValueError(
             f'{what} side {side} does not fit patch size {p} with stride {s}: sides must be '
             f'{p} + {s} * k (e.g. {below} or {below + s}) so that the patches cover the '
             f'image exactly. Resize or pad the input.')
+
+    def _size_fix_hint(self) -> str:
+        """How to make input sides multiples of the patch size, in the codebase in use."""
+        from mmengine.registry import DefaultScope
+        scope = DefaultScope.get_current_instance()
+        scope = scope.scope_name if scope is not None else None
+        p = self.patch_size
+        if scope == 'mmseg':
+            return (f"Pad in the data preprocessor: data_preprocessor=dict(test_cfg=dict("
+                    f"size_divisor={p})) for testing (model.data_preprocessor), and "
+                    f"size=crop_size for training, as mmseg's SegDataPreProcessor does.")
+        if scope == 'mmdet':
+            return (f'Set the DetDataPreProcessor\'s pad_size_divisor to a multiple of {p} '
+                    f'(the COCO configs use 32).')
+        if scope == 'mmpretrain':
+            return (f'Resize or crop to a multiple of {p} in the pipeline (ImageNet configs: '
+                    f'ResizeEdge then CenterCrop to 224).')
+        return f'Resize or pad the input to a multiple of {p}.'
 
     @staticmethod
     def _num_patches(resolution: Tuple[int, int]) -> int:
@@ -307,6 +334,14 @@ class ShuffleMamba(BaseModule):
             if isinstance(module, nn.Linear) and module.bias is not None \
                     and not getattr(module.bias, '_no_reinit', False):
                 nn.init.zeros_(module.bias)
+        if self.init_scheme == 'shufflemamba':  # models_shuffle.py: segm_init_weights
+            for module in self.layers.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.trunc_normal_(module.weight, std=0.02)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)  # the step-size bias too
+            if hasattr(self, 'cls_token'):
+                nn.init.zeros_(self.cls_token)
         for layer in self.layers:
             # GPT-2 style: scale the residual branch's output projection by 1/sqrt(depth)
             weight = layer.mixer.out_proj.weight
