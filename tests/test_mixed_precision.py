@@ -22,27 +22,40 @@ def test_block_residual_dtype_under_autocast(residual_in_fp32):
     assert torch.isfinite(hidden.float()).all()
 
 
-@pytest.mark.parametrize('path', ['compiled', 'pytorch'])
+@pytest.mark.parametrize('path', ['fused', 'pytorch'])
 def test_scan_state_stays_float32_under_autocast(monkeypatch, path):
     import importlib
-    scan_module = importlib.import_module('mmshufflemamba.ops.selective_scan')
     seen = {}
-    if path == 'compiled':
-        core_cls = scan_module._CompiledScan
-    else:  # as on a machine where the kernel could not be built
-        monkeypatch.setattr(scan_module, 'load_cpu_kernel', lambda: None)
+    if path == 'fused':  # the CPU mixer's fused kernel: spy on what its scan receives
+        bimamba = importlib.import_module('mmshufflemamba.ops.bimamba')
+        kernel = bimamba.load_cpu_kernel()
+
+        class Spy:
+            def __getattr__(self, name):
+                return getattr(kernel, name)
+
+            def bimamba_scan_forward(self, xz, u_f, u_b, delta_f, delta_b, *rest):
+                seen['dtypes'] = (u_f.dtype, delta_f.dtype, rest[3].dtype)  # u, delta, A
+                return kernel.bimamba_scan_forward(xz, u_f, u_b, delta_f, delta_b, *rest)
+
+        monkeypatch.setattr(bimamba, 'load_cpu_kernel', Spy)
+    else:  # the unfused mixer with the PyTorch scan
+        from mmshufflemamba.ops import BACKEND_ENV
+        monkeypatch.setenv(BACKEND_ENV, 'torch')
+        scan_module = importlib.import_module('mmshufflemamba.ops.selective_scan')
         core_cls = scan_module._SelectiveScanCore
-    core = core_cls.forward
+        core = core_cls.forward
 
-    def spy(ctx, first, second, A, *rest):  # (u, delta) or (delta, u), then A
-        seen['dtypes'] = (first.dtype, second.dtype, A.dtype)
-        return core(ctx, first, second, A, *rest)
+        def spy(ctx, delta, u, A, *rest):
+            seen['dtypes'] = (u.dtype, delta.dtype, A.dtype)
+            return core(ctx, delta, u, A, *rest)
 
-    monkeypatch.setattr(core_cls, 'forward', staticmethod(spy))
+        monkeypatch.setattr(core_cls, 'forward', staticmethod(spy))
     block = MambaBlock(16, mixer_cfg=dict(d_state=4))
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        block(torch.randn(2, 5, 16))
+        hidden, _ = block(torch.randn(2, 5, 16))
     assert seen['dtypes'] == (torch.float32, ) * 3
+    assert hidden.dtype == torch.bfloat16 and torch.isfinite(hidden.float()).all()
 
 
 CASES = {

@@ -31,6 +31,10 @@ class MambaSsmStandIn:
 
     def __call__(self, u, delta, A, B, C, D=None, z=None, delta_bias=None,
                  delta_softplus=False, return_last_state=False):
+        # the interface (SelectiveScanFn.forward) makes the last dims contiguous first
+        u, delta, B, C = (t if t.stride(-1) == 1 else t.contiguous() for t in (u, delta, B, C))
+        z = z if z is None or z.stride(-1) == 1 else z.contiguous()
+        D = None if D is None else D.contiguous()
         input_type = u.dtype
         assert input_type in (torch.float32, torch.float16, torch.bfloat16), input_type
         assert A.dtype == torch.float32, A.dtype  # weight type (complex not used here)
@@ -50,7 +54,7 @@ class MambaSsmStandIn:
             assert t is None or (t.dtype == torch.float32 and t.shape == (dim, ))
         if z is not None:
             assert z.dtype == input_type and z.shape == u.shape
-        for t in (u, delta, z):  # the interface makes the last dim contiguous, as asserted
+        for t in (u, delta, z, B, C):  # the kernel's stride checks
             assert t is None or t.stride(-1) == 1 or t.shape[-1] == 1
         assert isinstance(delta_softplus, bool) and isinstance(return_last_state, bool)
         self.calls.append(dict(dtypes=(u.dtype, A.dtype), B=tuple(B.shape),

@@ -1,8 +1,9 @@
 # ShuffleMamba-Reg-B, stage 1 of the Mamba-Reg recipe (ShuffleMamba run_reg.sh with
 # main_reg.py's defaults): 300 epochs at 128 px, 8 GPUs x 128, AdamW lr 5e-4 per 512
 # images, wd 0.05, betas (0.9, 0.999), no grad clip, 5 warmup epochs from 1e-6 then cosine
-# to 1e-5 (timm's, per epoch), drop-path 0.1, shuffle 0.1, 3-Augment, mixup 0.8 / cutmix 1.0 without label
-# smoothing, no random erasing, repeated augmentation, EMA 0.99996, bf16 autocast.
+# to 1e-5 (timm's, per epoch), drop-path 0.1, shuffle 0.1, 3-Augment, mixup 0.8 / cutmix
+# 1.0 without label smoothing, no random erasing, repeated augmentation, EMA 0.99996, bf16
+# autocast.
 # Stage 2: shufflemamba-reg-b_8xb128-100e_in1k.py, stage 3: ..._8xb64-20e-ft_in1k.py.
 _base_ = './shufflemamba-t_8xb128_in1k.py'
 

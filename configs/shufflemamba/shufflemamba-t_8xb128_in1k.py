@@ -1,8 +1,9 @@
 # ShuffleMamba-T (plain Vim-T, head class token) on ImageNet-1k at 224, 8 GPUs x 128.
 # DeiT-style recipe of the reference scripts (ShuffleMamba run.sh + main_shuffle.py
 # defaults): AdamW (lr 5e-4 per 512 images), wd 0.1, betas (0.9, 0.95), grad clip 3.0,
-# 30 warmup epochs from 5e-7 then cosine to 5e-6 (timm's, per epoch), RandAugment, random erasing, mixup 0.8 / cutmix
-# 1.0, label smoothing 0.1, repeated augmentation (3 repeats), EMA 0.9999, bf16 autocast.
+# 30 warmup epochs from 5e-7 then cosine to 5e-6 (timm's, per epoch), RandAugment,
+# random erasing, mixup 0.8 / cutmix 1.0, label smoothing 0.1, repeated augmentation
+# (3 repeats), EMA 0.9999, bf16 autocast; ShuffleMamba's own initialisation.
 # Drop-path and shuffle rates: the reference scripts give them for the base model only
 # (0.5 / 0.5); the smaller sizes use our lower values (tiny 0.05 / 0.1).
 _base_ = [

@@ -1,4 +1,5 @@
-"""Build and load the compiled CPU selective scan (``csrc/selective_scan_cpu.cpp``).
+"""Build and load the compiled CPU kernels (``csrc/``: the selective scan and the fused
+bidirectional mixer).
 
 The kernel is compiled with ``torch.utils.cpp_extension`` the first time it is needed (or by
 ``python -m mmshufflemamba.ops.build``, which ``tools/install.sh`` runs) and cached in
@@ -28,7 +29,9 @@ import torch
 __all__ = ['load_cpu_kernel', 'build_directory', 'ENV_SWITCH']
 
 ENV_SWITCH = 'MMSHUFFLEMAMBA_COMPILED_SCAN'
-_SOURCE = Path(__file__).with_name('csrc') / 'selective_scan_cpu.cpp'
+_SOURCE_DIR = Path(__file__).with_name('csrc')
+_SOURCES = ('selective_scan_cpu.cpp', 'bimamba_cpu.cpp', 'module.cpp')
+_HEADERS = ('cpu_math.h', 'kernels.h')
 _NAME = 'mmshufflemamba_scan_cpu'
 
 
@@ -63,20 +66,25 @@ def build_directory() -> Path:
     cache = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache'))
     isa, _ = _instruction_set()
     python = f'py{sys.version_info.major}{sys.version_info.minor}'
-    digest = hashlib.sha1(_SOURCE.read_bytes() + ' '.join(_compiler_flags()).encode())
+    code = b''.join((_SOURCE_DIR / name).read_bytes() for name in _SOURCES + _HEADERS)
+    digest = hashlib.sha1(code + ' '.join(_compiler_flags()).encode())
     return (cache / 'mmshufflemamba' /
             f'torch{torch.__version__}-{python}-{isa}-{digest.hexdigest()[:12]}')
 
 
-def _stage_source(directory: Path) -> Path:
-    """The source copied into the build directory, so that ninja sees one path and mtime
-    whichever checkout asks (an unchanged copy is left alone; replacing it is atomic)."""
-    staged = directory / _SOURCE.name
-    code = _SOURCE.read_bytes()
-    if not staged.exists() or staged.read_bytes() != code:
-        tmp = directory / f'.{_SOURCE.name}.{os.getpid()}'
-        tmp.write_bytes(code)
-        os.replace(tmp, staged)
+def _stage_sources(directory: Path):
+    """The sources copied into the build directory, so that ninja sees one path and mtime
+    whichever checkout asks (an unchanged copy is left alone; replacing one is atomic)."""
+    staged = []
+    for name in _SOURCES + _HEADERS:
+        target = directory / name
+        code = (_SOURCE_DIR / name).read_bytes()
+        if not target.exists() or target.read_bytes() != code:
+            tmp = directory / f'.{name}.{os.getpid()}'
+            tmp.write_bytes(code)
+            os.replace(tmp, target)
+        if name in _SOURCES:
+            staged.append(str(target))
     return staged
 
 
@@ -104,7 +112,7 @@ def _compile(verbose: bool) -> ModuleType:
     if not any(directory.glob(f'{_NAME}*.so')):
         print(f'mmshufflemamba: compiling the CPU selective scan into {directory} '
               '(first use only, about a minute)', file=sys.stderr, flush=True)
-    return load(name=_NAME, sources=[str(_stage_source(directory))],
+    return load(name=_NAME, sources=_stage_sources(directory),
                 build_directory=str(directory), extra_cflags=_compiler_flags(),
                 extra_ldflags=['-fopenmp'], verbose=verbose)
 

@@ -301,21 +301,22 @@ def _forced_backend() -> Optional[str]:
     return value
 
 
-def _why_not(backend: str, u: Tensor, return_last_state: bool) -> Optional[str]:
-    """Why ``backend`` cannot run this call, or None when it can."""
-    from .triton_scan import triton_available
+def _why_not(backend: str, device: str, dtype: torch.dtype,
+             return_last_state: bool) -> Optional[str]:
+    """Why ``backend`` cannot run a call on ``device``/``dtype``, or None when it can."""
+    from . import triton_scan
     if backend == 'mamba_ssm':
         if _mamba_ssm_scan() is None:
             return 'mamba_ssm does not import here (it needs its CUDA build: pip install ' \
                    'mamba-ssm on a machine with a CUDA toolkit)'
-        if u.dtype == torch.float64:
+        if dtype == torch.float64:
             return "mamba_ssm's kernel takes float32, float16 and bfloat16 inputs only"
     elif backend == 'triton':
-        if not triton_available():
+        if not triton_scan.triton_available():
             return 'Triton >= 3.4 with CUDA (or TRITON_INTERPRET=1 on CPU) is not available'
     elif backend == 'compiled':
-        if u.device.type != 'cpu':
-            return f'the compiled kernel runs CPU tensors, not {u.device.type}'
+        if device != 'cpu':
+            return f'the compiled kernel runs CPU tensors, not {device}'
         if return_last_state:
             return 'the compiled kernel does not return the last state'
         if load_cpu_kernel() is None:
@@ -351,21 +352,29 @@ def scan_backend(u: Tensor, return_last_state: bool = False) -> str:
 
     Raises RuntimeError when :data:`BACKEND_ENV` forces a backend that cannot run the call.
     """
+    return backend_for(u.device.type, u.dtype, return_last_state)
+
+
+@torch.compiler.assume_constant_result
+def backend_for(device: str, dtype: torch.dtype, return_last_state: bool = False) -> str:
+    """:func:`scan_backend` for a device type and dtype. Under ``torch.compile`` it is
+    evaluated once while tracing and its result is a constant of the graph (so the choice,
+    and :data:`BACKEND_ENV`, are read when a model is compiled, not at every call)."""
     forced = _forced_backend()
     if forced is not None:
-        reason = _why_not(forced, u, return_last_state)
+        reason = _why_not(forced, device, dtype, return_last_state)
         if reason:
             raise RuntimeError(f'{BACKEND_ENV}={forced} cannot run this call: {reason}. '
                                f'Unset it (auto) or choose another backend.')
         return forced
-    if u.is_cuda:
+    if device == 'cuda':
         candidates = ('mamba_ssm', 'triton', 'torch')
-    elif u.device.type == 'cpu':
+    elif device == 'cpu':
         candidates = ('compiled', 'torch')
     else:
         candidates = ('torch', )
-    return next(b for b in candidates if _why_not(b, u, return_last_state) is None or
-                b == 'torch')
+    return next(b for b in candidates
+                if b == 'torch' or _why_not(b, device, dtype, return_last_state) is None)
 
 
 def selective_scan(u: Tensor,

@@ -33,7 +33,26 @@ class ToolRunnerMixin:
     * **SyncBN on CPU.** Distributed training on a machine without CUDA turns SyncBN
       layers into BatchNorm (mmengine's ``revert_sync_batchnorm``) before the model is
       wrapped, with a warning: DistributedDataParallel refuses SyncBN on CPU modules.
+    * **compile=True** compiles the model's ``forward`` (train, val and test) rather than
+      mmengine's whole ``train_step``: torch.compile cannot trace mmengine's optimizer
+      wrapper (an internal dynamo error with torch 2.13), and the network is where the
+      time goes.
     """
+
+    def _maybe_compile(self, target: str) -> None:
+        compile_cfg = self.cfg.get('compile')
+        if not compile_cfg:
+            return
+        compile_cfg = {} if compile_cfg is True else dict(compile_cfg)
+        from mmengine.model import is_model_wrapper
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        if getattr(model, '_forward_compiled', False):
+            return
+        model.forward = torch.compile(model.forward, **compile_cfg)
+        model._forward_compiled = True
+        options = compile_cfg or 'torch.compile defaults'
+        self.logger.info(f'compile: the model\'s forward is compiled ({options}); the first '
+                         f'iterations are slow.')
 
     def load_checkpoint(self, filename, map_location='cpu', strict=False,
                         revise_keys=[(r'^module.', '')]):

@@ -10,9 +10,10 @@ backward direction) per mixer. FLOPs count a multiply-add as 2 for the scan; mme
 counter counts one multiply-add as 1 FLOP, so the scan is converted to that convention
 (divided by 2) before adding. Detectors are measured for backbone + neck.
 
-While counting, the mixers call a shape-preserving stand-in instead of the scan: the
-tracer counts nothing of the scan either way, and running its per-step loop under the
-tracer keeps every step's tensors (tiny Mask R-CNN at 1280x800 ran out of 24 GB).
+While counting, the mixers take their unfused path (the fused CPU op would hide its
+x_proj/dt_proj GEMMs from the tracer) and call a shape-preserving stand-in instead of the
+scan: the tracer counts nothing of the scan either way, and running its per-step loop under
+the tracer keeps every step's tensors (tiny Mask R-CNN at 1280x800 ran out of 24 GB).
 """
 import argparse
 from contextlib import contextmanager
@@ -30,22 +31,25 @@ from mmshufflemamba.utils import TensorForward, build_model_from_config
 
 @contextmanager
 def scan_stand_in():
-    """Replace the mixers' scan by ``u + delta + z`` (same shape, no loop) while counting.
+    """Unfused mixers whose scan is ``u + delta + z`` (same shape, no loop) while counting.
 
     The stand-in must consume ``z`` and the ``B``/``C`` projections too; the tracer prunes
     whatever feeds nothing, and their projections would go uncounted.
     """
     real = mixer_module.selective_scan
+    real_fused = BiMambaMixer.fused
 
     def stand_in(u, delta, A, B, C, *args, z=None, **kwargs):
         out = u + delta + B.sum(1, keepdim=True) + C.sum(1, keepdim=True)
         return out if z is None else out + z
 
     mixer_module.selective_scan = stand_in
+    BiMambaMixer.fused = lambda self, x: False
     try:
         yield
     finally:
         mixer_module.selective_scan = real
+        BiMambaMixer.fused = real_fused
 
 
 def count_scan_flops(model: torch.nn.Module, images: torch.Tensor) -> int:

@@ -208,7 +208,6 @@ class ShuffleMamba(BaseModule):
         ])
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.norm_f = build_norm(self.norm_type, C, norm_eps) if final_norm else nn.Identity()
-        self._layouts: Dict[int, TokenLayout] = {}
         self.load_report: dict = dict(dropped=[], resized=[])
         self.pyramid = self._build_pyramid(out_scales, pyramid_norm)
 
@@ -426,9 +425,12 @@ class ShuffleMamba(BaseModule):
         """Class slot and patch position embedding resized to ``resolution``."""
         cls_pos, patch_pos = self._split_pos_embed(
             self.pos_embed, self._num_patches(self.patch_resolution), self.cls_token_layout)
-        if resolution != self.patch_resolution:
+        # a symbolic grid (torch.export with dynamic sizes) is always resized: comparing it
+        # with ours would specialise the export to one size (same-size resizing is exact)
+        symbolic = any(isinstance(side, torch.SymInt) for side in resolution)
+        if symbolic or resolution != self.patch_resolution:
             patch_pos = resize_pos_embed(patch_pos, self.patch_resolution, resolution,
-                                         self.interpolate_mode)
+                                         self.interpolate_mode, always=symbolic)
         return cls_pos, patch_pos
 
     def _adapt_checkpoint(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
@@ -559,10 +561,7 @@ class ShuffleMamba(BaseModule):
 
     # ---------------------------------------------------------------------- forward
     def _layout(self, num_patches: int) -> TokenLayout:
-        if num_patches not in self._layouts:
-            self._layouts[num_patches] = TokenLayout(num_patches, self.cls_token_layout,
-                                                     self.num_registers)
-        return self._layouts[num_patches]
+        return TokenLayout(num_patches, self.cls_token_layout, self.num_registers)
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4:
@@ -597,8 +596,8 @@ class ShuffleMamba(BaseModule):
         if self.out_type == 'cls_token':
             return tokens[:, layout.cls_index]
         if self.out_type == 'registers':
-            return tokens.index_select(1, layout.register_index.to(tokens.device))
-        patches = tokens.index_select(1, layout.patch_index.to(tokens.device))
+            return layout.registers(tokens)
+        patches = layout.patches(tokens)
         if self.out_type == 'avg_featmap':
             return patches.mean(dim=1)
         B, _, C = patches.shape
@@ -615,8 +614,9 @@ class ShuffleMamba(BaseModule):
         residual = None
         outs = []
         last = self.num_layers - 1
+        perms = self.shuffle.plan(hidden.shape[1])
         for i, layer in enumerate(self.layers):
-            hidden, residual = self.shuffle(i, layer, hidden, residual)
+            hidden, residual = self.shuffle(layer, hidden, residual, perms[i])
             if i in self.out_indices:
                 if i == last:
                     stream = residual + self.drop_path(hidden)

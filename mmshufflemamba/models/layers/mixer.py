@@ -4,6 +4,7 @@ import torch
 from torch import Tensor, nn
 
 from mmshufflemamba.ops import causal_conv1d, selective_scan
+from mmshufflemamba.ops.bimamba import bimamba_inner, fused_mixer_available
 from ..utils.precision import at_least_float32
 
 __all__ = ['BiMambaMixer']
@@ -17,6 +18,15 @@ class BiMambaMixer(nn.Module):
     ``A_b_log`` and ``D_b`` and runs over the reversed sequence. The output is
     ``out_proj((y_fwd + flip(y_bwd)) / 2)``. Parameter names follow the reference layout
     (``mamba_ssm`` / Vim) so that published weights load.
+
+    Two ways to compute it, the same function:
+
+    * on CPU, where the compiled kernel is available and the scan backend is ``compiled``
+      (the default there), :func:`~mmshufflemamba.ops.bimamba.bimamba_inner` runs
+      everything between the projections fused, token-major, nothing flipped;
+    * elsewhere, the two branches run channel-major through
+      :func:`~mmshufflemamba.ops.selective_scan` (mamba_ssm, Triton or PyTorch on CUDA;
+      the PyTorch scan on CPU with ``MMSHUFFLEMAMBA_SCAN_BACKEND=torch``).
 
     Args:
         embed_dims: Model width ``d_model``.
@@ -84,11 +94,7 @@ class BiMambaMixer(nn.Module):
 
     def _branch(self, x: Tensor, z: Tensor, conv: nn.Conv1d, x_proj: nn.Linear,
                 dt_proj: nn.Linear, A_log: Tensor, D: Tensor) -> Tensor:
-        """One scan direction. ``x``, ``z``: ``(B, d_inner, L)`` -> ``(B, d_inner, L)``.
-
-        Channel-major throughout: the projections are computed as ``W @ x`` so that every
-        ``(B, channels, L)`` tensor comes out contiguous, with no transposing copies.
-        """
+        """One scan direction, unfused. ``x``, ``z``: ``(B, d_inner, L)`` -> same."""
         x = causal_conv1d(x, conv.weight, conv.bias, activation='silu')
         x_dbl = torch.matmul(x_proj.weight, x)  # (B, dt_rank + 2N, L)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
@@ -97,13 +103,22 @@ class BiMambaMixer(nn.Module):
         return selective_scan(x, dt, A, B, C, at_least_float32(D), z=z,
                               delta_bias=at_least_float32(dt_proj.bias), delta_softplus=True)
 
+    def fused(self, x: Tensor) -> bool:
+        """Whether :meth:`forward` takes the fused CPU path for inputs like ``x``."""
+        return fused_mixer_available(x, self.d_state)
+
     def forward(self, hidden: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
-        hidden_t = hidden.transpose(1, 2)  # (B, C, L), a view
-        weight, bias = self.in_proj.weight, self.in_proj.bias
-        x, z = (torch.matmul(w, hidden_t) for w in weight.chunk(2, dim=0))  # (B, d_inner, L)
-        if bias is not None:
-            x_bias, z_bias = bias.chunk(2)
-            x, z = x + x_bias[:, None], z + z_bias[:, None]
+        xz = self.in_proj(hidden)  # (B, L, 2 d_inner): one GEMM on contiguous tokens
+        if self.fused(xz):
+            y = bimamba_inner(
+                xz, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight,
+                self.conv1d_b.bias, self.x_proj.weight, self.x_proj_b.weight,
+                self.dt_proj.weight, self.dt_proj_b.weight, self.dt_proj.bias,
+                self.dt_proj_b.bias, -torch.exp(at_least_float32(self.A_log)),
+                -torch.exp(at_least_float32(self.A_b_log)), at_least_float32(self.D),
+                at_least_float32(self.D_b))  # (B, L, d_inner)
+            return self.out_proj(y)
+        x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) views
         y_fwd = self._branch(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log,
                              self.D)
         y_bwd = self._branch(x.flip(-1), z.flip(-1), self.conv1d_b, self.x_proj_b,

@@ -59,17 +59,30 @@ class LayerwiseShuffle(nn.Module):
             return None
         return torch.randperm(num_tokens, generator=self.generator)
 
-    def forward(self, layer: int, block: BlockFn, hidden: Tensor,
-                residual: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        """``block(hidden, residual)``, possibly on shuffled tokens.
+    def plan(self, num_tokens: int) -> List[Optional[Tensor]]:
+        """Every layer's permutation for one forward (None: not shuffled), drawn at once:
+        one Bernoulli draw per layer, then one permutation per shuffled layer.
+
+        Draws nothing in eval mode or when every ``p_i`` is 0. One ``tolist`` for all the
+        layers' decisions keeps a compiled training step to one graph break.
+        """
+        if not self.training or not any(self.probs):
+            return [None] * len(self.probs)
+        draws = torch.rand(len(self.probs), generator=self.generator).tolist()
+        return [torch.randperm(num_tokens, generator=self.generator) if u < p else None
+                for u, p in zip(draws, self.probs)]
+
+    def forward(self, block: BlockFn, hidden: Tensor, residual: Optional[Tensor],
+                perm: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """``block(hidden, residual)``, on tokens permuted by ``perm`` (from :meth:`plan`)
+        if it is given.
 
         Args:
-            layer: Index of ``block`` in the backbone.
             block: Maps ``(hidden, residual)`` ``(B, L, C)`` to the same.
             hidden: ``(B, L, C)``.
             residual: ``(B, L, C)`` or None before the first block.
+            perm: ``(L,)`` permutation, or None.
         """
-        perm = self.sample_permutation(layer, hidden.shape[1])
         if perm is None:
             return block(hidden, residual)
         return self.apply_permuted(block, perm.to(hidden.device), hidden, residual)

@@ -12,12 +12,14 @@ __all__ = ['resize_pos_embed']
 def resize_pos_embed(pos_embed: Tensor,
                      src_shape: Tuple[int, int],
                      dst_shape: Tuple[int, int],
-                     mode: str = 'bicubic') -> Tensor:
+                     mode: str = 'bicubic',
+                     always: bool = False) -> Tensor:
     """Resize a patch-grid position embedding ``(1, Hs*Ws, C)`` -> ``(1, Hd*Wd, C)``.
 
-    Only patch positions: split off class/register slots before calling.
+    Only patch positions: split off class/register slots before calling. ``always``
+    resizes even to the same grid (for symbolic sizes; the result is then the input).
     """
-    if tuple(src_shape) == tuple(dst_shape):
+    if not always and tuple(src_shape) == tuple(dst_shape):
         return pos_embed
     _, length, C = pos_embed.shape
     if length != src_shape[0] * src_shape[1]:

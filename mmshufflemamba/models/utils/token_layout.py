@@ -46,51 +46,82 @@ def register_indices(num_patches: int, num_registers: int) -> List[int]:
 class TokenLayout:
     """The token order for ``num_patches`` patches plus a class token or registers.
 
+    The sequence is built and read by slicing and concatenation (no index tables), so the
+    same code runs for symbolic sizes under ``torch.export``/``torch.compile``.
+
     Args:
-        num_patches: ``M``, the patches of the input's grid.
+        num_patches: ``M``, the patches of the input's grid (an int, or a symbolic size).
         cls_token: ``'head'``, ``'middle'`` or None.
         num_registers: ``k`` registers (Mamba-Reg); excludes a class token.
 
     Attributes:
-        order: ``(T,)`` indices into ``cat([patches, extra], dim=1)``, where ``extra`` is the
-            class token ``(B, 1, C)`` or the registers ``(B, k, C)``; None when the
-            sequence is the patches alone (no reordering needed).
         cls_index: Index of the class token in the sequence, or None.
-        register_index: ``(k,)`` indices of the registers, register-major.
-        patch_index: ``(M,)`` indices of the patches, in raster order.
+        block: Mamba-Reg's ``L = M // (k + 1)``: patches before each register.
+        num_tokens: Length of the sequence.
     """
 
-    def __init__(self, num_patches: int, cls_token: Optional[str] = None,
-                 num_registers: int = 0):
+    def __init__(self, num_patches, cls_token: Optional[str] = None, num_registers: int = 0):
         if cls_token is not None and num_registers:
             raise ValueError('A class token and registers cannot be combined: Mamba-Reg '
                              'models classify from their registers and have no class '
                              'token. Set cls_token=None or num_registers=0.')
-        M = num_patches
-        patches = list(range(M))
-        self.cls_index = cls_token_index(M, cls_token)
-        self.register_index = torch.tensor(register_indices(M, num_registers),
-                                           dtype=torch.long)
-        if self.cls_index is not None:
-            order = patches[:self.cls_index] + [M] + patches[self.cls_index:]
-        elif num_registers:
-            order = list(patches)
-            for j, index in enumerate(self.register_index.tolist()):
-                order.insert(index, M + j)
-        else:
-            order = patches
-        self.order: Optional[Tensor] = None if order == patches else torch.tensor(order)
-        self.patch_index = torch.tensor([i for i, o in enumerate(order) if o < M],
-                                        dtype=torch.long)
-        self.num_tokens = len(order)
+        self.num_patches = num_patches
+        self.num_registers = num_registers
+        self.cls_index = cls_token_index(num_patches, cls_token)
+        self.block = num_patches // (num_registers + 1)
+        self.num_tokens = num_patches + num_registers + (self.cls_index is not None)
+
+    @property
+    def register_index(self) -> Tensor:
+        """``(k,)`` indices of the registers, register-major: ``(j + 1)(L + 1) - 1``."""
+        return torch.arange(self.num_registers) * (self.block + 1) + self.block
+
+    @property
+    def order(self) -> Optional[Tensor]:
+        """``(T,)`` indices into ``cat([patches, extra])``, or None (patches alone)."""
+        if self.cls_index is None and not self.num_registers:
+            return None
+        M = self.num_patches
+        index = torch.arange(M + max(self.num_registers, 1))[None, :, None]
+        return self.arrange(index[:, :M], index[:, M:])[0, :, 0]
+
+    @property
+    def patch_index(self) -> Tensor:
+        """``(M,)`` indices of the patches in the sequence, in raster order."""
+        index = torch.arange(self.num_tokens)[None, :, None]
+        return self.patches(index)[0, :, 0]
 
     def arrange(self, patches: Tensor, extra: Optional[Tensor]) -> Tensor:
-        """``(B, M, C)`` patches and ``(B, n, C)`` extra tokens -> ``(B, T, C)`` sequence."""
-        if self.order is None:
+        """``(B, M, C)`` patches and ``(B, n, C)`` extra tokens (the class token or the
+        registers) -> the ``(B, T, C)`` sequence."""
+        if self.cls_index is not None:
+            i = self.cls_index
+            return torch.cat([patches[:, :i], extra, patches[:, i:]], dim=1)
+        if not self.num_registers:
             return patches
-        tokens = torch.cat([patches, extra], dim=1)
-        return tokens.index_select(1, self.order.to(tokens.device))
+        L, k = self.block, self.num_registers
+        pieces = []
+        for j in range(k):
+            pieces += [patches[:, j * L:(j + 1) * L], extra[:, j:j + 1]]
+        return torch.cat(pieces + [patches[:, k * L:]], dim=1)
+
+    def patches(self, tokens: Tensor) -> Tensor:
+        """The ``(B, M, C)`` patch tokens of a ``(B, T, C)`` sequence, in raster order."""
+        if self.cls_index is not None:
+            i = self.cls_index
+            return torch.cat([tokens[:, :i], tokens[:, i + 1:]], dim=1)
+        if not self.num_registers:
+            return tokens
+        L, k = self.block, self.num_registers
+        pieces = [tokens[:, j * (L + 1):j * (L + 1) + L] for j in range(k)]
+        return torch.cat(pieces + [tokens[:, k * (L + 1):]], dim=1)
+
+    def registers(self, tokens: Tensor) -> Tensor:
+        """The ``(B, k, C)`` registers of a ``(B, T, C)`` sequence, register-major."""
+        L = self.block
+        return torch.cat([tokens[:, (j + 1) * (L + 1) - 1:(j + 1) * (L + 1)]
+                          for j in range(self.num_registers)], dim=1)
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(tokens={self.num_tokens}, cls_index={self.cls_index}, '
-                f'register_index={self.register_index.tolist()})')
+                f'registers={self.num_registers})')

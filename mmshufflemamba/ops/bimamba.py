@@ -1,0 +1,173 @@
+"""Vim's bidirectional mixer between ``in_proj`` and ``out_proj``, fused on CPU.
+
+``bimamba_inner(xz, ...)`` maps ``in_proj``'s output ``xz`` ``(B, L, 2 D)`` (x, then z) to the
+combined scan output ``y`` ``(B, L, D)`` that ``out_proj`` reads:
+
+* the compiled kernel runs both directions' causal depthwise convolutions with their SiLU
+  (the backward one anti-causal in the original token order: nothing is flipped);
+* torch runs the ``x_proj`` and ``dt_proj`` GEMMs, token-major on contiguous data;
+* the compiled kernel runs both directions' selective scans (the backward one from t = L-1
+  down), ``D``, the ``z`` gate and ``(y_f + y_b) / 2``.
+
+The backward pass recomputes the convolutions, the step sizes and the scans' states (from
+one checkpoint per 32 steps) and writes the gradients of x and z straight into one
+``dxz``. Both passes are ``torch.library`` custom ops with fake implementations and an
+autograd formula, so ``torch.compile`` and ``torch.export`` see two opaque ops instead of
+breaking the graph. Computed in float32 (float64 stays float64; bf16/fp16 inputs are
+computed in float32).
+"""
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.profiler import record_function
+
+from .cpu_kernel import load_cpu_kernel
+
+__all__ = ['bimamba_inner', 'fused_mixer_available', 'FUSED_STATE_SIZES']
+
+FUSED_STATE_SIZES = (1, 4, 8, 16)  # the d_state values the kernel is compiled for
+_CHUNK = 32  # steps per checkpoint (the kernel's kChunk)
+
+
+def fused_mixer_available(x: Tensor, d_state: int) -> bool:
+    """Whether :func:`bimamba_inner` can run for ``x`` here (CPU, the kernel built, a
+    compiled d_state, the scan backend ``compiled``)."""
+    return _fused_mixer_available(x.device.type, x.dtype, d_state)
+
+
+@torch.compiler.assume_constant_result
+def _fused_mixer_available(device: str, dtype: torch.dtype, d_state: int) -> bool:
+    from .selective_scan import backend_for
+    return device == 'cpu' and d_state in FUSED_STATE_SIZES and \
+        backend_for(device, dtype) == 'compiled' and load_cpu_kernel() is not None
+
+
+# The kernels run inside record_function ranges, so that torch.profiler (and
+# benchmarks/bench_backbone.py's breakdown) shows the convolutions and the scans apart from
+# the GEMMs around them.
+def _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b):
+    with record_function('mmshufflemamba::conv'):
+        return load_cpu_kernel().bimamba_conv_forward(xz, conv_w_f, conv_b_f, conv_w_b,
+                                                      conv_b_b)
+
+
+def _step_inputs(u: Tensor, xproj_w: Tensor, dtproj_w: Tensor) -> Tuple[Tensor, Tensor]:
+    """x_dbl = u @ W_x^T ``(B, L, R + 2N)`` and the step sizes' pre-bias ``(B, L, D)``."""
+    B, L, D = u.shape
+    rank = dtproj_w.shape[1]
+    x_dbl = torch.mm(u.view(B * L, D), xproj_w.t())
+    delta = torch.mm(x_dbl[:, :rank], dtproj_w.t())
+    return x_dbl.view(B, L, -1), delta.view(B, L, D)
+
+
+@torch.library.custom_op('mmshufflemamba::bimamba_inner', mutates_args=(), device_types='cpu')
+def _bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor, conv_w_b: Tensor,
+                   conv_b_b: Tensor, xproj_w_f: Tensor, xproj_w_b: Tensor, dtproj_w_f: Tensor,
+                   dtproj_w_b: Tensor, dt_bias_f: Tensor, dt_bias_b: Tensor, A_f: Tensor,
+                   A_b: Tensor, D_f: Tensor, D_b: Tensor
+                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns ``y`` and, for the backward pass, ``x_dbl_f``, ``x_dbl_b`` and the checkpoints."""
+    kernel = load_cpu_kernel()
+    u_f, u_b = _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b)
+    x_dbl_f, delta_f = _step_inputs(u_f, xproj_w_f, dtproj_w_f)
+    x_dbl_b, delta_b = _step_inputs(u_b, xproj_w_b, dtproj_w_b)
+    with record_function('mmshufflemamba::scan'):
+        y, ckpt_f, ckpt_b = kernel.bimamba_scan_forward(
+            xz, u_f, u_b, delta_f, delta_b, x_dbl_f, x_dbl_b, dtproj_w_f.shape[1], A_f, A_b,
+            D_f, D_b, dt_bias_f, dt_bias_b)
+    return y, x_dbl_f, x_dbl_b, ckpt_f, ckpt_b
+
+
+@_bimamba_inner.register_fake
+def _(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, xproj_w_f, xproj_w_b, dtproj_w_f,
+      dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b):
+    B, L, D2 = xz.shape
+    D, N = D2 // 2, A_f.shape[1]
+    chunks = (L + _CHUNK - 1) // _CHUNK
+    x_dbl = xz.new_empty(B, L, xproj_w_f.shape[0])
+    return (xz.new_empty(B, L, D), x_dbl, torch.empty_like(x_dbl),
+            xz.new_empty(B, chunks, N, D), xz.new_empty(B, chunks, N, D))
+
+
+@torch.library.custom_op('mmshufflemamba::bimamba_inner_backward', mutates_args=(),
+                         device_types='cpu')
+def _bimamba_inner_backward(dy: Tensor, xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor,
+                            conv_w_b: Tensor, conv_b_b: Tensor, xproj_w_f: Tensor,
+                            xproj_w_b: Tensor, dtproj_w_f: Tensor, dtproj_w_b: Tensor,
+                            dt_bias_f: Tensor, dt_bias_b: Tensor, A_f: Tensor, A_b: Tensor,
+                            D_f: Tensor, D_b: Tensor, x_dbl_f: Tensor, x_dbl_b: Tensor,
+                            ckpt_f: Tensor, ckpt_b: Tensor) -> List[Tensor]:
+    """Gradients of ``xz`` and of the 14 weights, in :func:`_bimamba_inner`'s order."""
+    kernel = load_cpu_kernel()
+    B, L, D2 = xz.shape
+    D, rank = D2 // 2, dtproj_w_f.shape[1]
+    u_f, u_b = _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b)  # recomputed
+    delta_f = torch.mm(x_dbl_f.view(B * L, -1)[:, :rank], dtproj_w_f.t()).view(B, L, D)
+    delta_b = torch.mm(x_dbl_b.view(B * L, -1)[:, :rank], dtproj_w_b.t()).view(B, L, D)
+    dxz = torch.empty_like(xz)
+    with record_function('mmshufflemamba::scan_backward'):
+        (du_f, ddelta_f, dBC_f, dA_f, dD_f, dbias_f, du_b, ddelta_b, dBC_b, dA_b, dD_b,
+         dbias_b) = kernel.bimamba_scan_backward(
+            dy.contiguous(), xz, u_f, u_b, delta_f, delta_b, x_dbl_f, x_dbl_b, rank, A_f, A_b,
+            D_f, D_b, dt_bias_f, dt_bias_b, ckpt_f, ckpt_b, dxz)
+    grads = {}
+    for s, u, x_dbl, ddelta, dBC, xproj_w, dtproj_w in (
+            ('f', u_f, x_dbl_f, ddelta_f, dBC_f, xproj_w_f, dtproj_w_f),
+            ('b', u_b, x_dbl_b, ddelta_b, dBC_b, xproj_w_b, dtproj_w_b)):
+        ddelta = ddelta.view(B * L, D)
+        x_dbl = x_dbl.view(B * L, -1)
+        dx_dbl = torch.cat([torch.mm(ddelta, dtproj_w), dBC.view(B * L, -1)], dim=1)
+        grads[f'dtproj_w_{s}'] = torch.mm(ddelta.t(), x_dbl[:, :rank])
+        grads[f'xproj_w_{s}'] = torch.mm(dx_dbl.t(), u.view(B * L, D))
+        (du_f if s == 'f' else du_b).view(B * L, D).addmm_(dx_dbl, xproj_w)
+    with record_function('mmshufflemamba::conv_backward'):
+        dconv_w_f, dconv_b_f, dconv_w_b, dconv_b_b = kernel.bimamba_conv_backward(
+            xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, du_f, du_b, dxz)
+    return [dxz, dconv_w_f, dconv_b_f, dconv_w_b, dconv_b_b, grads['xproj_w_f'],
+            grads['xproj_w_b'], grads['dtproj_w_f'], grads['dtproj_w_b'], dbias_f, dbias_b,
+            dA_f, dA_b, dD_f, dD_b]
+
+
+@_bimamba_inner_backward.register_fake
+def _(dy, xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, xproj_w_f, xproj_w_b, dtproj_w_f,
+      dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b, x_dbl_f, x_dbl_b, ckpt_f, ckpt_b):
+    weights = (conv_w_f, conv_b_f, conv_w_b, conv_b_b, xproj_w_f, xproj_w_b, dtproj_w_f,
+               dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b)
+    return [torch.empty_like(xz)] + [torch.empty_like(w) for w in weights]
+
+
+def _setup_context(ctx, inputs, output):
+    y, x_dbl_f, x_dbl_b, ckpt_f, ckpt_b = output
+    ctx.save_for_backward(*inputs, x_dbl_f, x_dbl_b, ckpt_f, ckpt_b)
+    ctx.mark_non_differentiable(x_dbl_f, x_dbl_b, ckpt_f, ckpt_b)
+
+
+def _backward(ctx, dy, *unused):
+    return tuple(torch.ops.mmshufflemamba.bimamba_inner_backward(dy, *ctx.saved_tensors))
+
+
+_bimamba_inner.register_autograd(_backward, setup_context=_setup_context)
+
+
+def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv_w_b: Tensor,
+                  conv_b_b: Optional[Tensor], xproj_w_f: Tensor, xproj_w_b: Tensor,
+                  dtproj_w_f: Tensor, dtproj_w_b: Tensor, dt_bias_f: Tensor, dt_bias_b: Tensor,
+                  A_f: Tensor, A_b: Tensor, D_f: Tensor, D_b: Tensor) -> Tensor:
+    """The fused mixer: ``xz`` ``(B, L, 2 D)`` -> ``y`` ``(B, L, D)``, both directions.
+
+    Weights in the mixer's own shapes (conv ``(D, 1, K)``, x_proj ``(R + 2N, D)``, dt_proj
+    ``(D, R)``, A ``(D, N)`` already ``-exp(A_log)``). Differentiable in every input.
+    """
+    compute = torch.float64 if xz.dtype == torch.float64 else torch.float32
+    if conv_b_f is None:
+        conv_b_f = conv_w_f.new_zeros(conv_w_f.shape[0])
+    if conv_b_b is None:
+        conv_b_b = conv_w_b.new_zeros(conv_w_b.shape[0])
+    args = [xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, xproj_w_f, xproj_w_b, dtproj_w_f,
+            dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b]
+    args = [a.to(compute) if a.dtype != compute else a for a in args]
+    with torch.autocast('cpu', enabled=False):
+        y = torch.ops.mmshufflemamba.bimamba_inner(*args)[0]
+    return y.to(xz.dtype)
+

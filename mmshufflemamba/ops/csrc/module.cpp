@@ -1,0 +1,22 @@
+// Python bindings of the compiled CPU kernels (see kernels.h).
+#include <torch/extension.h>
+
+#include "kernels.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using namespace mmshufflemamba_cpu;
+  m.doc() = "mmshufflemamba's compiled CPU kernels";
+  m.def("forward", &scan_forward_entry, "selective scan forward: (out, checkpoints)");
+  m.def("backward", &scan_backward_entry,
+        "selective scan backward: grads of (u, delta, A, B, C, D, z, bias)");
+  m.attr("chunk") = scan_chunk();
+  m.def("bimamba_conv_forward", &bimamba_conv_forward,
+        "both directions' causal conv + SiLU: (u_f, u_b)");
+  m.def("bimamba_conv_backward", &bimamba_conv_backward,
+        "conv backward: dx into dxz[..., :D]; (dw_f, db_f, dw_b, db_b)");
+  m.def("bimamba_scan_forward", &bimamba_scan_forward,
+        "both directions' scans, D, z gate, combine: (y, ckpt_f, ckpt_b)");
+  m.def("bimamba_scan_backward", &bimamba_scan_backward,
+        "scan backward: dz into dxz[..., D:]; (du, ddelta, dBC, dA, dD, dbias) per direction");
+  m.attr("bimamba_chunk") = bimamba_chunk();
+}

@@ -1,0 +1,128 @@
+"""The fused CPU mixer (``bimamba_inner``): values and gradients of every input against the
+sequential definition (Vim's token-major mixer with the textbook scan, both directions by
+flipping, as upstream writes it), in float64; the mixer's fused and unfused paths agree."""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmshufflemamba.models import BiMambaMixer
+from mmshufflemamba.ops import BACKEND_ENV, selective_scan_reference
+from mmshufflemamba.ops.bimamba import bimamba_inner
+from mmshufflemamba.ops.cpu_kernel import ENV_SWITCH, load_cpu_kernel
+
+if os.environ.get(ENV_SWITCH) == '0':
+    pytest.skip(f'{ENV_SWITCH}=0: the compiled kernels are switched off', allow_module_level=True)
+
+ORDER = ('conv_w_f', 'conv_b_f', 'conv_w_b', 'conv_b_b', 'xproj_w_f', 'xproj_w_b',
+         'dtproj_w_f', 'dtproj_w_b', 'dt_bias_f', 'dt_bias_b', 'A_f', 'A_b', 'D_f', 'D_b')
+
+
+def definition(xz, p):
+    """The mixer between in_proj and out_proj as upstream writes it: x and z, then per
+    direction (the backward one on the flipped sequence) conv + SiLU, x_proj, dt_proj,
+    the scan with D and the z gate; the backward output flipped back; the mean."""
+    length, channels = xz.shape[1], xz.shape[2] // 2
+    x, z = xz[..., :channels], xz[..., channels:]
+
+    def direction(x, z, s):
+        w = p[f'conv_w_{s}']
+        x = F.silu(F.conv1d(x.transpose(1, 2), w, p[f'conv_b_{s}'], padding=w.shape[-1] - 1,
+                            groups=channels)[..., :length])  # (B, D, L)
+        rank, state = p[f'dtproj_w_{s}'].shape[1], p[f'A_{s}'].shape[1]
+        dt, B, C = (x.transpose(1, 2) @ p[f'xproj_w_{s}'].t()).split([rank, state, state], -1)
+        delta = (dt @ p[f'dtproj_w_{s}'].t()).transpose(1, 2)
+        return selective_scan_reference(
+            x, delta, p[f'A_{s}'], B.transpose(1, 2), C.transpose(1, 2), p[f'D_{s}'],
+            z.transpose(1, 2), delta_bias=p[f'dt_bias_{s}'], delta_softplus=True)
+
+    y = direction(x, z, 'f') + direction(x.flip(1), z.flip(1), 'b').flip(-1)
+    return (y / 2).transpose(1, 2)
+
+
+def make(batch, length, channels, state, rank, dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=dtype) * scale).requires_grad_()
+
+    def negative(*shape):
+        return (-torch.rand(*shape, generator=g, dtype=dtype) * 2 - 0.1).requires_grad_()
+
+    p = dict(conv_w_f=r(channels, 1, 4, scale=0.5), conv_b_f=r(channels, scale=0.1),
+             conv_w_b=r(channels, 1, 4, scale=0.5), conv_b_b=r(channels, scale=0.1),
+             xproj_w_f=r(rank + 2 * state, channels, scale=channels**-0.5),
+             xproj_w_b=r(rank + 2 * state, channels, scale=channels**-0.5),
+             dtproj_w_f=r(channels, rank, scale=rank**-0.5),
+             dtproj_w_b=r(channels, rank, scale=rank**-0.5),
+             dt_bias_f=r(channels, scale=0.5), dt_bias_b=r(channels, scale=0.5),
+             A_f=negative(channels, state), A_b=negative(channels, state),
+             D_f=r(channels), D_b=r(channels))
+    return r(batch, length, 2 * channels), p
+
+
+def test_kernel_is_built():
+    assert load_cpu_kernel() is not None, 'run `python -m mmshufflemamba.ops.build --verbose`'
+
+
+# (batch, L, channels, d_state, dt_rank): L = 1, odd L, the 32-step chunk and across it,
+# channel counts that leave a partial group of lanes (8 float64 lanes), every compiled
+# d_state, batch 1 and 2
+SHAPES = [(2, 9, 16, 4, 2), (1, 1, 16, 16, 2), (2, 33, 20, 16, 3), (1, 65, 7, 8, 1),
+          (2, 32, 16, 1, 2), (1, 31, 3, 4, 1)]
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_fused_mixer_equals_the_definition(shape):
+    xz, p = make(*shape)
+    y = bimamba_inner(xz, *(p[k] for k in ORDER))
+    expected = definition(xz, p)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-12)
+    inputs = [xz] + [p[k] for k in ORDER]
+    grad_y = torch.randn_like(y)
+    ours = torch.autograd.grad(y, inputs, grad_y)
+    theirs = torch.autograd.grad(expected, inputs, grad_y)
+    for name, a, b in zip(('xz', ) + ORDER, ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_fused_mixer_gradcheck():
+    xz, p = make(1, 5, 3, 4, 1)
+    assert torch.autograd.gradcheck(bimamba_inner, (xz, ) + tuple(p[k] for k in ORDER))
+
+
+def test_float32_at_vim_s_sizes():
+    """Vim-S: d_inner 768, d_state 16, dt_rank 24, 197 tokens; float32 against float64."""
+    xz, p = make(2, 197, 768, 16, 24, dtype=torch.float32, seed=3)
+    with torch.no_grad():
+        y = bimamba_inner(xz, *(p[k] for k in ORDER))
+        exact = bimamba_inner(xz.double(), *(p[k].double() for k in ORDER))
+    err = ((y.double() - exact).abs().max() / exact.abs().max()).item()
+    assert err < 1e-5, err
+
+
+@pytest.mark.parametrize('bias', [False, True])
+def test_mixer_paths_agree(monkeypatch, bias):
+    """The fused CPU path and the unfused path (the PyTorch scan) of BiMambaMixer."""
+    torch.manual_seed(0)
+    mixer = BiMambaMixer(24, d_state=8, bias=bias).double()
+    hidden = torch.randn(2, 19, 24, dtype=torch.float64, requires_grad=True)
+    outs = []
+    for backend in ('auto', 'torch'):
+        monkeypatch.setenv(BACKEND_ENV, backend)
+        assert mixer.fused(hidden) == (backend == 'auto')
+        mixer.zero_grad()
+        hidden.grad = None
+        out = mixer(hidden)
+        out.square().sum().backward()
+        outs.append([out.detach(), hidden.grad] + [q.grad for q in mixer.parameters()])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_unsupported_state_size_is_refused_clearly():
+    xz, p = make(1, 4, 8, 3, 1)
+    with pytest.raises(RuntimeError, match='compiled for d_state 1, 4, 8 and 16'):
+        bimamba_inner(xz, *(p[k] for k in ORDER))
+    assert not BiMambaMixer(16, d_state=3).fused(torch.zeros(1, 2, 16))
