@@ -38,8 +38,8 @@ def fused_mixer_available(x: Tensor, d_state: int) -> bool:
 
 @torch.compiler.assume_constant_result
 def _fused_mixer_available(device: str, dtype: torch.dtype, d_state: int) -> bool:
-    from .selective_scan import backend_for
-    return device == 'cpu' and d_state in FUSED_STATE_SIZES and \
+    from .selective_scan import _EXPORTABLE, backend_for
+    return not _EXPORTABLE[0] and device == 'cpu' and d_state in FUSED_STATE_SIZES and \
         backend_for(device, dtype) == 'compiled' and load_cpu_kernel() is not None
 
 

@@ -28,14 +28,23 @@ Backends, chosen per call by :func:`scan_backend` (logged once per device and ba
 an error, not a silent fallback. ``MMSHUFFLEMAMBA_COMPILED_SCAN=0`` keeps only the
 compiled CPU kernel out of ``auto``.
 
+Exporting: ``torch.export`` keeps the kernels as custom ops. Inside :func:`onnx_exportable`
+every call runs :func:`selective_scan_exportable` instead, the recurrence written with
+``torch.ops.higher_order.scan``, which the ONNX exporter (``torch.onnx.export(dynamo=True)``)
+turns into an ONNX loop over any sequence length. TorchScript tracing (``torch.jit.trace``,
+and ``torch.onnx.export(dynamo=False)``, which mmdeploy uses) can represent no path: it would
+record the compiled kernel as an opaque call, or unroll the PyTorch scan for one length,
+and write a model that silently computes something else, so the scan refuses to be traced.
+
 :func:`selective_scan_reference` is the plain sequential definition (the textbook loop that
 indexes full tensors at every step). It is slow, quadratic in ``L`` in the backward pass,
 and exists only to check the fast paths against and to benchmark them.
 """
+import contextlib
 import functools
 import os
 import warnings
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -45,11 +54,36 @@ from .cpu_kernel import load_cpu_kernel
 
 __all__ = [
     'selective_scan', 'selective_scan_cpu', 'selective_scan_torch', 'selective_scan_reference',
-    'selective_scan_flops', 'scan_backend', 'BACKEND_ENV'
+    'selective_scan_exportable', 'selective_scan_flops', 'scan_backend', 'BACKEND_ENV',
+    'onnx_exportable', 'refuse_tracing'
 ]
 
 BACKEND_ENV = 'MMSHUFFLEMAMBA_SCAN_BACKEND'
 BACKENDS = ('mamba_ssm', 'triton', 'compiled', 'torch')
+_EXPORTABLE = [False]  # inside onnx_exportable()
+
+
+@contextlib.contextmanager
+def onnx_exportable() -> Iterator[None]:
+    """Within this context every scan (and the mixers) runs the exportable formulation,
+    :func:`selective_scan_exportable`, for ``torch.onnx.export(dynamo=True)``."""
+    previous, _EXPORTABLE[0] = _EXPORTABLE[0], True
+    try:
+        yield
+    finally:
+        _EXPORTABLE[0] = previous
+
+
+def refuse_tracing() -> None:
+    """Raise under TorchScript tracing, which cannot represent the selective scan."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        raise RuntimeError(
+            'TorchScript tracing (torch.jit.trace, and torch.onnx.export with dynamo=False, '
+            'the exporter mmdeploy uses) cannot represent the selective scan: it records the '
+            'compiled kernel as an opaque call, or unrolls the PyTorch scan for one sequence '
+            'length, and the exported model computes something else without a word. Export '
+            'to ONNX with tools/deployment/export_onnx.py (torch.onnx.export(dynamo=True) '
+            'inside mmshufflemamba.ops.onnx_exportable()), or use torch.export.export.')
 
 ScanOutput = Union[Tensor, Tuple[Tensor, Tensor]]
 
@@ -404,6 +438,10 @@ def selective_scan(u: Tensor,
     Returns:
         ``y`` of shape ``(B, D, L)`` (and the last state if asked).
     """
+    refuse_tracing()
+    if _EXPORTABLE[0]:
+        return selective_scan_exportable(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                         return_last_state)
     backend = scan_backend(u, return_last_state)
     _announce(u.device.type, backend)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
@@ -415,6 +453,59 @@ def selective_scan(u: Tensor,
     if backend == 'compiled':
         return selective_scan_cpu(*args)
     return selective_scan_torch(*args)
+
+
+def selective_scan_exportable(u: Tensor,
+                              delta: Tensor,
+                              A: Tensor,
+                              B: Tensor,
+                              C: Tensor,
+                              D: Optional[Tensor] = None,
+                              z: Optional[Tensor] = None,
+                              delta_bias: Optional[Tensor] = None,
+                              delta_softplus: bool = False,
+                              return_last_state: bool = False) -> ScanOutput:
+    """The scan as ``torch.ops.higher_order.scan`` over time: exportable with any sequence
+    length (the ONNX exporter makes it an ONNX loop). Arguments as :func:`selective_scan`;
+    for export and inference (it materialises ``exp(delta A)`` for all steps).
+    """
+    from torch._higher_order_ops.scan import scan
+    _check_inputs(u, delta, A, B, C)
+    dtype_in = u.dtype
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta, A = u.to(compute), delta.to(compute), A.to(compute)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute)[..., None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    channels = u.shape[1]
+
+    def per_step(M: Tensor) -> Tensor:  # -> (L, b, D, N), or (D, N) when shared
+        if M.dim() == 2:
+            return M.to(compute)
+        if M.dim() == 3:
+            M = M.unsqueeze(1)
+        M = M.to(compute).repeat_interleave(channels // M.shape[1], dim=1)
+        return M.permute(3, 0, 1, 2)
+
+    B_t, C_t = per_step(B), per_step(C)
+    decay = torch.exp(delta.permute(2, 0, 1).unsqueeze(-1) * A)  # (L, b, D, N)
+    drive = (delta * u).permute(2, 0, 1).unsqueeze(-1) * B_t  # (L, b, D, N)
+    readout = C_t.expand_as(decay)
+
+    def step(h, xs):
+        a, x, c = xs
+        h = a * h + x
+        return h, (h * c).sum(-1)
+
+    last, ys = scan(step, torch.zeros_like(decay[0]), (decay, drive, readout))
+    y = ys.permute(1, 2, 0)  # (b, D, L)
+    if D is not None:
+        y = y + u * D.to(compute)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    y = y.to(dtype_in)
+    return (y, last) if return_last_state else y
 
 
 def selective_scan_reference(u: Tensor,

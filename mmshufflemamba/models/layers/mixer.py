@@ -3,7 +3,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from mmshufflemamba.ops import causal_conv1d, selective_scan
+from mmshufflemamba.ops import causal_conv1d, refuse_tracing, selective_scan
 from mmshufflemamba.ops.bimamba import bimamba_inner, fused_mixer_available
 from ..utils.precision import at_least_float32
 
@@ -108,6 +108,7 @@ class BiMambaMixer(nn.Module):
         return fused_mixer_available(x, self.d_state)
 
     def forward(self, hidden: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
+        refuse_tracing()
         xz = self.in_proj(hidden)  # (B, L, 2 d_inner): one GEMM on contiguous tokens
         if self.fused(xz):
             y = bimamba_inner(

@@ -1,0 +1,87 @@
+"""Exporting: TorchScript-based exporters are refused (they would write a model without the
+scan); the exportable scan equals the definition; tools/deployment/export_onnx.py writes an
+ONNX model with dynamic sizes that onnxruntime runs as PyTorch does, and fails loudly when
+a part of the model was exported for one size only."""
+import re
+
+import pytest
+import torch
+from helpers import run_tool, write_child_config
+from test_ops_scan import make_inputs
+
+from mmshufflemamba.models import ShuffleMamba
+from mmshufflemamba.ops import BACKEND_ENV, selective_scan_exportable, selective_scan_reference
+
+SMALL = dict(arch=dict(embed_dims=16, num_layers=2), img_size=32, mixer_cfg=dict(d_state=4),
+             cls_token=None, out_type='featmap')
+
+
+@pytest.mark.parametrize('backend', ['auto', 'torch'])  # the fused kernel; the PyTorch scan
+def test_torchscript_exporters_are_refused(monkeypatch, tmp_path, backend):
+    monkeypatch.setenv(BACKEND_ENV, backend)
+    model = ShuffleMamba(**SMALL).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(RuntimeError, match='cannot represent the selective scan.*export_onnx'):
+        torch.onnx.export(model, (x, ), str(tmp_path / 'legacy.onnx'), dynamo=False)
+    with pytest.raises(RuntimeError, match='TorchScript tracing'):
+        torch.jit.trace(model, (x, ))
+
+
+@pytest.mark.parametrize('B_kind,C_kind', [('var', 'var'), ('shared', 'group'), ('group', 'var')])
+@pytest.mark.parametrize('length', [1, 7])
+def test_exportable_scan_equals_the_definition(B_kind, C_kind, length):
+    inputs = {k: v.detach() for k, v in make_inputs(2, 4, 3, length, B_kind, C_kind).items()}
+    expected, last = selective_scan_reference(**inputs, delta_softplus=True,
+                                              return_last_state=True)
+    got, got_last = selective_scan_exportable(**inputs, delta_softplus=True,
+                                              return_last_state=True)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got_last, last, rtol=1e-10, atol=1e-12)
+
+
+SAVE_UNTRAINED = '''
+import sys, torch
+from mmshufflemamba.utils import build_model_from_config
+model, _ = build_model_from_config(sys.argv[1])
+model.init_weights()
+torch.save({'state_dict': model.state_dict(), 'meta': {}}, sys.argv[2])
+'''
+
+
+def checked_sizes(stdout: str):
+    """(size, max difference, outputs' scale) of each onnxruntime check the tool printed."""
+    return [(m[0], float(m[1]), float(m[2])) for m in re.findall(
+        r'^(\d+x\d+): .* max \|onnxruntime - pytorch\| = (\S+) \(outputs up to (\S+)\)',
+        stdout, re.M)]
+
+
+@pytest.mark.slow
+def test_export_tool_segmentation_and_classification(tmp_path):
+    pytest.importorskip('onnxruntime')
+    seg = write_child_config(tmp_path / 'seg.py',
+                             'configs/upernet/upernet_shufflemamba-toy_1xb8-300_toyade-64x64.py',
+                             '')
+    cls = write_child_config(tmp_path / 'cls.py',
+                             'configs/shufflemamba/shufflemamba-toy_1xb32_toycls.py', '')
+    for config, name in ((seg, 'seg'), (cls, 'cls')):
+        run_tool('-c', SAVE_UNTRAINED, config, str(tmp_path / f'{name}.pth'))
+    # the backbone (with its pyramid) at the export size and another one
+    proc = run_tool('tools/deployment/export_onnx.py', seg, str(tmp_path / 'seg.pth'),
+                    '--out', str(tmp_path / 'backbone.onnx'))
+    checks = checked_sizes(proc.stdout)
+    assert [c[0] for c in checks] == ['64x64', '112x144'], proc.stdout
+    assert all(diff < 1e-4 * scale for _, diff, scale in checks), checks
+    # a whole classifier, dynamic sizes
+    proc = run_tool('tools/deployment/export_onnx.py', cls, str(tmp_path / 'cls.pth'),
+                    '--part', 'model', '--out', str(tmp_path / 'cls.onnx'))
+    assert len(checked_sizes(proc.stdout)) == 2
+    # a whole segmentor: UPerHead's pooling is exported for one size, which the second
+    # check finds; --static exports it correctly for that size
+    proc = run_tool('tools/deployment/export_onnx.py', seg, str(tmp_path / 'seg.pth'),
+                    '--part', 'model', '--out', str(tmp_path / 'seg.onnx'), check=False)
+    assert proc.returncode != 0 and 'use --static' in proc.stderr
+    proc = run_tool('tools/deployment/export_onnx.py', seg, str(tmp_path / 'seg.pth'),
+                    '--part', 'model', '--static', '--shape', '112', '144', '--out',
+                    str(tmp_path / 'seg_static.onnx'))
+    (size, diff, scale), = checked_sizes(proc.stdout)
+    assert size == '112x144' and diff < 1e-4 * scale
