@@ -78,7 +78,8 @@ train_cfg = dict(_delete_=True, by_epoch=False, max_iters=240, val_interval=80)
 auto_scale_lr = dict(enable=False)
 log_processor = dict(by_epoch=False)
 default_hooks = dict(
-    logger=dict(interval=10),
+    # validation scalars at their iteration (the codebase default logs them by epoch)
+    logger=dict(interval=10, log_metric_by_epoch=False),
     checkpoint=dict(by_epoch=False, interval=80, max_keep_ckpts=2))
 custom_hooks = [
     dict(type='EMAHook', momentum=0.05, priority='ABOVE_NORMAL'),
