@@ -27,8 +27,13 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackInputs'),
 ]
+# as the real recipe's (short side 256 -> centre crop 224), scaled to 64 px: short side
+# 73 (= 64 * 256 / 224) -> centre crop 64, so images of any size and shape can be tested
 test_pipeline = [
     dict(type='LoadImageFromFile'),
+    dict(type='ResizeEdge', scale=73, edge='short', backend='pillow',
+         interpolation='bicubic'),
+    dict(type='CenterCrop', crop_size=img_size),
     dict(type='PackInputs'),
 ]
 train_dataloader = dict(
