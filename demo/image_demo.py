@@ -22,8 +22,9 @@ Any image size works; the config's test pipeline decides how the image reaches t
   classification resized (short side 256 for 224 px models; 73 for the 64 px toy) and
                  **centre-cropped** to the model's input, as in the evaluation recipe: the
                  prediction is for the central crop.
-Grayscale, palette and 16-bit images are converted to RGB; images with transparency
-(RGBA, LA, palette with alpha) are composited over white.
+Grayscale, palette and CMYK images are converted to RGB, 16-bit grayscale scaled from its
+min..max to 8 bits; images with transparency (RGBA, LA, palette with alpha) are composited
+over white. A missing or unreadable file stops with a message before any model loads.
 """
 import argparse
 import os.path as osp

@@ -70,6 +70,8 @@ param_scheduler = [
 train_cfg = dict(max_iters=300, val_interval=50)
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(interval=300, max_keep_ckpts=1))
+    checkpoint=dict(interval=300, max_keep_ckpts=1),
+    # mmseg's tools/test.py --show-dir draws every 50th image by default: all 12 here
+    visualization=dict(interval=1))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)

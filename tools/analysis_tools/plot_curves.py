@@ -78,6 +78,11 @@ def choose_metrics(val: List[dict], wanted: List[str] = None) -> List[str]:
     return main or logged
 
 
+def fmt(value: float) -> str:
+    """Percentages (mIoU 86.54) with two decimals, fractions (mAP 0.017) with three."""
+    return f'{value:.2f}' if abs(value) > 1 else f'{value:.3f}'
+
+
 def plot(train: List[dict], val: List[dict], val_steps: Optional[List[int]],
          metrics: List[str], out: str, title: str) -> Dict[str, float]:
     import matplotlib
@@ -103,7 +108,7 @@ def plot(train: List[dict], val: List[dict], val_steps: Optional[List[int]],
         for key in metrics:
             ys = [r[key] for r in val]
             ax_metric.plot(xs, ys, marker='o', label=key)
-            ax_metric.annotate(f'{ys[-1]:.2f}', (xs[-1], ys[-1]), textcoords='offset points',
+            ax_metric.annotate(fmt(ys[-1]), (xs[-1], ys[-1]), textcoords='offset points',
                                xytext=(-10, 8), ha='right')
             last[key] = ys[-1]
         ax_metric.set_xlim(0, max(steps + xs))
@@ -152,7 +157,7 @@ def main() -> None:
               'they cannot be placed on the curve. Train with '
               'default_hooks.logger.log_metric_by_epoch=False to plot them.')
     last = plot(train, val, val_steps, metrics, out, title=osp.relpath(scalars))
-    summary = ', '.join(f'{k} {v:.2f}' for k, v in last.items()) or 'no validation'
+    summary = ', '.join(f'{k} {fmt(v)}' for k, v in last.items()) or 'no validation'
     print(f'{len(train)} training and {len(val)} validation records from {scalars} '
           f'(last: loss {train[-1]["loss"]:.4f}, {summary})')
     print(f'training curve: {out}')
