@@ -31,6 +31,7 @@ import os.path as osp
 import sys
 import tempfile
 import warnings
+from typing import Optional
 
 import numpy as np
 from mmengine.config import Config, DictAction
@@ -119,9 +120,10 @@ def describe_preprocessing(cfg: Config, scope: str) -> str:
     return ' -> '.join(steps) or 'none'
 
 
-def dataset_meta_from_config(cfg: Config) -> dict:
+def dataset_meta_from_config(cfg: Config) -> Optional[dict]:
     """Classes (and palette) of the config's test set: the dataset class's METAINFO
-    updated with the config's ``metainfo``, as the dataset itself would have them."""
+    updated with the config's ``metainfo``, as the dataset itself would have them; None
+    when the config names no classes."""
     from mmengine.registry import DATASETS
     dataset = cfg.test_dataloader.dataset
     while 'dataset' in dataset:  # wrappers
@@ -129,6 +131,8 @@ def dataset_meta_from_config(cfg: Config) -> dict:
     dataset_cls = DATASETS.get(dataset['type'])
     meta = dict(getattr(dataset_cls, 'METAINFO', {}) or {})
     meta.update(dataset.get('metainfo') or {})
+    if not meta.get('classes'):
+        return None
     return {k: list(v) for k, v in meta.items() if k in ('classes', 'palette')}
 
 
