@@ -128,7 +128,8 @@ def dataset_meta_from_config(cfg: Config) -> Optional[dict]:
     dataset = cfg.test_dataloader.dataset
     while 'dataset' in dataset:  # wrappers
         dataset = dataset.dataset
-    dataset_cls = DATASETS.get(dataset['type'])
+    with DATASETS.switch_scope_and_registry(cfg.get('default_scope')) as registry:
+        dataset_cls = registry.get(dataset['type'])
     meta = dict(getattr(dataset_cls, 'METAINFO', {}) or {})
     meta.update(dataset.get('metainfo') or {})
     if not meta.get('classes'):

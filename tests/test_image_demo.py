@@ -8,7 +8,7 @@ import os.path as osp
 
 import matplotlib
 import pytest
-from helpers import run_tool
+from helpers import ROOT, run_tool
 from PIL import Image
 
 from mmshufflemamba.datasets import TOY_ADE_CLASSES, TOY_COCO_CLASSES, TOY_SHAPES
@@ -118,6 +118,29 @@ def test_classification_resizes_and_crops_any_size(tmp_path, checkpoints):
     names = [part.rsplit(' ', 1)[0] for part in summary.split(': ', 1)[1].split(', ')]
     assert sorted(names) == sorted(TOY_SHAPES[:4]), summary
     assert Image.open(out).size == (512, 600)
+
+
+def test_classes_for_checkpoints_without_them_come_from_the_config():
+    """Real configs name their dataset class (ADE20K's 150, COCO's 80), toy ones list
+    their classes in metainfo; the demo draws with those, not the inferencers' defaults."""
+    import importlib.util
+
+    from mmengine.config import Config
+    spec = importlib.util.spec_from_file_location(
+        'image_demo', osp.join(ROOT, 'demo', 'image_demo.py'))
+    image_demo_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(image_demo_module)
+    expected = {
+        'configs/upernet/upernet_shufflemamba-t_8xb2-160k_ade20k-512x512.py': (150, 'wall'),
+        'configs/mask_rcnn/mask-rcnn_shufflemamba-t_fpn_1x_coco.py': (80, 'person'),
+        CONFIGS['seg']: (5, 'background'),
+        CONFIGS['det']: (3, 'disk'),
+    }
+    for config, (count, first) in expected.items():
+        meta = image_demo_module.dataset_meta_from_config(
+            Config.fromfile(osp.join(ROOT, config)))
+        assert len(meta['classes']) == len(meta['palette']) == count, config
+        assert meta['classes'][0] == first, (config, meta['classes'][:3])
 
 
 @pytest.mark.parametrize('content', ['missing', 'text', 'truncated'])
