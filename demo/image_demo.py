@@ -27,6 +27,8 @@ min..max to 8 bits; images with transparency (RGBA, LA, palette with alpha) are 
 over white. A missing or unreadable file stops with a message before any model loads.
 """
 import argparse
+import contextlib
+import io
 import os.path as osp
 import sys
 import tempfile
@@ -203,12 +205,19 @@ def main() -> None:
     print(f'visualization: {out_file}')
 
 
+def quiet():
+    """Keep the inferencers' progress bars (written without a final newline) out of the
+    printed summary."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
 def run_seg(cfg, args, device, image, meta):
     from mmseg.apis import MMSegInferencer
     inferencer = MMSegInferencer(model=cfg, weights=args.checkpoint, device=device)
     if meta is not None:
         inferencer.model.dataset_meta = meta
-    result = inferencer(image, return_vis=True, opacity=args.opacity)
+    with quiet():
+        result = inferencer(image, return_vis=True, opacity=args.opacity)
     pred, drawn = result['predictions'], result['visualization']
     if isinstance(pred, list):  # a list only for several images
         pred, drawn = pred[0], drawn[0]
@@ -229,8 +238,9 @@ def run_det(cfg, args, device, image, meta):
     if meta is not None:
         inferencer.model.dataset_meta = meta
         inferencer.visualizer.dataset_meta = meta
-    result = inferencer(image, return_vis=True, pred_score_thr=args.score_thr,
-                        no_save_vis=True)
+    with quiet():
+        result = inferencer(image, return_vis=True, pred_score_thr=args.score_thr,
+                            no_save_vis=True)
     pred = result['predictions'][0]
     classes = inferencer.model.dataset_meta['classes']
     kept = [i for i, score in enumerate(pred['scores']) if score > args.score_thr]
@@ -251,7 +261,8 @@ def run_cls(cfg, args, device, image, meta, tmp):
     classes = meta['classes'] if meta is not None else None
     inferencer = ImageClassificationInferencer(model=cfg, pretrained=args.checkpoint,
                                                device=device, classes=classes)
-    result = inferencer(image, show_dir=osp.join(tmp, 'vis'))[0]
+    with quiet():
+        result = inferencer(image, show_dir=osp.join(tmp, 'vis'))[0]
     drawn = inferencer.visualizer.get_image()
     scores = result['pred_scores']
     names = inferencer.classes
