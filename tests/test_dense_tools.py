@@ -107,3 +107,15 @@ def test_benchmark_tool_reports_speed_and_memory():
         proc = run_tool('tools/analysis_tools/benchmark.py', UPERNET, '--shape', '64', '64',
                         '--warmup', '1', '--iters', '2', '--batch-size', '2', *extra)
         assert 'images/s' in proc.stdout and 'peak memory' in proc.stdout, proc.stdout
+
+
+def test_benchmark_train_defaults_to_batch_two_and_batch_one_says_why():
+    args = ('tools/analysis_tools/benchmark.py', UPERNET, '--shape', '64', '64', '--warmup',
+            '1', '--iters', '1', '--train')
+    proc = run_tool(*args)
+    assert 'train step, whole model, batch 2,' in proc.stdout, proc.stdout
+    # UPerHead's pooled 1x1 branch has BatchNorm: one image gives one value per channel
+    proc = run_tool(*args, '--batch-size', '1', check=False)
+    assert proc.returncode != 0
+    assert 'Use --batch-size 2 or more' in proc.stderr, proc.stderr
+    assert 'Traceback' not in proc.stderr, proc.stderr

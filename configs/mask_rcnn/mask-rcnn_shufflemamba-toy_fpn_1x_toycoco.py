@@ -4,7 +4,11 @@
 _base_ = './mask-rcnn_shufflemamba-t_fpn_1x_coco.py'
 
 data_root = 'data/toy_coco/'
-metainfo = dict(classes=('disk', 'square', 'triangle'))
+# the toy data's classes (mmshufflemamba.datasets.TOY_COCO_CLASSES / TOY_COCO_PALETTE),
+# coloured as they are drawn
+metainfo = dict(
+    classes=('disk', 'square', 'triangle'),
+    palette=[(230, 60, 50), (60, 200, 70), (50, 90, 230)])
 num_classes = 3
 embed_dims = 64
 
@@ -57,10 +61,11 @@ optim_wrapper = dict(optimizer=dict(lr=1e-3))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=10),
 ]
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=80, val_interval=1000)
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=80, val_interval=20)
 log_processor = dict(by_epoch=False)
 default_hooks = dict(
-    logger=dict(interval=10),
+    # validation scalars at their iteration (the codebase default logs them by epoch)
+    logger=dict(interval=10, log_metric_by_epoch=False),
     checkpoint=dict(by_epoch=False, interval=80, max_keep_ckpts=1))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)

@@ -27,8 +27,13 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackInputs'),
 ]
+# as the real recipe's (short side 256 -> centre crop 224), scaled to 64 px: short side
+# 73 (= 64 * 256 / 224) -> centre crop 64, so images of any size and shape can be tested
 test_pipeline = [
     dict(type='LoadImageFromFile'),
+    dict(type='ResizeEdge', scale=73, edge='short', backend='pillow',
+         interpolation='bicubic'),
+    dict(type='CenterCrop', crop_size=img_size),
     dict(type='PackInputs'),
 ]
 train_dataloader = dict(
@@ -78,7 +83,8 @@ train_cfg = dict(_delete_=True, by_epoch=False, max_iters=240, val_interval=80)
 auto_scale_lr = dict(enable=False)
 log_processor = dict(by_epoch=False)
 default_hooks = dict(
-    logger=dict(interval=10),
+    # validation scalars at their iteration (the codebase default logs them by epoch)
+    logger=dict(interval=10, log_metric_by_epoch=False),
     checkpoint=dict(by_epoch=False, interval=80, max_keep_ckpts=2))
 custom_hooks = [
     dict(type='EMAHook', momentum=0.05, priority='ABOVE_NORMAL'),

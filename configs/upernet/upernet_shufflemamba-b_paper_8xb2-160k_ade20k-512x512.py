@@ -29,7 +29,10 @@ custom_imports = dict(imports=['mmshufflemamba'], allow_failed_imports=False)
 
 crop_size = (512, 512)
 embed_dims = 768
-data_preprocessor = dict(size=crop_size)
+# test_cfg: pad test images to multiples of 16 (the patch size; the backbone takes no
+# other sides) and crop the prediction back, so any image size can be segmented in slide
+# and whole mode
+data_preprocessor = dict(size=crop_size, test_cfg=dict(size_divisor=16))
 model = dict(
     data_preprocessor=data_preprocessor,
     pretrained=None,

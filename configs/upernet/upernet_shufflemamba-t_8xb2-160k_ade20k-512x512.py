@@ -18,7 +18,10 @@ embed_dims = 192
 # Its class-token slot is dropped (ckpt_cls_token says where it sits: 'head' by default,
 # 'middle' for Vim's midclstok weights) and every key is checked and logged.
 
-data_preprocessor = dict(size=crop_size)
+# test_cfg: pad test images to multiples of 16 (the patch size; the backbone takes no
+# other sides) and crop the prediction back, so any image size can be segmented in slide
+# and whole mode
+data_preprocessor = dict(size=crop_size, test_cfg=dict(size_divisor=16))
 model = dict(
     data_preprocessor=data_preprocessor,
     pretrained=None,

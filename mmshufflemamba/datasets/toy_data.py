@@ -12,12 +12,18 @@ noisy background, at a random position and size, so the labels are learnable but
 constant images.
 
 ``make_toy_ade20k`` writes the ADE20K layout (``images/{training,validation}/*.jpg``,
-``annotations/{training,validation}/*.png`` with labels 1..150 and 0 = "other", which
-``reduce_zero_label`` turns into the ignore index): a textured background region of one
-class and shapes of other classes, each class with its own hue, plus a thin frame of 0.
+``annotations/{training,validation}/*.png``) with its own five classes
+(``TOY_ADE_CLASSES``: background, disk, square, triangle, cross): label values 1..5, and
+0 = "other" on a thin frame, which ``reduce_zero_label`` turns into the ignore index, as
+ADE20K's 0 is. A noisy grey background and up to three shapes, each class in its own hue.
 
 ``make_toy_coco`` writes the COCO instances layout (``annotations/instances_{split}.json``
-with polygon segmentations, ``{split}/*.jpg``) of the same kind of scenes.
+with polygon segmentations, ``{split}/*.jpg``) of the same kind of scenes, three classes
+(``TOY_COCO_CLASSES``).
+
+Each dataset declares its classes and a palette made of the colours it draws them in
+(``TOY_*_CLASSES`` / ``TOY_*_PALETTE``); the toy configs carry the same ``metainfo``, so
+evaluation tables list these classes only and pictures colour them as they are drawn.
 """
 import os
 import os.path as osp
@@ -25,12 +31,20 @@ from typing import List
 
 import numpy as np
 
-__all__ = ['make_toy_classification', 'make_toy_ade20k', 'make_toy_coco', 'TOY_SHAPES']
+__all__ = [
+    'make_toy_classification', 'make_toy_ade20k', 'make_toy_coco', 'TOY_SHAPES',
+    'TOY_CLS_PALETTE', 'TOY_ADE_CLASSES', 'TOY_ADE_PALETTE', 'TOY_ADE_LABELS',
+    'TOY_COCO_CLASSES', 'TOY_COCO_PALETTE'
+]
 
 TOY_SHAPES = ('disk', 'square', 'triangle', 'cross', 'ring', 'hbar', 'vbar', 'diamond')
 _HUES = np.array([[230, 60, 50], [60, 200, 70], [50, 90, 230], [230, 210, 40],
                   [200, 60, 220], [40, 210, 220], [240, 140, 30], [150, 150, 150]],
                  dtype=np.float32)
+_BACKGROUND_GREY = 110  # mean of the noisy background of every toy image
+
+# the colour each toy class is drawn in, class-for-class with TOY_SHAPES
+TOY_CLS_PALETTE = tuple(tuple(int(c) for c in hue) for hue in _HUES)
 
 
 def _shape_mask(shape: str, size: int, cy: float, cx: float, r: float) -> np.ndarray:
@@ -59,7 +73,7 @@ def _shape_mask(shape: str, size: int, cy: float, cx: float, r: float) -> np.nda
 
 def draw_toy_image(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """One ``(size, size, 3)`` uint8 image of class ``label``."""
-    img = rng.normal(110, 25, (size, size, 3)).astype(np.float32)
+    img = rng.normal(_BACKGROUND_GREY, 25, (size, size, 3)).astype(np.float32)
     r = rng.uniform(0.18, 0.3) * size
     cy, cx = rng.uniform(r, size - r, 2)
     mask = _shape_mask(TOY_SHAPES[label], size, cy, cx, r)
@@ -97,10 +111,11 @@ def make_toy_classification(root: str,
     return classes
 
 
-
-# ADE20K label values (1-based, 0 = other) used by the toy scenes: background + shapes
-TOY_ADE_BACKGROUND = 1
-TOY_ADE_LABELS = {'disk': 3, 'square': 5, 'triangle': 8, 'cross': 13}
+# The toy ADE20K-layout classes: label value i + 1 on disk for class i (0 = "other", the
+# ignored frame), so that reduce_zero_label maps the file's values onto these classes.
+TOY_ADE_CLASSES = ('background', 'disk', 'square', 'triangle', 'cross')
+TOY_ADE_PALETTE = ((_BACKGROUND_GREY, ) * 3, ) + TOY_CLS_PALETTE[:4]
+TOY_ADE_LABELS = {name: i + 1 for i, name in enumerate(TOY_ADE_CLASSES)}
 
 
 def _scene(size: int, shapes: List[str], rng: np.random.Generator, max_objects: int = 3):
@@ -108,7 +123,7 @@ def _scene(size: int, shapes: List[str], rng: np.random.Generator, max_objects: 
 
     Returns the image and a list of ``(label, mask)``.
     """
-    img = rng.normal(110, 20, (size, size, 3)).astype(np.float32)
+    img = rng.normal(_BACKGROUND_GREY, 20, (size, size, 3)).astype(np.float32)
     occupied = np.zeros((size, size), bool)
     objects = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
@@ -133,13 +148,13 @@ def make_toy_ade20k(root: str, num_train: int = 48, num_val: int = 12, img_size:
     """Write an ADE20K-layout dataset (see module docstring) under ``root``."""
     from PIL import Image
     rng = np.random.default_rng(seed)
-    shapes = list(TOY_ADE_LABELS)
+    shapes = list(TOY_ADE_CLASSES[1:])
     for split, count in (('training', num_train), ('validation', num_val)):
         os.makedirs(osp.join(root, 'images', split), exist_ok=True)
         os.makedirs(osp.join(root, 'annotations', split), exist_ok=True)
         for i in range(count):
             img, objects = _scene(img_size, shapes, rng)
-            seg = np.full((img_size, img_size), TOY_ADE_BACKGROUND, np.uint8)
+            seg = np.full((img_size, img_size), TOY_ADE_LABELS['background'], np.uint8)
             for label, mask in objects:
                 seg[mask] = TOY_ADE_LABELS[shapes[label]]
             seg[:2], seg[-2:], seg[:, :2], seg[:, -2:] = 0, 0, 0, 0  # "other": ignored
@@ -175,6 +190,7 @@ def _mask_polygon(mask: np.ndarray) -> List[float]:
 
 
 TOY_COCO_CLASSES = ('disk', 'square', 'triangle')
+TOY_COCO_PALETTE = TOY_CLS_PALETTE[:3]
 
 
 def make_toy_coco(root: str, num_train: int = 32, num_val: int = 8, img_size: int = 128,
