@@ -55,12 +55,25 @@ from .cpu_kernel import load_cpu_kernel
 __all__ = [
     'selective_scan', 'selective_scan_cpu', 'selective_scan_torch', 'selective_scan_reference',
     'selective_scan_exportable', 'selective_scan_flops', 'scan_backend', 'BACKEND_ENV',
-    'onnx_exportable', 'refuse_tracing'
+    'onnx_exportable', 'refuse_tracing', 'tracing_allowed'
 ]
 
 BACKEND_ENV = 'MMSHUFFLEMAMBA_SCAN_BACKEND'
 BACKENDS = ('mamba_ssm', 'triton', 'compiled', 'torch')
 _EXPORTABLE = [False]  # inside onnx_exportable()
+_TRACING_ALLOWED = [False]  # inside tracing_allowed()
+
+
+@contextlib.contextmanager
+def tracing_allowed() -> Iterator[None]:
+    """Let TorchScript tracing through :func:`refuse_tracing`: only for analysis that does
+    not need the scan's values (tools/analysis_tools/get_flops.py traces with a stand-in
+    scan and adds the scan's FLOPs itself). The traced graph does not contain the scan."""
+    previous, _TRACING_ALLOWED[0] = _TRACING_ALLOWED[0], True
+    try:
+        yield
+    finally:
+        _TRACING_ALLOWED[0] = previous
 
 
 @contextlib.contextmanager
@@ -76,7 +89,7 @@ def onnx_exportable() -> Iterator[None]:
 
 def refuse_tracing() -> None:
     """Raise under TorchScript tracing, which cannot represent the selective scan."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
+    if (torch.jit.is_tracing() or torch.jit.is_scripting()) and not _TRACING_ALLOWED[0]:
         raise RuntimeError(
             'TorchScript tracing (torch.jit.trace, and torch.onnx.export with dynamo=False, '
             'the exporter mmdeploy uses) cannot represent the selective scan: it records the '

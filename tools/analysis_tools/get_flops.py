@@ -25,7 +25,7 @@ from mmengine.config import DictAction
 
 from mmshufflemamba.models import BiMambaMixer
 from mmshufflemamba.models.layers import mixer as mixer_module
-from mmshufflemamba.ops import selective_scan_flops
+from mmshufflemamba.ops import selective_scan_flops, tracing_allowed
 from mmshufflemamba.utils import TensorForward, build_model_from_config
 
 
@@ -46,7 +46,8 @@ def scan_stand_in():
     mixer_module.selective_scan = stand_in
     BiMambaMixer.fused = lambda self, x: False
     try:
-        yield
+        with tracing_allowed():  # the stand-in, not the scan, is traced
+            yield
     finally:
         mixer_module.selective_scan = real
         BiMambaMixer.fused = real_fused
