@@ -60,12 +60,19 @@ Seq<const T> cseq(const at::Tensor& x, int64_t offset = 0) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Tasks per batch entry for the scans: enough for every thread, few partial buffers.
+int64_t scan_tasks_per_batch(int64_t groups, int64_t batch) {
+  const int64_t wanted = 4 * static_cast<int64_t>(at::get_num_threads());
+  return std::min(groups, std::max<int64_t>(1, ceil_div(wanted, batch)));
+}
+
 // ------------------------------------------------------------------------ convolutions
 // wT: (K, D) weights transposed so that loops over channels read them contiguously.
 template <typename T>
 void conv_forward(Seq<const T> x, const T* wT_f, const T* b_f, const T* wT_b, const T* b_b,
                   int64_t B, int64_t L, int64_t D, int64_t K, T* u_f, T* u_b) {
   at::parallel_for(0, B * L, 16, [&](int64_t begin, int64_t end) {
+    const FlushDenormals ftz;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / L, t = row % L;
       T* __restrict__ of = u_f + row * D;
@@ -104,6 +111,7 @@ void conv_backward(Seq<const T> x, const T* wT_f, const T* b_f, const T* wT_b, c
                    Seq<T> dx, T* gp_f, T* gp_b, T* partial, int64_t tasks) {
   // 1. through the SiLUs: gp = du * silu'(pre), with the pre-activations recomputed
   at::parallel_for(0, B * L, 16, [&](int64_t begin, int64_t end) {
+    const FlushDenormals ftz;
     std::vector<T> pre_buf(2 * D);
     T* __restrict__ pf = pre_buf.data();
     T* __restrict__ pb = pf + D;
@@ -135,6 +143,7 @@ void conv_backward(Seq<const T> x, const T* wT_f, const T* b_f, const T* wT_b, c
   // 2. dx, and the weight/bias gradients summed per task over its rows
   const int64_t rows_per_task = ceil_div(B * L, tasks);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals ftz;
     for (int64_t task = begin; task < end; ++task) {
       T* __restrict__ gw_f = partial + task * 2 * (K + 1) * D;
       T* __restrict__ gw_b = gw_f + (K + 1) * D;
@@ -197,12 +206,15 @@ struct Direction {
 template <typename T, int kN>
 struct GroupConsts {
   static constexpr int64_t W = kLanes<T>;
-  T AT[kN][W], skip[W], bias[W];
+  T AT[kN][W], AT2[kN][W], skip[W], bias[W];  // AT2 = A log2 e, for exp2_decay
   int64_t nl;
 
   GroupConsts(const Direction<T>& s, int64_t d0, int64_t D) : nl(std::min(W, D - d0)) {
     for (int64_t n = 0; n < kN; ++n)
-      for (int64_t i = 0; i < W; ++i) AT[n][i] = i < nl ? s.A[(d0 + i) * kN + n] : T(0);
+      for (int64_t i = 0; i < W; ++i) {
+        AT[n][i] = i < nl ? s.A[(d0 + i) * kN + n] : T(0);
+        AT2[n][i] = AT[n][i] * T(kLog2e);
+      }
     for (int64_t i = 0; i < W; ++i) {
       skip[i] = i < nl ? s.skip[d0 + i] : T(0);
       bias[i] = i < nl ? s.bias[d0 + i] : T(0);
@@ -222,53 +234,94 @@ inline void load_lanes(const T* src, int64_t nl, T* dst) {
 }
 
 // Checkpoints: (batch, nchunks, N, D), the state before each chunk of the direction.
+// A task covers several groups of lanes and walks them chunk by chunk, so that the
+// chunk's B and C (shared by all channels) stay in cache while its groups use them.
 template <typename T, int kN>
 void scan_forward(const Direction<T> dirs[2], Seq<const T> z, int64_t B, int64_t L, int64_t D,
-                  Seq<T> y, T* ckpt_f, T* ckpt_b) {
+                  Seq<T> y, T* ckpt_f, T* ckpt_b, int64_t tasks_per_batch) {
   constexpr int64_t W = kLanes<T>;
   const int64_t groups = ceil_div(D, W), nchunks = ceil_div(L, kChunk);
-  at::parallel_for(0, B * groups, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) T h[kN][W], u[W], dt[W], dtu[W], s[W], zv[W];
+  const int64_t groups_per_task = ceil_div(groups, tasks_per_batch);
+  at::parallel_for(0, B * tasks_per_batch, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals ftz;
+    std::vector<T> h_buf(groups_per_task * kN * W);
+    // one chunk staged contiguously: B and C for all groups, u, delta and y for one group
+    // (rows are far apart in memory: loading them first lets their cache misses overlap)
+    std::vector<T> bc_buf(kChunk * 2 * kN), u_buf(kChunk * W), dt_buf(kChunk * W),
+        y_buf(kChunk * W);
+    alignas(64) T dtu[W], s[W], zv[W];
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / groups, d0 = (task % groups) * W;
+      const int64_t b = task / tasks_per_batch, part = task % tasks_per_batch;
+      const int64_t g0 = part * groups_per_task, g1 = std::min(groups, g0 + groups_per_task);
+      if (g0 >= g1) continue;
       for (int dir = 0; dir < 2; ++dir) {
         const Direction<T>& sd = dirs[dir];
-        const GroupConsts<T, kN> g(sd, d0, D);
+        std::vector<GroupConsts<T, kN>> consts;
+        consts.reserve(g1 - g0);
+        for (int64_t grp = g0; grp < g1; ++grp) consts.emplace_back(sd, grp * W, D);
         T* ckpt = dir == 0 ? ckpt_f : ckpt_b;
-        std::fill(&h[0][0], &h[0][0] + kN * W, T(0));
+        std::fill(h_buf.begin(), h_buf.end(), T(0));
         for (int64_t c = 0; c < nchunks; ++c) {
-          T* ck = ckpt + (b * nchunks + c) * kN * D + d0;
-          for (int64_t n = 0; n < kN; ++n) std::copy(h[n], h[n] + g.nl, ck + n * D);
-          const int64_t i1 = std::min(L, (c + 1) * kChunk);
-          for (int64_t i = c * kChunk; i < i1; ++i) {
-            const int64_t t = sd.time(i, L);
-            load_lanes(sd.u.row(b, t) + d0, g.nl, u);
-            load_lanes(sd.delta.row(b, t) + d0, g.nl, dt);
-#pragma omp simd
-            for (int64_t l = 0; l < W; ++l) {
-              T unused;
-              dt[l] = softplus(dt[l] + g.bias[l], &unused);
-              dtu[l] = dt[l] * u[l];
-              s[l] = g.skip[l] * u[l];
-            }
-            const T* __restrict__ Bt = sd.Bm.row(b, t);
-            const T* __restrict__ Ct = sd.Cm.row(b, t);
-            for (int64_t n = 0; n < kN; ++n) {
-              const T bn = Bt[n], cn = Ct[n];
-#pragma omp simd
-              for (int64_t l = 0; l < W; ++l) {
-                h[n][l] = exp_t(dt[l] * g.AT[n][l]) * h[n][l] + dtu[l] * bn;
-                s[l] += cn * h[n][l];
+          const int64_t i0 = c * kChunk, K = std::min(L, i0 + kChunk) - i0;
+          for (int64_t j = 0; j < K; ++j) {
+            const int64_t t = sd.time(i0 + j, L);
+            std::copy(sd.Bm.row(b, t), sd.Bm.row(b, t) + kN, bc_buf.data() + j * 2 * kN);
+            std::copy(sd.Cm.row(b, t), sd.Cm.row(b, t) + kN, bc_buf.data() + j * 2 * kN + kN);
+          }
+          for (int64_t grp = g0; grp < g1; ++grp) {
+            const GroupConsts<T, kN>& g = consts[grp - g0];
+            const int64_t d0 = grp * W;
+            T (*h)[W] = reinterpret_cast<T (*)[W]>(h_buf.data() + (grp - g0) * kN * W);
+            T* ck = ckpt + (b * nchunks + c) * kN * D + d0;
+            for (int64_t n = 0; n < kN; ++n) std::copy(h[n], h[n] + g.nl, ck + n * D);
+            for (int64_t j = 0; j < K; ++j) {
+              const int64_t t = sd.time(i0 + j, L);
+              load_lanes(sd.u.row(b, t) + d0, g.nl, u_buf.data() + j * W);
+              load_lanes(sd.delta.row(b, t) + d0, g.nl, dt_buf.data() + j * W);
+              // the rows are 3 KB and more apart (a new page each): ask for the next
+              // chunk's now, so that they are in cache when this group gets there
+              if (i0 + kChunk + j < L) {
+                const int64_t tn = sd.time(i0 + kChunk + j, L);
+                __builtin_prefetch(sd.u.row(b, tn) + d0);
+                __builtin_prefetch(sd.delta.row(b, tn) + d0);
+                __builtin_prefetch(y.row(b, tn) + d0, 1);
+                if (dir == 1) __builtin_prefetch(z.row(b, tn) + d0);
               }
             }
-            T* __restrict__ yr = y.row(b, t) + d0;
-            if (dir == 0) {
-              std::copy(s, s + g.nl, yr);
-            } else {
-              load_lanes(z.row(b, t) + d0, g.nl, zv);
+            for (int64_t j = 0; j < K; ++j) {
+              const T* __restrict__ u = u_buf.data() + j * W;
+              T* __restrict__ dt = dt_buf.data() + j * W;
 #pragma omp simd
-              for (int64_t l = 0; l < W; ++l) zv[l] = T(0.5) * silu(zv[l]);
-              for (int64_t l = 0; l < g.nl; ++l) yr[l] = zv[l] * (yr[l] + s[l]);
+              for (int64_t l = 0; l < W; ++l) {
+                T unused;
+                dt[l] = softplus(dt[l] + g.bias[l], &unused);
+                dtu[l] = dt[l] * u[l];
+                s[l] = g.skip[l] * u[l];
+              }
+              const T* __restrict__ Bt = bc_buf.data() + j * 2 * kN;
+              const T* __restrict__ Ct = Bt + kN;
+              for (int64_t n = 0; n < kN; ++n) {
+                const T bn = Bt[n], cn = Ct[n];
+#pragma omp simd
+                for (int64_t l = 0; l < W; ++l) {
+                  h[n][l] = exp2_decay(dt[l] * g.AT2[n][l]) * h[n][l] + dtu[l] * bn;
+                  s[l] += cn * h[n][l];
+                }
+              }
+              std::copy(s, s + W, y_buf.data() + j * W);
+            }
+            for (int64_t j = 0; j < K; ++j) {
+              const int64_t t = sd.time(i0 + j, L);
+              T* __restrict__ yr = y.row(b, t) + d0;
+              const T* __restrict__ sj = y_buf.data() + j * W;
+              if (dir == 0) {
+                std::copy(sj, sj + g.nl, yr);
+              } else {
+                load_lanes(z.row(b, t) + d0, g.nl, zv);
+#pragma omp simd
+                for (int64_t l = 0; l < W; ++l) zv[l] = T(0.5) * silu(zv[l]);
+                for (int64_t l = 0; l < g.nl; ++l) yr[l] = zv[l] * (yr[l] + sj[l]);
+              }
             }
           }
         }
@@ -296,6 +349,7 @@ void scan_backward(const Direction<T> dirs[2], Seq<const T> z, const T* dy, int6
   const int64_t groups = ceil_div(D, W), nchunks = ceil_div(L, kChunk);
   const int64_t groups_per_task = ceil_div(groups, tasks_per_batch);
   at::parallel_for(0, B * tasks_per_batch, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals ftz;
     // per chunk: states h_{t0-1} .. and decays, step sizes, their slopes, inputs, outputs
     std::vector<T> h_buf((kChunk + 1) * kN * W), a_buf(kChunk * kN * W);
     std::vector<T> dt_buf(kChunk * W), dtg_buf(kChunk * W), u_buf(kChunk * W), s_buf(kChunk * W);
@@ -322,6 +376,18 @@ void scan_backward(const Direction<T> dirs[2], Seq<const T> z, const T* dy, int6
             T* a = a_buf.data();
             const T* ck = ckpt + (b * nchunks + c) * kN * D + d0;
             for (int64_t n = 0; n < kN; ++n) load_lanes(ck + n * D, g.nl, h + n * W);
+            if (c > 0) {  // the previous chunk's rows, 3 KB and more apart: ask for them now
+              for (int64_t j = 0; j < kChunk; ++j) {
+                const int64_t tp = sd.time(i0 - kChunk + j, L);
+                __builtin_prefetch(sd.u.row(b, tp) + d0);
+                __builtin_prefetch(sd.delta.row(b, tp) + d0);
+                __builtin_prefetch(z.row(b, tp) + d0);
+                __builtin_prefetch(dy + (b * L + tp) * D + d0);
+                __builtin_prefetch(dz.row(b, tp) + d0, 1);
+                __builtin_prefetch(gd.du + (b * L + tp) * D + d0, 1);
+                __builtin_prefetch(gd.ddelta + (b * L + tp) * D + d0, 1);
+              }
+            }
             for (int64_t j = 0; j < K; ++j) {  // recompute the chunk's states
               const int64_t t = sd.time(i0 + j, L);
               T* u = u_buf.data() + j * W;
@@ -344,7 +410,7 @@ void scan_backward(const Direction<T> dirs[2], Seq<const T> z, const T* dy, int6
                 T* __restrict__ an = a + (j * kN + n) * W;
 #pragma omp simd
                 for (int64_t l = 0; l < W; ++l) {
-                  an[l] = exp_t(dt[l] * g.AT[n][l]);
+                  an[l] = exp2_decay(dt[l] * g.AT2[n][l]);
                   hn[l] = an[l] * hp[l] + dt[l] * u[l] * bn;
                   s[l] += cn * hn[l];
                 }
@@ -533,9 +599,11 @@ std::vector<at::Tensor> bimamba_scan_forward(
     const Direction<scalar_t> dirs[2] = {
         direction<scalar_t>(u_f, delta_f, x_dbl_f, rank, N, A_f, D_f, bias_f, false),
         direction<scalar_t>(u_b, delta_b, x_dbl_b, rank, N, A_b, D_b, bias_b, true)};
+    const int64_t tasks = scan_tasks_per_batch(ceil_div(D, kLanes<scalar_t>), B);
     with_state_size(N, [&]<int kN>() {
       scan_forward<scalar_t, kN>(dirs, cseq<scalar_t>(xz, D), B, L, D, seq<scalar_t>(y),
-                                 ckpt_f.data_ptr<scalar_t>(), ckpt_b.data_ptr<scalar_t>());
+                                 ckpt_f.data_ptr<scalar_t>(), ckpt_b.data_ptr<scalar_t>(),
+                                 tasks);
     });
   });
   return {y, ckpt_f, ckpt_b};
@@ -560,8 +628,7 @@ std::vector<at::Tensor> bimamba_scan_backward(
               "checkpoints do not match the inputs");
   int64_t groups = 0;
   AT_DISPATCH_FLOATING_TYPES(xz.scalar_type(), "groups", [&] { groups = ceil_div(D, kLanes<scalar_t>); });
-  const int64_t wanted = 4 * static_cast<int64_t>(at::get_num_threads());
-  const int64_t tasks_per_batch = std::min(groups, std::max<int64_t>(1, ceil_div(wanted, B)));
+  const int64_t tasks_per_batch = scan_tasks_per_batch(groups, B);
   auto opts = xz.options();
   std::vector<at::Tensor> out;
   at::Tensor du[2], ddelta[2], dBC[2], dA[2], dskip[2], dbias[2];

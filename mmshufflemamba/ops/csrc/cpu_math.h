@@ -7,7 +7,28 @@
 #include <cmath>
 #include <cstdint>
 
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#define MMSHUFFLEMAMBA_HAS_MXCSR 1
+#endif
+
 namespace mmshufflemamba_cpu {
+
+// Flush denormals to zero (FTZ) and read denormal inputs as zero (DAZ) while in scope, on
+// this thread. x86 handles subnormal floats in microcode, about 100 cycles per vector
+// operation: a SiLU whose x * sigmoid(x) meets them ran 7x slower, and the scans' products
+// of decays near exp(-87) make them too. Values below 1.2e-38 (float32) become 0. Each
+// worker of a parallel region sets it for its own thread; the state is restored on exit.
+class FlushDenormals {
+ public:
+#ifdef MMSHUFFLEMAMBA_HAS_MXCSR
+  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }
+  ~FlushDenormals() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned int saved_;
+#endif
+};
 
 constexpr double kSoftplusLimit = 20;  // as torch.nn.functional.softplus(threshold=20)
 
@@ -55,7 +76,33 @@ inline float log_f32(float x) {
   return m + y + 0.693359375f * e;
 }
 
+// 2^t for the scans' decays exp(dt A) = 2^(dt A log2 e), with log2 e folded into A by the
+// caller: n = round(t), 2^f for f = t - n in [-1/2, 1/2] by Cephes' degree-6 polynomial,
+// times 2^n built in the exponent bits. t is clamped to [-125, 127] by min/max (single
+// instructions). Measured in-cache inside the scan's recurrence: about 20% faster than
+// exp_f32(dt A) (one multiply, the Cody-Waite reduction and the compare-blend clamps
+// saved); relative error about 2e-6, from rounding t for large |t|, where the decay is
+// already tiny.
+inline float exp2_decay_f32(float t) {
+  t = std::min(std::max(t, -125.0f), 127.0f);
+  const float n = std::nearbyint(t);
+  const float f = t - n;
+  float p = 1.535336188319500e-4f;
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
+  return p * std::bit_cast<float>(bits);
+}
+
+constexpr double kLog2e = 1.44269504088896340736;
+
 inline float exp_t(float x) { return exp_f32(x); }
+inline float exp2_decay(float t) { return exp2_decay_f32(t); }
+inline double exp2_decay(double t) { return std::exp2(t); }
 inline double exp_t(double x) { return std::exp(x); }
 inline float log_t(float x) { return log_f32(x); }
 inline double log_t(double x) { return std::log(x); }

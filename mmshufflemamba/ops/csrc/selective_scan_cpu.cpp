@@ -104,6 +104,7 @@ template <typename T, int kN>
 void scan_forward(const ScanInputs<T>& s, T* out, T* checkpoints) {
   const int64_t N = kN > 0 ? kN : s.nstate, L = s.len, nchunks = num_chunks(L);
   at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals ftz;
     std::vector<T> h_buf((kChunk + 1) * N), a_buf(kChunk * N), dt_buf(L), gate_buf(s.z ? L : 0);
     T* __restrict__ h = h_buf.data();
     T* __restrict__ dt = dt_buf.data();
@@ -168,6 +169,7 @@ void scan_backward(const ScanInputs<T>& s, const T* dout, const T* checkpoints,
                    const BlockPlan& plan, const ScanGrads<T>& g) {
   const int64_t N = kN > 0 ? kN : s.nstate, L = s.len, nchunks = num_chunks(L);
   at::parallel_for(0, s.batch * plan.blocks, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals ftz;
     // Per chunk: states h_{t0-1} .. h_{t1-1}, decays, dL/dh_t and dL/d(scan output);
     // per row: step sizes and gates.
     std::vector<T> h_buf((kChunk + 1) * N), a_buf(kChunk * N), gh_buf(kChunk * N);
