@@ -21,9 +21,12 @@ model = dict(
 )
 data_preprocessor = dict(num_classes=len(classes))
 
-# 64 px images: no RandAugment/erasing (sized for 224 px crops)
+# the real recipe's random resized crop, at 64 px (without it the model memorises the 128
+# training images instead of learning the shapes' colours and outlines: ~65% validation
+# top-1 instead of 100%); no RandAugment/erasing (sized for 224 px crops)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
+    dict(type='RandomResizedCrop', scale=img_size, backend='pillow', interpolation='bicubic'),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackInputs'),
 ]
