@@ -126,3 +126,15 @@ def test_unsupported_state_size_is_refused_clearly():
     with pytest.raises(RuntimeError, match='compiled for d_state 1, 4, 8 and 16'):
         bimamba_inner(xz, *(p[k] for k in ORDER))
     assert not BiMambaMixer(16, d_state=3).fused(torch.zeros(1, 2, 16))
+
+
+@pytest.mark.slow
+def test_scan_ceiling_benchmark_runs():
+    """benchmarks/bench_scan_ceiling.py compiles its loop against the kernel's header and
+    prints both rates (tiny sizes: it measures nothing meaningful here)."""
+    from helpers import run_tool
+    out = run_tool('benchmarks/bench_scan_ceiling.py', '--length', '65', '--repeats', '1',
+                   timeout=600).stdout
+    rates = [float(line.split(': ')[1].split()[0]) for line in out.splitlines()
+             if 'G updates/s' in line]
+    assert len(rates) == 2 and all(rate > 0 for rate in rates), out

@@ -20,9 +20,16 @@
 // and C are sums over channels (a horizontal sum per step and state), kept per task and
 // reduced afterwards, so no two tasks write the same memory.
 //
-// Speed: the scan is bound by the exponentials, N per channel and step (16 for Vim). With
-// AVX-512, one vector exp_f32 is about 20 instructions for 16 lanes. The limit this
-// design approaches is that exp throughput; bench_scan.py measures the rest.
+// Speed: the scan is bound by the exponentials, N per channel and step (16 for Vim): per
+// state and step one vector exp2_decay (clamp, round, a degree-6 polynomial, the exponent
+// bits: about 14 vector instructions for 16 lanes) and two FMAs. The limit is that
+// arithmetic alone; benchmarks/bench_scan_ceiling.py times it (in L1, all threads, this
+// header's exp2_decay and flags) alternately with this forward scan in a ShuffleMamba-S
+// mixer at L = 4097. On the 2-core AVX-512 VM (2026-11-22) the bare arithmetic ran at
+// 6.8-8.3 G state updates/s and this scan at 2.8-2.9 G/s: 36% and 44% of it (medians of
+// two runs; single pairs 31-50%). The difference is what the bare loop leaves out (softplus
+// per step, staging the strided token-major rows, broadcasting B and C, writing y, the
+// chunk checkpoints); it has not been broken down further.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
