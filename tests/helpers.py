@@ -11,6 +11,20 @@ from typing import Dict, List
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
+# the toy configs the tool tests run (paths relative to ROOT)
+UPERNET = 'configs/upernet/upernet_shufflemamba-toy_1xb8-300_toyade-64x64.py'
+MASK_RCNN = 'configs/mask_rcnn/mask-rcnn_shufflemamba-toy_fpn_1x_toycoco.py'
+CLS = 'configs/shufflemamba/shufflemamba-toy_1xb32_toycls.py'
+
+_SAVE_UNTRAINED = '''
+import sys, torch
+from mmshufflemamba.utils import build_model_from_config
+for config, out in zip(sys.argv[1::2], sys.argv[2::2]):
+    model, _ = build_model_from_config(config)
+    model.init_weights()
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, out)
+'''
+
 
 def run_tool(*args: str, check: bool = True, timeout: int = 900, env: dict = None,
              shell_script: bool = False) -> subprocess.CompletedProcess:
@@ -57,3 +71,11 @@ def data_overrides(root: str) -> str:
             'train_dataloader = dict(dataset=dict(data_root=data_root))\n'
             'val_dataloader = dict(dataset=dict(data_root=data_root))\n'
             'test_dataloader = val_dataloader\n')
+
+
+def save_untrained_checkpoints(*config_and_path: str) -> None:
+    """Write an initialised, untrained checkpoint of each config: arguments are pairs
+    ``config, path`` (one subprocess for all, as a user's script would run)."""
+    if not config_and_path or len(config_and_path) % 2:
+        raise ValueError('expected pairs of config and checkpoint path')
+    run_tool('-c', _SAVE_UNTRAINED, *config_and_path)

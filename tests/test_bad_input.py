@@ -3,14 +3,13 @@ import os.path as osp
 
 import pytest
 import torch
-from helpers import ROOT, run_tool, write_child_config
+from helpers import CLS, ROOT, run_tool, write_child_config
 
 from mmshufflemamba.datasets import make_toy_classification
 from mmshufflemamba.models import ShuffleMamba
 
 SMALL = dict(arch=dict(embed_dims=16, num_layers=2), img_size=32, patch_size=16,
              mixer_cfg=dict(d_state=2))
-CLS = 'configs/shufflemamba/shufflemamba-toy_1xb32_toycls.py'
 
 
 def forward(**overrides):

@@ -7,7 +7,8 @@ import os.path as osp
 import re
 
 import pytest
-from helpers import ROOT, data_overrides, run_tool, write_child_config
+from helpers import (CLS, MASK_RCNN, ROOT, UPERNET, data_overrides, run_tool,
+                     save_untrained_checkpoints, write_child_config)
 from mmengine.config import Config
 from PIL import Image
 
@@ -15,20 +16,10 @@ from mmshufflemamba.datasets import (TOY_ADE_CLASSES, TOY_ADE_PALETTE, TOY_COCO_
                                      TOY_COCO_PALETTE, TOY_SHAPES, make_toy_ade20k,
                                      make_toy_coco)
 
-UPERNET = 'configs/upernet/upernet_shufflemamba-toy_1xb8-300_toyade-64x64.py'
-MASK_RCNN = 'configs/mask_rcnn/mask-rcnn_shufflemamba-toy_fpn_1x_toycoco.py'
-CLS = 'configs/shufflemamba/shufflemamba-toy_1xb32_toycls.py'
 REAL_UPERNET = sorted(
     osp.relpath(p, ROOT) for p in glob.glob(osp.join(ROOT, 'configs/upernet/*.py'))
     if 'toy' not in p)
 
-SAVE_UNTRAINED = '''
-import sys, torch
-from mmshufflemamba.utils import build_model_from_config
-model, _ = build_model_from_config(sys.argv[1])
-model.init_weights()
-torch.save({'state_dict': model.state_dict(), 'meta': {}}, sys.argv[2])
-'''
 
 
 def as_lists(palette):
@@ -126,7 +117,7 @@ def test_show_predictions_draws_image_truth_prediction(tmp_path, task):
                  "'annotations/instances_val2017.json')\ntest_evaluator = val_evaluator\n")
     config = write_child_config(tmp_path / 'cfg.py', base, data_overrides(data) + extra)
     checkpoint = str(tmp_path / 'untrained.pth')
-    run_tool('-c', SAVE_UNTRAINED, config, checkpoint)
+    save_untrained_checkpoints(config, checkpoint)
     proc = run_tool('tools/analysis_tools/show_predictions.py', config, checkpoint,
                     '--num', '3', '--score-thr', '0.0')
     out = tmp_path / 'vis' / 'predictions.png'  # default: beside the checkpoint

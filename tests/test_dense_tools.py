@@ -4,23 +4,13 @@ import math
 import os.path as osp
 
 import pytest
-from helpers import (data_overrides, free_port, logged_scalars, printed_metrics, run_tool,
+from helpers import (CLS, MASK_RCNN, UPERNET, data_overrides, free_port, logged_scalars,
+                     printed_metrics, run_tool, save_untrained_checkpoints,
                      write_child_config)
 
 from mmshufflemamba.datasets import (make_toy_ade20k, make_toy_classification,
                                      make_toy_coco)
 
-UPERNET = 'configs/upernet/upernet_shufflemamba-toy_1xb8-300_toyade-64x64.py'
-MASK_RCNN = 'configs/mask_rcnn/mask-rcnn_shufflemamba-toy_fpn_1x_toycoco.py'
-CLS = 'configs/shufflemamba/shufflemamba-toy_1xb32_toycls.py'
-
-SAVE_UNTRAINED = '''
-import sys, torch
-from mmshufflemamba.utils import build_model_from_config
-model, _ = build_model_from_config(sys.argv[1])
-model.init_weights()
-torch.save({'state_dict': model.state_dict(), 'meta': {}}, sys.argv[2])
-'''
 
 
 @pytest.mark.slow
@@ -31,7 +21,7 @@ def test_upernet_learns_the_toy_ade_data(tmp_path):
         tmp_path / 'upernet.py', UPERNET,
         data_overrides(data))
     untrained = str(tmp_path / 'untrained.pth')
-    run_tool('-c', SAVE_UNTRAINED, config, untrained)
+    save_untrained_checkpoints(config, untrained)
     before = printed_metrics(run_tool('tools/test.py', config, untrained, '--work-dir',
                                       str(tmp_path / 'before')))['mIoU']
     work_dir = str(tmp_path / 'work')

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from helpers import run_tool, write_child_config
+from helpers import CLS, UPERNET, run_tool, save_untrained_checkpoints, write_child_config
 from test_ops_scan import make_inputs
 
 from mmshufflemamba.models import ShuffleMamba
@@ -39,13 +39,6 @@ def test_exportable_scan_equals_the_definition(B_kind, C_kind, length):
     torch.testing.assert_close(got_last, last, rtol=1e-10, atol=1e-12)
 
 
-SAVE_UNTRAINED = '''
-import sys, torch
-from mmshufflemamba.utils import build_model_from_config
-model, _ = build_model_from_config(sys.argv[1])
-model.init_weights()
-torch.save({'state_dict': model.state_dict(), 'meta': {}}, sys.argv[2])
-'''
 
 
 def checked_sizes(stdout: str):
@@ -58,13 +51,9 @@ def checked_sizes(stdout: str):
 @pytest.mark.slow
 def test_export_tool_segmentation_and_classification(tmp_path):
     pytest.importorskip('onnxruntime')
-    seg = write_child_config(tmp_path / 'seg.py',
-                             'configs/upernet/upernet_shufflemamba-toy_1xb8-300_toyade-64x64.py',
-                             '')
-    cls = write_child_config(tmp_path / 'cls.py',
-                             'configs/shufflemamba/shufflemamba-toy_1xb32_toycls.py', '')
-    for config, name in ((seg, 'seg'), (cls, 'cls')):
-        run_tool('-c', SAVE_UNTRAINED, config, str(tmp_path / f'{name}.pth'))
+    seg = write_child_config(tmp_path / 'seg.py', UPERNET, '')
+    cls = write_child_config(tmp_path / 'cls.py', CLS, '')
+    save_untrained_checkpoints(seg, str(tmp_path / 'seg.pth'), cls, str(tmp_path / 'cls.pth'))
     # the backbone (with its pyramid) at the export size and another one
     proc = run_tool('tools/deployment/export_onnx.py', seg, str(tmp_path / 'seg.pth'),
                     '--out', str(tmp_path / 'backbone.onnx'))

@@ -8,7 +8,7 @@ import os.path as osp
 
 import matplotlib
 import pytest
-from helpers import ROOT, run_tool
+from helpers import CLS, MASK_RCNN, ROOT, UPERNET, run_tool, save_untrained_checkpoints
 from PIL import Image
 
 from mmshufflemamba.datasets import TOY_ADE_CLASSES, TOY_COCO_CLASSES, TOY_SHAPES
@@ -16,27 +16,14 @@ from mmshufflemamba.datasets import TOY_ADE_CLASSES, TOY_COCO_CLASSES, TOY_SHAPE
 SAMPLE_DATA = osp.join(matplotlib.get_data_path(), 'sample_data')
 PHOTO = osp.join(SAMPLE_DATA, 'grace_hopper.jpg')
 RGBA = osp.join(SAMPLE_DATA, 'logo2.png')
-CONFIGS = {
-    'seg': 'configs/upernet/upernet_shufflemamba-toy_1xb8-300_toyade-64x64.py',
-    'det': 'configs/mask_rcnn/mask-rcnn_shufflemamba-toy_fpn_1x_toycoco.py',
-    'cls': 'configs/shufflemamba/shufflemamba-toy_1xb32_toycls.py',
-}
-SAVE_UNTRAINED = '''
-import sys, torch
-from mmshufflemamba.utils import build_model_from_config
-for config, out in zip(sys.argv[1::2], sys.argv[2::2]):
-    model, _ = build_model_from_config(config)
-    model.init_weights()
-    torch.save({'state_dict': model.state_dict(), 'meta': {}}, out)
-'''
+CONFIGS = {'seg': UPERNET, 'det': MASK_RCNN, 'cls': CLS}
 
 
 @pytest.fixture(scope='module')
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp('image_demo')
     paths = {task: str(root / f'{task}.pth') for task in CONFIGS}
-    run_tool('-c', SAVE_UNTRAINED, *[v for task in CONFIGS
-                                     for v in (CONFIGS[task], paths[task])])
+    save_untrained_checkpoints(*[v for task in CONFIGS for v in (CONFIGS[task], paths[task])])
     return paths
 
 

@@ -7,11 +7,10 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, free_port, logged_scalars, run_tool, write_child_config
+from helpers import CLS, ROOT, free_port, logged_scalars, run_tool, write_child_config
 
 from mmshufflemamba.datasets import make_toy_classification
 
-CLS = 'configs/shufflemamba/shufflemamba-toy_1xb32_toycls.py'
 TIMEOUT_S = 30  # env_cfg.dist_cfg.timeout: how long a rank waits in a collective
 
 

@@ -4,12 +4,10 @@ import re
 
 import pytest
 import torch
-from helpers import data_overrides, printed_metrics, run_tool, write_child_config
+from helpers import (CLS, UPERNET, data_overrides, printed_metrics, run_tool,
+                     write_child_config)
 
 from mmshufflemamba.datasets import make_toy_ade20k, make_toy_classification
-
-CLS = 'configs/shufflemamba/shufflemamba-toy_1xb32_toycls.py'
-UPERNET = 'configs/upernet/upernet_shufflemamba-toy_1xb8-300_toyade-64x64.py'
 
 
 @pytest.mark.slow

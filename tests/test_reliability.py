@@ -3,11 +3,9 @@ import os.path as osp
 
 import pytest
 import torch
-from helpers import logged_scalars, run_tool, write_child_config
+from helpers import CLS, logged_scalars, run_tool, write_child_config
 
 from mmshufflemamba.datasets import make_toy_classification
-
-CLS = 'configs/shufflemamba/shufflemamba-toy_1xb32_toycls.py'
 
 
 @pytest.fixture(scope='module')

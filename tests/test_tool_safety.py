@@ -7,21 +7,10 @@ import pickle
 
 import pytest
 import torch
-from helpers import data_overrides, free_port, run_tool, write_child_config
+from helpers import (CLS, MASK_RCNN, UPERNET, data_overrides, free_port, run_tool,
+                     save_untrained_checkpoints, write_child_config)
 
 from mmshufflemamba.datasets import make_toy_ade20k, make_toy_classification, make_toy_coco
-
-UPERNET = 'configs/upernet/upernet_shufflemamba-toy_1xb8-300_toyade-64x64.py'
-MASK_RCNN = 'configs/mask_rcnn/mask-rcnn_shufflemamba-toy_fpn_1x_toycoco.py'
-CLS = 'configs/shufflemamba/shufflemamba-toy_1xb32_toycls.py'
-
-SAVE_UNTRAINED = '''
-import sys, torch
-from mmshufflemamba.utils import build_model_from_config
-model, _ = build_model_from_config(sys.argv[1])
-model.init_weights()
-torch.save({'state_dict': model.state_dict(), 'meta': {}}, sys.argv[2])
-'''
 
 
 def toy(tmp_path, kind: str):
@@ -48,7 +37,7 @@ def toy(tmp_path, kind: str):
 
 def untrained_checkpoint(tmp_path, config: str, name: str) -> str:
     path = str(tmp_path / f'{name}.pth')
-    run_tool('-c', SAVE_UNTRAINED, config, path)
+    save_untrained_checkpoints(config, path)
     return path
 
 

@@ -216,6 +216,28 @@ def _check_matrix(M: Tensor, u: Tensor, name: str) -> None:
                      f'(B, D, L) = {tuple(u.shape)}; got {tuple(M.shape)}.')
 
 
+def _in_compute_dtype(u: Tensor, delta: Tensor, A: Tensor, delta_bias: Optional[Tensor],
+                      delta_softplus: bool) -> Tuple[torch.dtype, Tensor, Tensor, Tensor]:
+    """``u``, ``delta`` (bias added, softplus applied) and ``A`` in the scan's compute
+    dtype: float32, or float64 for float64 inputs. Returns ``(compute, u, delta, A)``."""
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta, A = u.to(compute), delta.to(compute), A.to(compute)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute)[..., None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return compute, u, delta, A
+
+
+def _skip_and_gate(y: Tensor, u: Tensor, D: Optional[Tensor], z: Optional[Tensor]) -> Tensor:
+    """``(y + D u) * silu(z)`` (either term only when given), in ``y``'s dtype."""
+    if D is not None:
+        y = y + u * D.to(y.dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y
+
+
 def selective_scan_torch(u: Tensor,
                          delta: Tensor,
                          A: Tensor,
@@ -244,12 +266,7 @@ def _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
             'return_last_state is supported by the CUDA kernel and by '
             'selective_scan_reference only; the PyTorch path does not return it.')
     dtype_in = u.dtype
-    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
-    u, delta, A = u.to(compute), delta.to(compute), A.to(compute)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(compute)[..., None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    compute, u, delta, A = _in_compute_dtype(u, delta, A, delta_bias, delta_softplus)
     channels = u.shape[1]
     B_mat = _InputMatrix(B.to(compute), channels)
     C_mat = _InputMatrix(C.to(compute), channels)
@@ -257,11 +274,7 @@ def _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     u_t = u.permute(2, 0, 1).contiguous()
     y = _SelectiveScanCore.apply(delta_t, u_t, A, B_mat, C_mat, B_mat.data,
                                  C_mat.data).permute(1, 2, 0)  # (b, D, L)
-    if D is not None:
-        y = y + u * D.to(compute)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(compute))
-    return y.to(dtype_in)
+    return _skip_and_gate(y, u, D, z).to(dtype_in)
 
 
 def _kernel_layout(M: Tensor) -> Tensor:
@@ -485,12 +498,7 @@ def selective_scan_exportable(u: Tensor,
     from torch._higher_order_ops.scan import scan
     _check_inputs(u, delta, A, B, C)
     dtype_in = u.dtype
-    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
-    u, delta, A = u.to(compute), delta.to(compute), A.to(compute)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(compute)[..., None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    compute, u, delta, A = _in_compute_dtype(u, delta, A, delta_bias, delta_softplus)
     channels = u.shape[1]
 
     def per_step(M: Tensor) -> Tensor:  # -> (L, b, D, N), or (D, N) when shared
@@ -512,12 +520,7 @@ def selective_scan_exportable(u: Tensor,
         return h, (h * c).sum(-1)
 
     last, ys = scan(step, torch.zeros_like(decay[0]), (decay, drive, readout))
-    y = ys.permute(1, 2, 0)  # (b, D, L)
-    if D is not None:
-        y = y + u * D.to(compute)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(compute))
-    y = y.to(dtype_in)
+    y = _skip_and_gate(ys.permute(1, 2, 0), u, D, z).to(dtype_in)  # (b, D, L)
     return (y, last) if return_last_state else y
 
 

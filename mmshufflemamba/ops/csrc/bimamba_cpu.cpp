@@ -75,32 +75,40 @@ int64_t scan_tasks_per_batch(int64_t groups, int64_t batch) {
 
 // ------------------------------------------------------------------------ convolutions
 // wT: (K, D) weights transposed so that loops over channels read them contiguously.
+
+// Row t of both directions' pre-activations (bias + causal / anti-causal taps) into pf, pb.
+template <typename T>
+inline void conv_preactivations(Seq<const T> x, const T* wT_f, const T* b_f, const T* wT_b,
+                                const T* b_b, int64_t b, int64_t t, int64_t L, int64_t D,
+                                int64_t K, T* __restrict__ pf, T* __restrict__ pb) {
+  std::copy(b_f, b_f + D, pf);
+  std::copy(b_b, b_b + D, pb);
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t tf = t - (K - 1) + k, tb = t + (K - 1) - k;
+    if (tf >= 0) {
+      const T* __restrict__ xr = x.row(b, tf);
+      const T* __restrict__ w = wT_f + k * D;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) pf[d] += w[d] * xr[d];
+    }
+    if (tb < L) {
+      const T* __restrict__ xr = x.row(b, tb);
+      const T* __restrict__ w = wT_b + k * D;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) pb[d] += w[d] * xr[d];
+    }
+  }
+}
+
 template <typename T>
 void conv_forward(Seq<const T> x, const T* wT_f, const T* b_f, const T* wT_b, const T* b_b,
                   int64_t B, int64_t L, int64_t D, int64_t K, T* u_f, T* u_b) {
   at::parallel_for(0, B * L, 16, [&](int64_t begin, int64_t end) {
     const FlushDenormals ftz;
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / L, t = row % L;
       T* __restrict__ of = u_f + row * D;
       T* __restrict__ ob = u_b + row * D;
-      std::copy(b_f, b_f + D, of);
-      std::copy(b_b, b_b + D, ob);
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t tf = t - (K - 1) + k, tb = t + (K - 1) - k;
-        if (tf >= 0) {
-          const T* __restrict__ xr = x.row(b, tf);
-          const T* __restrict__ w = wT_f + k * D;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) of[d] += w[d] * xr[d];
-        }
-        if (tb < L) {
-          const T* __restrict__ xr = x.row(b, tb);
-          const T* __restrict__ w = wT_b + k * D;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) ob[d] += w[d] * xr[d];
-        }
-      }
+      conv_preactivations(x, wT_f, b_f, wT_b, b_b, row / L, row % L, L, D, K, of, ob);
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) {
         of[d] = silu(of[d]);
@@ -123,22 +131,7 @@ void conv_backward(Seq<const T> x, const T* wT_f, const T* b_f, const T* wT_b, c
     T* __restrict__ pf = pre_buf.data();
     T* __restrict__ pb = pf + D;
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / L, t = row % L;
-      std::copy(b_f, b_f + D, pf);
-      std::copy(b_b, b_b + D, pb);
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t tf = t - (K - 1) + k, tb = t + (K - 1) - k;
-        if (tf >= 0) {
-          const T* __restrict__ xr = x.row(b, tf);
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) pf[d] += wT_f[k * D + d] * xr[d];
-        }
-        if (tb < L) {
-          const T* __restrict__ xr = x.row(b, tb);
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) pb[d] += wT_b[k * D + d] * xr[d];
-        }
-      }
+      conv_preactivations(x, wT_f, b_f, wT_b, b_b, row / L, row % L, L, D, K, pf, pb);
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) {
         const T sf = sigmoid(pf[d]), sb = sigmoid(pb[d]);
