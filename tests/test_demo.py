@@ -179,8 +179,10 @@ def test_demo_sh_mask_rcnn_prints_metric_and_pictures(tmp_path):
     summary = demo_summary(proc)
     print('\n'.join(summary))
     assert len(summary) == 5, summary
-    assert re.search(r'test set: coco/bbox_mAP [\d.]+  coco/segm_mAP [\d.]+', summary[2])
+    found = re.search(r'test set: coco/bbox_mAP ([\d.]+)  coco/segm_mAP ([\d.]+)', summary[2])
+    bbox, segm = float(found.group(1)), float(found.group(2))
+    assert bbox >= 0.3 and segm >= 0.25, summary  # a detector that learned, not a pipeline
     predictions = osp.join(work_dir, 'vis', 'predictions.png')
     assert summary[3].endswith(predictions), summary
     assert Image.open(predictions).size == (3 * 256 + 12, 30 + 4 * (256 + 6))
-    assert 'and 4 validation records' in proc.stdout
+    assert 'and 3 validation records' in proc.stdout

@@ -1,57 +1,12 @@
-"""Dense prediction end to end: UperNet and Mask R-CNN on the toy data through the tools,
-distributed training on CPU, and the analysis tools."""
-import math
+"""Distributed training on CPU and the analysis tools. (That the toy UperNet and Mask
+R-CNN learn through tools/train.py and tools/test.py is in test_stability.py.)"""
 import os.path as osp
 
 import pytest
-from helpers import (CLS, MASK_RCNN, UPERNET, data_overrides, free_port, logged_scalars,
-                     printed_metrics, run_tool, save_untrained_checkpoints,
-                     write_child_config)
+from helpers import CLS, UPERNET, free_port, logged_scalars, run_tool, write_child_config
 
-from mmshufflemamba.datasets import (make_toy_ade20k, make_toy_classification,
-                                     make_toy_coco)
+from mmshufflemamba.datasets import make_toy_classification
 
-
-
-@pytest.mark.slow
-def test_upernet_learns_the_toy_ade_data(tmp_path):
-    data = str(tmp_path / 'toy_ade')
-    make_toy_ade20k(data)
-    config = write_child_config(
-        tmp_path / 'upernet.py', UPERNET,
-        data_overrides(data))
-    untrained = str(tmp_path / 'untrained.pth')
-    save_untrained_checkpoints(config, untrained)
-    before = printed_metrics(run_tool('tools/test.py', config, untrained, '--work-dir',
-                                      str(tmp_path / 'before')))['mIoU']
-    work_dir = str(tmp_path / 'work')
-    run_tool('tools/train.py', config, '--work-dir', work_dir)
-    after = printed_metrics(run_tool('tools/test.py', config,
-                                     osp.join(work_dir, 'iter_300.pth'), '--work-dir',
-                                     work_dir))['mIoU']
-    print(f'toy ADE mIoU: untrained {before:.2f}, trained {after:.2f}')
-    assert after > 50.0 and after > before + 30.0, (before, after)
-
-
-@pytest.mark.slow
-def test_mask_rcnn_trains_and_reports_coco_ap(tmp_path):
-    data = str(tmp_path / 'toy_coco') + '/'
-    make_toy_coco(data)
-    config = write_child_config(
-        tmp_path / 'mask_rcnn.py', MASK_RCNN,
-        data_overrides(data) +
-        "val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')\n"
-        'test_evaluator = val_evaluator\n')
-    work_dir = str(tmp_path / 'work')
-    run_tool('tools/train.py', config, '--work-dir', work_dir)
-    metrics = printed_metrics(run_tool('tools/test.py', config,
-                                       osp.join(work_dir, 'iter_80.pth'), '--work-dir',
-                                       work_dir))
-    print('toy COCO metrics:', metrics)
-    for task in ('bbox', 'segm'):
-        for key in ('mAP', 'mAP_50', 'mAP_75'):
-            value = metrics[f'coco/{task}_{key}']
-            assert math.isfinite(value) and 0.0 <= value <= 1.0, (task, key, value)
 
 
 @pytest.mark.slow
@@ -89,6 +44,12 @@ def test_get_flops_counts_the_scan():
     scan = lines['FLOPs (selective scan, added)']
     assert scan[-1] in 'KMG' and float(scan[:-1]) > 0, scan
     assert 'Params' in lines
+    # what is counted is said once; no warnings that x_proj/dt_proj/conv1d count zero
+    # (they are counted in the mixer's row) or one per uncounted elementwise op
+    output = proc.stdout + proc.stderr
+    assert 'zeros for statistics' not in output and 'Unsupported operator' not in output
+    assert "x_proj and dt_proj are counted in the mixer's row" in proc.stdout
+    assert 'Not counted' in proc.stdout
 
 
 def test_benchmark_tool_reports_speed_and_memory():

@@ -48,3 +48,23 @@ def test_pyramid_config_errors():
         ShuffleMamba(**DENSE, out_indices=(3, ), out_scales=(3, ))
     with pytest.raises(ValueError, match='pyramid norm'):
         ShuffleMamba(**DENSE, out_scales=(1, ), pyramid_norm='IN')
+
+
+@pytest.mark.parametrize('norm', ['LN2d', 'GN', 'BN'])
+def test_every_level_is_normalised_whatever_the_residual_streams_scale(norm):
+    """The maps of blocks before the last are the raw residual stream, whose scale is free
+    (each block reads it through a scale-invariant norm). Scaled up a thousandfold, as the
+    unbounded streams of a diverging toy Mask R-CNN were, the levels stay at unit scale:
+    the neck never sees it."""
+    torch.manual_seed(0)
+    model = ShuffleMamba(**DENSE, out_indices=(0, 1, 2, 3), out_scales=(4, 2, 1, 0.5),
+                         pyramid_norm=norm).train()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        model.patch_embed.proj.weight.mul_(1000)
+        model.patch_embed.proj.bias.mul_(1000)
+        model.pos_embed.mul_(1000)
+        streams = model(x)
+    for level, out in enumerate(streams):
+        rms = out.square().mean().sqrt().item()
+        assert 0.5 < rms < 2, (norm, level, rms)

@@ -24,7 +24,7 @@ case "$TASK" in
     CONFIG=configs/mask_rcnn/mask-rcnn_shufflemamba-toy_fpn_1x_toycoco.py
     WORK_DIR=${WORK_DIR:-work_dirs/demo_mask_rcnn}
     DATA=(coco data/toy_coco)
-    WHAT="ShuffleMamba Mask R-CNN, toy COCO-layout data (3 classes), 80 iterations"
+    WHAT="ShuffleMamba Mask R-CNN, toy COCO-layout data (3 classes), 150 iterations"
     METRICS=(coco/bbox_mAP coco/segm_mAP coco/bbox_mAP_50 coco/segm_mAP_50) ;;
   *) echo "demo.sh: unknown demo '$TASK' (known: upernet, mask-rcnn)" >&2; exit 2 ;;
 esac

@@ -28,11 +28,21 @@ model = dict(
         out_type='featmap',
         out_indices=(5, 11, 17, 23),
         out_scales=(4, 2, 1, 0.5),
-        pyramid_norm='LN2d',
+        # every level normalised with SyncBN, as upstream's adapter (per-GPU batch 2)
+        pyramid_norm='SyncBN',
         drop_path_rate=0.1,
         shuffle_rate=0.0),
     neck=dict(in_channels=[embed_dims] * 4))
 
+# Guards against divergence, as upstream's COCO template (detection/configs/shufflemamba/
+# template.py) has them: linear warm-up over the first 1000 iterations from 0.001 x lr
+# (mmdet's schedule_1x warms up over 500), no gradient clipping (upstream clips none).
+# The backbone normalises every pyramid level (pyramid_norm), as upstream's adapter does
+# with SyncBN per level: un-normalised intermediate maps made the toy detector diverge.
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000),
+    dict(type='MultiStepLR', begin=0, end=12, by_epoch=True, milestones=[8, 11], gamma=0.1),
+]
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',

@@ -17,6 +17,7 @@ train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 
 max_epochs = 36
 train_cfg = dict(max_epochs=max_epochs)
+# the 1x config's guards: warm-up over 1000 iterations, no gradient clipping (upstream's)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[27, 33],

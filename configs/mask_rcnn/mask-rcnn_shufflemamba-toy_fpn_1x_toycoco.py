@@ -1,6 +1,9 @@
 # The built-in detection demo: the ShuffleMamba-T Mask R-CNN recipe on the generated toy
 # COCO-layout dataset (tools/dataset_converters/make_toy_data.py coco data/toy_coco).
-# Overrides only data (root, classes), sizes, schedule and architecture size.
+# Overrides only data (root, classes), sizes, schedule, architecture size and the pyramid's
+# norm (GN: one process, batch 4; the real configs' SyncBN needs several GPUs to see more
+# than 2 images). AdamW lr 1e-3 (the real recipe's 1e-4 is for 90k iterations): 10
+# iterations of warm-up, then cosine decay. Bbox/segm mAP about 0.7 after 150 iterations.
 _base_ = './mask-rcnn_shufflemamba-t_fpn_1x_coco.py'
 
 data_root = 'data/toy_coco/'
@@ -18,6 +21,7 @@ model = dict(
         img_size=128,
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.0,
+        pyramid_norm='GN',
         mixer_cfg=dict(d_state=8)),
     neck=dict(in_channels=[embed_dims] * 4, out_channels=64),
     rpn_head=dict(in_channels=64, feat_channels=64),
@@ -60,12 +64,13 @@ test_evaluator = val_evaluator
 optim_wrapper = dict(optimizer=dict(lr=1e-3))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=10),
+    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=False, begin=10, end=150),
 ]
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=80, val_interval=20)
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=150, val_interval=50)
 log_processor = dict(by_epoch=False)
 default_hooks = dict(
     # validation scalars at their iteration (the codebase default logs them by epoch)
     logger=dict(interval=10, log_metric_by_epoch=False),
-    checkpoint=dict(by_epoch=False, interval=80, max_keep_ckpts=1))
+    checkpoint=dict(by_epoch=False, interval=150, max_keep_ckpts=1))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)

@@ -2,7 +2,11 @@
 
 As in BEiT/Vim segmentation and ViTDet's simple pyramid: each map of stride ``s`` is
 resampled by a factor: ``4`` and ``2`` by 2x2 stride-2 transposed convolutions (a norm and
-GELU between two of them), ``1`` unchanged, ``0.5`` (and ``0.25``) by max-pooling.
+GELU between two of them), ``1`` unchanged, ``0.5`` (and ``0.25``) by max-pooling. Then
+every level is normalised (as ViTDet's pyramid and upstream ShuffleMamba's adapter do): the
+maps of blocks before the last are the raw residual stream, whose scale nothing in the
+backbone bounds (each block reads it through a scale-invariant norm), and an un-normalised
+level lets a neck without norms (mmdet's FPN) drive it up until training diverges.
 """
 from typing import Sequence
 
@@ -13,7 +17,7 @@ __all__ = ['LayerNorm2d', 'SimplePyramid', 'build_norm2d']
 
 
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of an NCHW map (works on one process, unlike SyncBN)."""
+    """LayerNorm over the channels of an NCHW map, each pixel on its own."""
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
         x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
@@ -55,25 +59,29 @@ def _resampler(scale: float, channels: int, norm_type: str) -> nn.Module:
 
 
 class SimplePyramid(nn.Module):
-    """Resample ``len(scales)`` maps ``(B, C, H, W)``, map ``k`` by ``scales[k]``.
+    """Resample ``len(scales)`` maps ``(B, C, H, W)``, map ``k`` by ``scales[k]``, and
+    normalise each.
 
     Args:
         channels: ``C`` of every map (kept).
         scales: Resampling factor per output; ``(4, 2, 1, 0.5)`` turns stride 16 into
             strides 4, 8, 16, 32.
-        norm_type: Norm between stacked transposed convs (see :func:`build_norm2d`).
+        norm_type: Norm between stacked transposed convs and on every output (see
+            :func:`build_norm2d`).
     """
 
     def __init__(self, channels: int, scales: Sequence[float] = (4, 2, 1, 0.5),
-                 norm_type: str = 'LN2d'):
+                 norm_type: str = 'GN'):
         super().__init__()
         if norm_type not in NORM2D_TYPES:
             raise ValueError(f'pyramid norm must be one of {NORM2D_TYPES}; got {norm_type!r}.')
         self.scales = tuple(scales)
         self.resamplers = nn.ModuleList(_resampler(s, channels, norm_type) for s in scales)
+        self.norms = nn.ModuleList(build_norm2d(norm_type, channels) for _ in scales)
 
     def forward(self, maps: Sequence[Tensor]) -> tuple:
         if len(maps) != len(self.resamplers):
             raise ValueError(f'SimplePyramid got {len(maps)} maps for {len(self.scales)} '
                              f'scales {self.scales}.')
-        return tuple(resample(x) for resample, x in zip(self.resamplers, maps))
+        return tuple(norm(resample(x))
+                     for resample, norm, x in zip(self.resamplers, self.norms, maps))
