@@ -5,11 +5,17 @@ from setuptools import find_packages, setup
 
 
 def read_requirements(name: str) -> list:
-    """Requirement lines of ``requirements/<name>.txt`` without comments."""
+    """Requirement lines of ``requirements/<name>.txt`` without comments; ``-r other.txt``
+    lines are followed."""
     path = osp.join(osp.dirname(__file__), 'requirements', f'{name}.txt')
+    requirements = []
     with open(path) as f:
-        lines = (line.split('#')[0].strip() for line in f)
-        return [line for line in lines if line and not line.startswith('-')]
+        for line in (line.split('#')[0].strip() for line in f):
+            if line.startswith('-r'):
+                requirements += read_requirements(line[2:].strip()[:-len('.txt')])
+            elif line and not line.startswith('-'):
+                requirements.append(line)
+    return requirements
 
 
 def read_version() -> str:
@@ -38,6 +44,7 @@ setup(
         'mm': read_requirements('mminstall'),
         'tests': read_requirements('tests'),
         'cuda': read_requirements('cuda'),
+        'export': read_requirements('export'),
     },
     license='Apache-2.0',
     zip_safe=False,

@@ -60,17 +60,36 @@ def test_export_tool_segmentation_and_classification(tmp_path):
     checks = checked_sizes(proc.stdout)
     assert [c[0] for c in checks] == ['64x64', '112x144'], proc.stdout
     assert all(diff < 1e-4 * scale for _, diff, scale in checks), checks
+    assert 'in training mode' not in proc.stdout + proc.stderr  # the model is in eval mode
     # a whole classifier, dynamic sizes
     proc = run_tool('tools/deployment/export_onnx.py', cls, str(tmp_path / 'cls.pth'),
                     '--part', 'model', '--out', str(tmp_path / 'cls.onnx'))
     assert len(checked_sizes(proc.stdout)) == 2
     # a whole segmentor: UPerHead's pooling is exported for one size, which the second
     # check finds; --static exports it correctly for that size
+    # a failed check writes nothing: an earlier good export at the same path stays
+    good = tmp_path / 'backbone.onnx'
+    before = good.read_bytes()
     proc = run_tool('tools/deployment/export_onnx.py', seg, str(tmp_path / 'seg.pth'),
-                    '--part', 'model', '--out', str(tmp_path / 'seg.onnx'), check=False)
+                    '--part', 'model', '--out', str(good), check=False)
     assert proc.returncode != 0 and 'use --static' in proc.stderr
+    assert f'{good} is unchanged' in proc.stderr and good.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.glob('*.onnx*')) == ['backbone.onnx', 'cls.onnx']
     proc = run_tool('tools/deployment/export_onnx.py', seg, str(tmp_path / 'seg.pth'),
                     '--part', 'model', '--static', '--shape', '112', '144', '--out',
                     str(tmp_path / 'seg_static.onnx'))
     (size, diff, scale), = checked_sizes(proc.stdout)
     assert size == '112x144' and diff < 1e-4 * scale
+
+
+def test_export_tool_names_the_extra_when_onnx_is_missing(tmp_path):
+    """Without onnx/onnxscript/onnxruntime the tool says which are missing and names the
+    install extra, before building anything."""
+    blocker = tmp_path / 'sitecustomize.py'  # hides the three packages from this process
+    blocker.write_text('import sys\n'  # as if not installed: import fails, find_spec is None
+                       'sys.modules.update(onnx=None, onnxscript=None, onnxruntime=None)\n')
+    proc = run_tool('tools/deployment/export_onnx.py', CLS, 'unused.pth', check=False,
+                    env=dict(PYTHONPATH=str(tmp_path)))
+    assert proc.returncode != 0, proc.stdout
+    assert 'needs onnx, onnxscript, onnxruntime' in proc.stderr, proc.stderr
+    assert 'pip install -e ".[export]"' in proc.stderr, proc.stderr

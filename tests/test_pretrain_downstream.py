@@ -26,6 +26,16 @@ def test_pretrain_then_initialise_upernet(tmp_path):
     print(f'toy top-1 after pretraining: {top1:.2f}% (chance 25%)')
     assert top1 > 90.0, top1
 
+    # the README's round trip without upstream weights: to the reference layout and back
+    reference, back = str(tmp_path / 'toy_reference.pth'), str(tmp_path / 'toy_back.pth')
+    run_tool('tools/model_converters/mmpretrain2reference.py', ckpt, reference)
+    assert set(torch.load(reference)) >= {'model'}
+    assert 'patch_embed.proj.weight' in torch.load(reference)['model']
+    run_tool('tools/model_converters/reference2mmpretrain.py', reference, back)
+    again = printed_metrics(run_tool('tools/test.py', cls_config, back, '--work-dir',
+                                     cls_dir))['accuracy/top1']
+    assert again == top1, (again, top1)
+
     seg_config = write_child_config(
         tmp_path / 'upernet.py', UPERNET, data_overrides(ade_data) +
         f"model = dict(backbone=dict(init_cfg=dict(type='Pretrained', checkpoint='{ckpt}', "

@@ -20,9 +20,19 @@ Not every head exports with dynamic sizes: mmseg's UPerHead pools to fixed grids
 (adaptive average pooling), which the exporter bakes to the export size, so a whole
 segmentor exported with dynamic sizes is only right at that size; the second check finds
 this and the tool fails. Export such a model with ``--static`` (one size), or its backbone.
+
+The file is written next to ``--out`` under a temporary name and moved into place only
+after every check passed, so a failed export never replaces an earlier good one.
+
+Needs onnx, onnxscript and onnxruntime, the tested versions of which are the ``export``
+extra: ``pip install -e ".[export]"`` (or ``pip install -r requirements/export.txt``).
 """
 import argparse
+import importlib
+import os
+import os.path as osp
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -65,11 +75,13 @@ def main() -> None:
                         help='largest allowed |onnxruntime - pytorch| / max |pytorch|')
     parser.add_argument('--cfg-options', nargs='+', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    try:
-        import onnxruntime
-    except ImportError:
-        raise SystemExit('onnxruntime is needed to check the export: pip install onnxruntime '
-                         'onnx onnxscript') from None
+    missing = [name for name in ('onnx', 'onnxscript', 'onnxruntime')
+               if not _importable(name)]
+    if missing:
+        sys.exit(f'export_onnx.py needs {", ".join(missing)} (the exporter and the check): '
+                 f'install the tested versions with pip install -e ".[export]" '
+                 f'(or pip install -r requirements/export.txt).')
+    import onnxruntime
     from mmengine.runner import load_checkpoint
 
     model, _ = build_model_from_config(args.config)
@@ -81,8 +93,9 @@ def main() -> None:
         raise SystemExit('--part export needs patch_stride == patch_size (dynamic sides are '
                          'multiples of the patch size)')
     shape = tuple(args.shape or backbone.img_size)
-    check = tuple(args.check_shape or (shape[0] + 3 * unit, shape[1] + 5 * unit))
+    check_size = tuple(args.check_shape or (shape[0] + 3 * unit, shape[1] + 5 * unit))
     network = BackboneForward(backbone) if args.part == 'backbone' else TensorForward(model)
+    network.eval()  # the wrapper too: torch.onnx warns of training mode otherwise
     out = args.out or args.checkpoint.rsplit('.', 1)[0] + f'_{args.part}.onnx'
 
     Dim = torch.export.Dim
@@ -92,14 +105,43 @@ def main() -> None:
     with onnx_exportable(), torch.no_grad():
         program = torch.onnx.export(network, (example, ), dynamo=True, opset_version=args.opset,
                                     dynamic_shapes=dynamic, verbose=False)
-    program.save(out)
+    out_dir = osp.dirname(osp.abspath(out))
+    fd, staged = tempfile.mkstemp(suffix='.onnx.part', dir=out_dir)
+    os.close(fd)
+    try:
+        program.save(staged)
+        worst = check(onnxruntime, staged, network, shape, None if args.static else check_size)
+        if worst > args.tolerance:
+            sys.exit(f'onnxruntime differs from PyTorch by {worst:.2e} of the outputs\' '
+                     f'scale (tolerance {args.tolerance:.0e}): the exported model is wrong '
+                     f'at some size, so it was not written ({out} is unchanged). If it is '
+                     f'right at --shape only, a part of the model was exported for that '
+                     f'size (e.g. adaptive pooling in a decode head): use --static, or '
+                     f'--part backbone.')
+        os.replace(staged, out)
+    finally:
+        if osp.exists(staged):
+            os.remove(staged)
     sizes = f'fixed size {shape[0]}x{shape[1]}' if args.static else \
         f'dynamic H and W in multiples of {unit}'
     print(f'wrote {out} ({args.part}, opset {args.opset}, {sizes})')
 
-    session = onnxruntime.InferenceSession(out, providers=['CPUExecutionProvider'])
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+def check(onnxruntime, path: str, network: torch.nn.Module, shape: tuple,
+          check_size: tuple = None) -> float:
+    """Run the ONNX file at ``shape`` (and ``check_size``) in onnxruntime against PyTorch;
+    print each difference and return the worst one relative to the outputs' scale."""
+    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
     worst = 0.0
-    for size in ((shape, ) if args.static else (shape, check)):
+    for size in (shape, ) if check_size is None else (shape, check_size):
         images = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             expected = [t.numpy() for t in flatten(network(images))]
@@ -110,12 +152,7 @@ def main() -> None:
         print(f'{size[0]}x{size[1]}: {len(got)} outputs, shapes '
               f'{[tuple(g.shape) for g in got]}, max |onnxruntime - pytorch| = {diff:.3e} '
               f'(outputs up to {scale:.3e})')
-    if worst > args.tolerance:
-        sys.exit(f'onnxruntime differs from PyTorch by {worst:.2e} of the outputs\' scale '
-                 f'(tolerance {args.tolerance:.0e}): the exported model is wrong at some size. '
-                 f'If it is right at --shape only, a part of the model was exported for that '
-                 f'size (e.g. adaptive pooling in a decode head): use --static, or '
-                 f'--part backbone.')
+    return worst
 
 
 if __name__ == '__main__':
