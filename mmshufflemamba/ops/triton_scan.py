@@ -60,7 +60,16 @@ __all__ = ['selective_scan_triton', 'triton_available']
 
 CHUNK = 32  # steps per chunk (a power of two): one checkpoint and one parallel scan each
 BLOCK_D = 4  # channels per program (a power of two; halved until it divides a B/C group)
+# float64 tiles take twice the registers: at 4 channels the backward chunk kernel needs 255
+# registers and spills on sm_90 (benchmarks/triton_compile_check.py); at 2 it does not
+FP64_BLOCK_D = 2
 NUM_WARPS = 4
+# Register limits (ptxas maxnreg) per (kernel, compute dtype), from
+# benchmarks/triton_compile_check.py: left to itself, ptxas aimed at 128 registers for a
+# float32 specialisation of the backward kernel (bf16 inputs, no D/z/bias, sm_80) and
+# spilled; at 168 no specialisation spills and 3 blocks of 4 warps fit an SM on sm_80 and
+# sm_90 (without a limit it took 183 on sm_90: 2 blocks). float64 needs up to 248.
+REGISTER_LIMITS = {('chunk_scan_backward_kernel', torch.float32): 168}
 
 
 @functools.lru_cache(maxsize=None)
@@ -138,16 +147,18 @@ class _Tiling(NamedTuple):
     @classmethod
     def of(cls, u: Tensor, A: Tensor, layouts: Sequence[_Layout], chunk: int,
            block_d: int) -> '_Tiling':
-        """For u ``(b, D, L)`` and A ``(D, N)``; ``block_d`` is halved until it divides the
-        channels per group of every grouped matrix, so that a program's channels share
-        one group."""
+        """For u ``(b, D, L)`` and A ``(D, N)``; ``block_d`` is at most
+        :data:`FP64_BLOCK_D` in float64, and halved until it divides the channels per group
+        of every grouped matrix, so that a program's channels share one group."""
         batch, channels, length = u.shape
         state = A.shape[1]
+        compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+        if compute == torch.float64:
+            block_d = min(block_d, FP64_BLOCK_D)
         for layout in layouts:
             if layout.groups > 1:
                 while layout.group_size % block_d:
                     block_d //= 2
-        compute = torch.float64 if u.dtype == torch.float64 else torch.float32
         return cls(batch, channels, length, state, chunk, -(-length // chunk), block_d,
                    -(-channels // block_d), 1 << (state - 1).bit_length(), compute)
 
@@ -269,7 +280,8 @@ class _TritonScan(torch.autograd.Function):
             grad_C, absent if grad_D is None else grad_D,
             absent if grad_bias is None else grad_bias, channels, length, state, K,
             tiling.num_blocks, B_lay.groups, B_lay.group_size, C_lay.groups, C_lay.group_size,
-            B_VAR=B_lay.var, C_VAR=C_lay.var, HAS_D=D is not None, **flags, **blocking)
+            B_VAR=B_lay.var, C_VAR=C_lay.var, HAS_D=D is not None, **flags, **blocking,
+            **_options('chunk_scan_backward_kernel', tiling.compute))
 
         B_shape, C_shape = ctx.matrix_shapes
         grad_B = tiling.reduce_matrix_grad(grad_B, B_lay, B_shape).to(B_data.dtype)
@@ -279,6 +291,13 @@ class _TritonScan(torch.autograd.Function):
         grad_bias = None if delta_bias is None else grad_bias.sum((0, 1)).to(delta_bias.dtype)
         return (grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias, None,
                 None, None)
+
+
+def _options(kernel: str, compute: torch.dtype) -> dict:
+    """Compile options of ``kernel`` beyond ``num_warps``: its register limit, if it has
+    one (none under the interpreter)."""
+    limit = REGISTER_LIMITS.get((kernel, compute))
+    return {} if limit is None or _interpreting() else dict(maxnreg=limit)
 
 
 def _is_power_of_two(n: int) -> bool:
