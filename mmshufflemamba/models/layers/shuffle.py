@@ -10,6 +10,7 @@ In eval mode, and for layers with ``p_i = 0``, nothing is drawn and nothing is s
 Randomness comes from torch's default CPU generator (or the one given), so seeded runs
 repeat exactly, on any device.
 """
+from contextlib import nullcontext
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -18,6 +19,17 @@ from torch import Tensor, nn
 __all__ = ['LayerwiseShuffle', 'shuffle_probabilities']
 
 BlockFn = Callable[[Tensor, Optional[Tensor]], Tuple[Tensor, Tensor]]
+
+
+def _host_tensors():
+    """Where the draws are made: real CPU tensors, even inside a ``FakeTensorMode`` (whose
+    tensors have no values to read), so that a model on a fake device (shape and device
+    checks without the hardware) draws its plan as it would on the real one. Under
+    ``torch.compile`` the draws are traced as they are (one graph break)."""
+    if torch.compiler.is_compiling():
+        return nullcontext()
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    return unset_fake_temporarily()
 
 
 def shuffle_probabilities(num_layers: int, shuffle_rate: float) -> List[float]:
@@ -68,9 +80,10 @@ class LayerwiseShuffle(nn.Module):
         """
         if not self.training or not any(self.probs):
             return [None] * len(self.probs)
-        draws = torch.rand(len(self.probs), generator=self.generator).tolist()
-        return [torch.randperm(num_tokens, generator=self.generator) if u < p else None
-                for u, p in zip(draws, self.probs)]
+        with _host_tensors():
+            draws = torch.rand(len(self.probs), generator=self.generator).tolist()
+            return [torch.randperm(num_tokens, generator=self.generator) if u < p else None
+                    for u, p in zip(draws, self.probs)]
 
     def forward(self, block: BlockFn, hidden: Tensor, residual: Optional[Tensor],
                 perm: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
