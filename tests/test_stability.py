@@ -23,14 +23,9 @@ from mmshufflemamba.datasets import make_toy_ade20k, make_toy_classification, ma
 FACTOR = 3  # how many times the demo's iterations the stability runs train
 
 
-def demo_iterations(config: str) -> int:
-    return Config.fromfile(osp.join(ROOT, config)).train_cfg.max_iters
-
-
-def stretched_schedule(config: str, iters: int) -> str:
+def stretched_schedule(cfg: Config, iters: int) -> str:
     """Config lines that run ``iters`` iterations, the schedule after the warm-up (the
     first scheduler) stretched to end there, validating three times."""
-    cfg = Config.fromfile(osp.join(ROOT, config))
     demo = cfg.train_cfg.max_iters
     schedulers = []
     for i, scheduler in enumerate(cfg.param_scheduler):
@@ -44,13 +39,6 @@ def stretched_schedule(config: str, iters: int) -> str:
     return (f'param_scheduler = {schedulers!r}\n'
             f'train_cfg = dict(max_iters={iters}, val_interval={iters // FACTOR})\n'
             f'default_hooks = dict(checkpoint=dict(interval={iters}))\n')
-
-
-def train_records(work_dir: str):
-    (records, ) = logged_scalars(work_dir)
-    losses = {r['iter']: r['loss'] for r in records if 'loss' in r}
-    metrics = [r for r in records if 'loss' not in r]
-    return losses, metrics
 
 
 def window_mean(losses: dict, end: int, width: int = 30) -> float:
@@ -71,21 +59,34 @@ def check_no_divergence(losses: dict, demo: int, iters: int, warmup: int) -> Non
     assert at_end < at_demo_end, losses
 
 
+def train_past_the_demo(tmp_path, toy_config: str, overrides: str, warmup: int):
+    """Train ``toy_config`` (with ``overrides``) for FACTOR x its demo's iterations through
+    tools/train.py and check that it does not diverge (:func:`check_no_divergence`).
+
+    Returns the written config, the work dir, the iterations and the validation records.
+    """
+    cfg = Config.fromfile(osp.join(ROOT, toy_config))
+    demo = cfg.train_cfg.max_iters
+    iters = FACTOR * demo
+    config = write_child_config(tmp_path / 'stretched.py', toy_config,
+                                overrides + stretched_schedule(cfg, iters))
+    work_dir = str(tmp_path / 'work')
+    run_tool('tools/train.py', config, '--work-dir', work_dir, timeout=1800)
+    (records, ) = logged_scalars(work_dir)
+    losses = {r['iter']: r['loss'] for r in records if 'loss' in r}
+    check_no_divergence(losses, demo, iters, warmup)
+    return config, work_dir, iters, [r for r in records if 'loss' not in r]
+
+
 @pytest.mark.slow
 def test_toy_mask_rcnn_keeps_learning_past_its_demo(tmp_path):
     data = str(tmp_path / 'toy_coco') + '/'
     make_toy_coco(data)
-    demo = demo_iterations(MASK_RCNN)
-    iters = FACTOR * demo
-    config = write_child_config(
-        tmp_path / 'mask_rcnn.py', MASK_RCNN,
+    config, work_dir, iters, metrics = train_past_the_demo(
+        tmp_path, MASK_RCNN,
         data_overrides(data) +
         "val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')\n"
-        'test_evaluator = val_evaluator\n' + stretched_schedule(MASK_RCNN, iters))
-    work_dir = str(tmp_path / 'work')
-    run_tool('tools/train.py', config, '--work-dir', work_dir, timeout=1800)
-    losses, metrics = train_records(work_dir)
-    check_no_divergence(losses, demo, iters, warmup=20)
+        'test_evaluator = val_evaluator\n', warmup=20)
     print('validation:', [(m['step'], m['coco/bbox_mAP'], m['coco/segm_mAP'])
                           for m in metrics])
     # tools/test.py on the last checkpoint reports every COCO AP, above the demo's bar
@@ -103,18 +104,12 @@ def test_toy_mask_rcnn_keeps_learning_past_its_demo(tmp_path):
 def test_toy_upernet_keeps_learning_past_its_demo(tmp_path):
     data = str(tmp_path / 'toy_ade')
     make_toy_ade20k(data)
-    demo = demo_iterations(UPERNET)
-    iters = FACTOR * demo
-    config = write_child_config(tmp_path / 'upernet.py', UPERNET,
-                                data_overrides(data) + stretched_schedule(UPERNET, iters))
+    config, _, _, metrics = train_past_the_demo(tmp_path, UPERNET, data_overrides(data),
+                                                warmup=30)
     untrained = str(tmp_path / 'untrained.pth')
     save_untrained_checkpoints(config, untrained)
     before = printed_metrics(run_tool('tools/test.py', config, untrained, '--work-dir',
                                       str(tmp_path / 'before')))['mIoU']
-    work_dir = str(tmp_path / 'work')
-    run_tool('tools/train.py', config, '--work-dir', work_dir, timeout=1800)
-    losses, metrics = train_records(work_dir)
-    check_no_divergence(losses, demo, iters, warmup=30)
     print(f'untrained mIoU {before:.2f}; validation mIoU:',
           [(m['step'], m['mIoU']) for m in metrics])
     after = metrics[-1]['mIoU']
@@ -125,14 +120,7 @@ def test_toy_upernet_keeps_learning_past_its_demo(tmp_path):
 def test_toy_classifier_keeps_learning_past_its_demo(tmp_path):
     data = str(tmp_path / 'toy_cls')
     make_toy_classification(data)
-    demo = demo_iterations(CLS)
-    iters = FACTOR * demo
-    config = write_child_config(tmp_path / 'cls.py', CLS,
-                                data_overrides(data) + stretched_schedule(CLS, iters))
-    work_dir = str(tmp_path / 'work')
-    run_tool('tools/train.py', config, '--work-dir', work_dir, timeout=1800)
-    losses, metrics = train_records(work_dir)
-    check_no_divergence(losses, demo, iters, warmup=20)
+    _, _, _, metrics = train_past_the_demo(tmp_path, CLS, data_overrides(data), warmup=20)
     print('validation top-1:', [(m['step'], m['accuracy/top1']) for m in metrics])
     assert metrics[-1]['accuracy/top1'] > 90.0, metrics  # the pretraining test's bar
 

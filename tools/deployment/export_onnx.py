@@ -81,7 +81,6 @@ def main() -> None:
         sys.exit(f'export_onnx.py needs {", ".join(missing)} (the exporter and the check): '
                  f'install the tested versions with pip install -e ".[export]" '
                  f'(or pip install -r requirements/export.txt).')
-    import onnxruntime
     from mmengine.runner import load_checkpoint
 
     model, _ = build_model_from_config(args.config)
@@ -110,7 +109,7 @@ def main() -> None:
     os.close(fd)
     try:
         program.save(staged)
-        worst = check(onnxruntime, staged, network, shape, None if args.static else check_size)
+        worst = check(staged, network, shape, None if args.static else check_size)
         if worst > args.tolerance:
             sys.exit(f'onnxruntime differs from PyTorch by {worst:.2e} of the outputs\' '
                      f'scale (tolerance {args.tolerance:.0e}): the exported model is wrong '
@@ -135,10 +134,11 @@ def _importable(name: str) -> bool:
     return True
 
 
-def check(onnxruntime, path: str, network: torch.nn.Module, shape: tuple,
+def check(path: str, network: torch.nn.Module, shape: tuple,
           check_size: tuple = None) -> float:
     """Run the ONNX file at ``shape`` (and ``check_size``) in onnxruntime against PyTorch;
     print each difference and return the worst one relative to the outputs' scale."""
+    import onnxruntime
     session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
     worst = 0.0
     for size in (shape, ) if check_size is None else (shape, check_size):
