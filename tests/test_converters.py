@@ -89,11 +89,89 @@ def test_converter_cli_reads_model_or_model_ema(tmp_path):
         assert "cls_token='middle' for Vim" in proc.stdout
         state = torch.load(str(dst))['state_dict']  # weights_only: our output is plain
         torch.testing.assert_close(state['backbone.pos_embed'], expected['pos_embed'])
+    # a converted file holds one set of weights (no ema_state_dict): exported to 'model',
+    # and the tool says so
     back = tmp_path / 'ref.pth'
-    run_tool('tools/model_converters/mmpretrain2reference.py', str(dst), str(back))
-    exported = torch.load(str(back))['model']
-    assert set(exported) == set(ema)
-    assert all(torch.equal(exported[k], ema[k]) for k in ema)
+    proc = run_tool('tools/model_converters/mmpretrain2reference.py', str(dst), str(back))
+    assert 'no EMA weights in the checkpoint (no ema_state_dict): its state_dict -> model, ' \
+        'no model_ema written (these weights were converted from a model_ema entry)' \
+        in proc.stdout
+    exported = torch.load(str(back))
+    assert list(exported) == ['model']
+    assert set(exported['model']) == set(ema)
+    assert all(torch.equal(exported['model'][k], ema[k]) for k in ema)
+
+
+def reference_key(key):
+    """The reference name of an mmpretrain key of a class-token classifier (LinearClsHead),
+    written out here independently of the converter."""
+    if key.startswith('backbone.'):
+        return key[len('backbone.'):]
+    assert key.startswith('head.fc.'), key
+    return 'head.' + key[len('head.fc.'):]
+
+
+def test_export_puts_raw_weights_in_model_and_ema_weights_in_model_ema(tmp_path):
+    """An mmengine checkpoint written with an EMA hook holds the EMA weights as state_dict
+    and the raw ones as ema_state_dict['module.' + key] (EMAHook.before_save_checkpoint
+    swaps them). Upstream's checkpoints hold the raw weights as 'model' and the EMA ones
+    as 'model_ema': the export undoes the swap, and the converter reads them back."""
+    from mmengine.hooks import EMAHook
+    from mmengine.model import ExponentialMovingAverage
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+    init_default_scope('mmpretrain')
+    torch.manual_seed(0)
+    model = MODELS.build(dict(
+        type='ImageClassifier',
+        backbone=dict(type='mmshufflemamba.ShuffleMamba', arch=dict(embed_dims=C,
+                      num_layers=DEPTH), img_size=16 * GRID, cls_token='head',
+                      out_type='cls_token', mixer_cfg=dict(d_state=N)),
+        head=dict(type='LinearClsHead', num_classes=CLASSES, in_channels=C)))
+    hook = EMAHook(momentum=0.5)
+    hook.ema_model = ExponentialMovingAverage(model, momentum=0.5)
+    hook.ema_model.update_parameters(model)  # step 0 copies the model
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(1.0)
+    hook.ema_model.update_parameters(model)  # ema = raw - 0.5
+    # what Runner.save_checkpoint saves: the model's state dict, then the hook's swap
+    ckpt = {'meta': {}, 'state_dict': dict(model.state_dict())}
+    hook.before_save_checkpoint(None, ckpt)
+    src, dst = tmp_path / 'iter_2.pth', tmp_path / 'reference.pth'
+    torch.save(ckpt, str(src))
+    proc = run_tool('tools/model_converters/mmpretrain2reference.py', str(src), str(dst))
+    assert 'raw weights (ema_state_dict) -> model, EMA weights (state_dict) -> model_ema' \
+        in proc.stdout
+    exported = torch.load(str(dst))
+    assert sorted(exported) == ['model', 'model_ema']
+    saved, saved_raw = ckpt['state_dict'], ckpt['ema_state_dict']
+    assert set(exported['model']) == set(exported['model_ema']) == {
+        reference_key(k) for k in saved}
+    for key, ema in saved.items():  # the checkpoint's own tensors, by value
+        raw = saved_raw['module.' + key]
+        assert torch.equal(exported['model'][reference_key(key)], raw), key
+        assert torch.equal(exported['model_ema'][reference_key(key)], ema), key
+        assert torch.equal(raw, model.state_dict()[key]), key  # the raw weights are raw
+        assert torch.allclose(ema, raw - 0.5), key  # and the average differs from them
+
+    # back: model (default) -> the raw weights, --ema -> the EMA weights (the checkpoint's
+    # state_dict, what it tests as)
+    for flag, expected in (([], {k: saved_raw['module.' + k] for k in saved}),
+                           (['--ema'], saved)):
+        back = tmp_path / 'back.pth'
+        run_tool('tools/model_converters/reference2mmpretrain.py', str(dst), str(back), *flag)
+        state = torch.load(str(back))['state_dict']
+        assert set(state) == set(expected)
+        assert all(torch.equal(state[k], expected[k]) for k in expected), flag
+
+    # (a checkpoint without ema_state_dict exports to 'model' only: the test above)
+    # upstream's 'model_ema': None (trained without --model-ema) has nothing for --ema
+    torch.save({'model': exported['model'], 'model_ema': None}, str(src))
+    refused = run_tool('tools/model_converters/reference2mmpretrain.py', str(src),
+                       str(tmp_path / 'x.pth'), '--ema', check=False)
+    assert refused.returncode != 0 and 'has no EMA weights: model_ema is None' in \
+        refused.stderr
 
 
 def test_rmsnorm_to_layernorm_reproduces_upstreams_segmentation_load(tmp_path):

@@ -18,7 +18,9 @@ def config_for(tmp_path, batch_size):
     data = str(tmp_path / 'toy_cls')
     if not osp.isdir(data):
         make_toy_classification(data, train_per_class=8, val_per_class=1)
-    # no random flips: each process has its own numpy stream, one process has one
+    # no random flips: each process has its own numpy stream, one process has one; and
+    # one seed for all ranks (diff_rank_seed=False), so that each rank draws the shuffle
+    # permutations the one process draws (the configs give every rank its own stream)
     return write_child_config(
         tmp_path / f'cls_b{batch_size}.py', CLS,
         f"data_root = '{data}'\n"
@@ -29,7 +31,8 @@ def config_for(tmp_path, batch_size):
         'test_dataloader = val_dataloader\n'
         'train_cfg = dict(max_iters=6, val_interval=1000)\n'
         f'env_cfg = dict(dist_cfg=dict(backend="gloo", timeout={TIMEOUT_S}))\n'
-        'default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=6))\n')
+        'default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=6))\n'
+        'randomness = dict(diff_rank_seed=False)\n')
 
 
 def children(pid):

@@ -26,15 +26,35 @@ def test_pretrain_then_initialise_upernet(tmp_path):
     print(f'toy top-1 after pretraining: {top1:.2f}% (chance 25%)')
     assert top1 > 90.0, top1
 
-    # the README's round trip without upstream weights: to the reference layout and back
+    # the README's round trip without upstream weights: to the reference layout and back.
+    # EMAHook saved the EMA weights as state_dict (what tools/test.py just tested) and the
+    # raw ones as ema_state_dict['module.' + key]; upstream's files hold the raw weights as
+    # 'model' and the EMA ones as 'model_ema'
     reference, back = str(tmp_path / 'toy_reference.pth'), str(tmp_path / 'toy_back.pth')
     run_tool('tools/model_converters/mmpretrain2reference.py', ckpt, reference)
-    assert set(torch.load(reference)) >= {'model'}
-    assert 'patch_embed.proj.weight' in torch.load(reference)['model']
-    run_tool('tools/model_converters/reference2mmpretrain.py', reference, back)
+    saved, exported = torch.load(ckpt), torch.load(reference)
+    assert sorted(exported) == ['model', 'model_ema']
+
+    def reference_key(key):  # backbone.X -> X, head.fc.X -> head.X (LinearClsHead)
+        return key[len('backbone.'):] if key.startswith('backbone.') else \
+            'head.' + key[len('head.fc.'):]
+
+    raw = {k: saved['ema_state_dict']['module.' + k] for k in saved['state_dict']}
+    for key, ema in saved['state_dict'].items():
+        assert torch.equal(exported['model'][reference_key(key)], raw[key]), key
+        assert torch.equal(exported['model_ema'][reference_key(key)], ema), key
+    assert len(exported['model']) == len(saved['state_dict'])
+    assert not all(torch.equal(raw[k], v) for k, v in saved['state_dict'].items())
+    # --ema reads model_ema back: the checkpoint's EMA weights, which test the same
+    run_tool('tools/model_converters/reference2mmpretrain.py', reference, back, '--ema')
     again = printed_metrics(run_tool('tools/test.py', cls_config, back, '--work-dir',
                                      cls_dir))['accuracy/top1']
     assert again == top1, (again, top1)
+    # and by default the raw weights (upstream's --finetune and --resume read 'model')
+    raw_back = str(tmp_path / 'toy_back_raw.pth')
+    run_tool('tools/model_converters/reference2mmpretrain.py', reference, raw_back)
+    state = torch.load(raw_back)['state_dict']
+    assert set(state) == set(raw) and all(torch.equal(state[k], raw[k]) for k in raw)
 
     seg_config = write_child_config(
         tmp_path / 'upernet.py', UPERNET, data_overrides(ade_data) +

@@ -41,7 +41,8 @@ REG_STAGES = {
     '8xb64-20e-ft_in1k': (1e-5, 0.1, 0.4, 20, 224, False),
 }
 # mambar_*_patch16_224: (arch, width, registers, cls_reduce)
-REG_SIZES = {'s': ('small', 384, 12, 2), 'b': ('base', 768, 12, 4), 'l': ('large', 1024, 16, 8)}
+REG_SIZES = {'t': ('tiny', 192, 12, 1), 's': ('small', 384, 12, 2), 'b': ('base', 768, 12, 4),
+             'l': ('large', 1024, 16, 8)}
 
 
 @pytest.mark.parametrize('size', sorted(REG_SIZES))
@@ -75,7 +76,7 @@ def test_reg_recipe_is_run_reg_sh(size, stage):
     assert [a.type for a in cfg.model.train_cfg.augments] == ['Mixup', 'CutMix']
 
 
-@pytest.mark.parametrize('name', ['shufflemamba-t_8xb128_in1k', 'shufflemamba-b_8xb128_in1k'])
+@pytest.mark.parametrize('name', [f'shufflemamba-{size}_8xb128_in1k' for size in 'tsmb'])
 def test_plain_recipe_is_run_sh(name):
     cfg = load(name)
     optim = cfg.optim_wrapper
@@ -86,7 +87,16 @@ def test_plain_recipe_is_run_sh(name):
     assert cfg.model.backbone.init_scheme == 'shufflemamba'  # models_shuffle.py's init
     assert cfg.train_dataloader.sampler.type == 'RepeatAugSampler'  # default --repeated-aug
     assert cfg.train_dataloader.sampler.num_repeats == 3
-    assert [h.momentum for h in cfg.custom_hooks if h.type == 'EMAHook'] == [1e-4]
+    # run.sh: EMA decay 0.9999 per step at 8 x 256 images, 625 steps per epoch (RASampler,
+    # drop_last): a horizon of 1 / 1e-4 steps = 16 epochs. mmengine's momentum is 1 - decay
+    # per step; at our batch the same horizon in epochs needs momentum 1e-4 * batch / 2048
+    momentum, = [h.momentum for h in cfg.custom_hooks if h.type == 'EMAHook']
+    assert momentum == pytest.approx(1e-4 * total_batch(cfg) / 2048)
+    images = 1281167  # ImageNet-1k train
+    upstream_epochs = 1 / 1e-4 / (images // 256 * 256 // 8 // 256)  # 10000 / 625
+    steps = math.ceil(math.ceil(images / 8) / cfg.train_dataloader.batch_size)  # ours: 1252
+    assert upstream_epochs == pytest.approx(16.0)
+    assert 1 / momentum / steps == pytest.approx(upstream_epochs, rel=0.01)
     if name.startswith('shufflemamba-b'):
         assert cfg.model.backbone.drop_path_rate == 0.5 and cfg.model.backbone.shuffle_rate == 0.5
 

@@ -3,8 +3,13 @@
 The codebase comes from the config's ``default_scope``; nothing here is specific to one.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
-                          [--partial-load] [--cfg-options key=value ...]
+                          [--auto-scale-lr] [--partial-load] [--cfg-options key=value ...]
                           [--launcher pytorch]
+
+``--auto-scale-lr`` scales the config's lr by the real total batch (processes x
+``train_dataloader.batch_size``) over ``auto_scale_lr.base_batch_size``, the total batch the
+config's lr is written for (mmengine's ``Runner.scale_lr``); without the flag the lr is the
+config's whatever the number of processes.
 
 A ``load_from`` checkpoint must fit the model: missing or unexpected keys are an error
 that lists them (``--partial-load`` loads what fits on purpose). On a machine without CUDA,
@@ -34,6 +39,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision: AmpOptimWrapper (float16, loss scaling) on '
                         'GPUs, bfloat16 autocast on CPU')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the lr by (processes x train_dataloader.batch_size) / '
+                        'auto_scale_lr.base_batch_size, as upstream scales it by the real '
+                        'world size')
     parser.add_argument('--partial-load', action='store_true',
                         help='load_from: load only the tensors that fit the model (the '
                         'others are logged) instead of refusing a checkpoint that does not '
@@ -69,11 +78,44 @@ def enable_amp(cfg) -> None:
         cfg.optim_wrapper.setdefault('dtype', 'bfloat16')
 
 
+def enable_auto_scale_lr(cfg) -> None:
+    """``--auto-scale-lr``: turn on mmengine's lr scaling, which needs the batch the lr
+    is written for."""
+    auto_scale_lr = cfg.get('auto_scale_lr') or {}
+    if auto_scale_lr.get('base_batch_size') is None:
+        raise SystemExit(
+            f'--auto-scale-lr: the config {cfg.filename} has no auto_scale_lr.base_batch_size '
+            f'(the total batch, GPUs x train_dataloader.batch_size, its lr is written for). '
+            f'Add auto_scale_lr = dict(enable=False, base_batch_size=N) to it, or pass '
+            f'--cfg-options auto_scale_lr.base_batch_size=N.')
+    cfg.auto_scale_lr = dict(auto_scale_lr, enable=True)
+
+
+def keep_seed_on_resume(cfg) -> None:
+    """``--resume`` of a config that sets no ``randomness.seed``: use the interrupted run's.
+
+    Such a run draws its seed at random. mmengine builds the data sampler with a fresh seed
+    before it reads the checkpoint (and puts the checkpoint's seed back only after), so the
+    resumed run would see the data in another order than the run it continues.
+    """
+    randomness = cfg.get('randomness') or {}
+    if randomness.get('seed') is not None:
+        return
+    import torch
+    # mmap: only the pickled structure is read here, not the tensors
+    checkpoint = torch.load(cfg.load_from, map_location='cpu', mmap=True, weights_only=True)
+    seed = checkpoint.get('meta', {}).get('seed')
+    if seed is not None:
+        cfg.randomness = dict(randomness, seed=seed)
+
+
 def main() -> None:
     args = parse_args()
     cfg = prepare_config(args.config, args.launcher, args.cfg_options, args.work_dir)
     if args.amp:
         enable_amp(cfg)
+    if args.auto_scale_lr:
+        enable_auto_scale_lr(cfg)
     if args.resume == 'auto':
         from mmengine.runner import find_latest_checkpoint
         cfg.resume = True
@@ -83,6 +125,8 @@ def main() -> None:
         cfg.load_from = args.resume
     if cfg.get('load_from'):
         check_checkpoint_file(cfg.load_from)
+        if cfg.get('resume'):
+            keep_seed_on_resume(cfg)
     if args.partial_load:
         cfg.load_partial = True
     check_data_paths(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg')

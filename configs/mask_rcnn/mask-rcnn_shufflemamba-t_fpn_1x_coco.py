@@ -51,3 +51,8 @@ optim_wrapper = dict(
     paramwise_cfg=dict(layer_decay_rate=0.9))
 # saves torch's random state (shuffle permutations, drop-path) so that --resume is exact
 custom_hooks = [dict(type='mmshufflemamba.RNGStateHook')]
+# lr 1e-4 is for 8 GPUs x 2 images (mmdet's default); --auto-scale-lr scales it
+auto_scale_lr = dict(enable=False, base_batch_size=16)
+# every rank its own random stream (seed + rank, as upstream's main scripts); the data
+# sampler keeps one shared seed, so the ranks still split one permutation of the data
+randomness = dict(seed=None, diff_rank_seed=True)

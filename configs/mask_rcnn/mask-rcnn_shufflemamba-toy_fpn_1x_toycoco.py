@@ -74,3 +74,4 @@ default_hooks = dict(
     checkpoint=dict(by_epoch=False, interval=150, max_keep_ckpts=1))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)
+auto_scale_lr = dict(enable=False, base_batch_size=4)  # lr 1e-3 for 1 x 4

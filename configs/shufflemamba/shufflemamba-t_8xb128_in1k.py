@@ -3,7 +3,10 @@
 # defaults): AdamW (lr 5e-4 per 512 images), wd 0.1, betas (0.9, 0.95), grad clip 3.0,
 # 30 warmup epochs from 5e-7 then cosine to 5e-6 (timm's, per epoch), RandAugment,
 # random erasing, mixup 0.8 / cutmix 1.0, label smoothing 0.1, repeated augmentation
-# (3 repeats), EMA 0.9999, bf16 autocast; ShuffleMamba's own initialisation.
+# (3 repeats), EMA 0.9999 (at upstream's 8 x 256; its horizon in epochs kept here, see
+# custom_hooks), bf16 autocast; ShuffleMamba's own initialisation. Upstream's lr is
+# lr * total batch / 512 (main_shuffle.py): 5e-4 * 2048 / 512 = 2e-3 at 8 x 256 there,
+# 5e-4 * 1024 / 512 = 1e-3 at 8 x 128 here.
 # Drop-path and shuffle rates: the reference scripts give them for the base model only
 # (0.5 / 0.5); the smaller sizes use our lower values (tiny 0.05 / 0.1).
 _base_ = [
@@ -73,8 +76,18 @@ val_cfg = dict()
 test_cfg = dict()
 auto_scale_lr = dict(base_batch_size=1024)
 
+# EMA with upstream's horizon in epochs. run.sh: --model-ema-decay 0.9999 per step at
+# 8 x 256 (timm ModelEma: ema = 0.9999 * ema + 1e-4 * model), 625 steps per epoch (DeiT's
+# RASampler, drop_last), so 1 / 1e-4 = 10000 steps = 16.0 epochs. mmengine's EMA is
+# ema = (1 - momentum) * ema + momentum * model; at 8 x 128 (1252 steps per epoch) the
+# same horizon takes half the per-step momentum: 5e-5 -> 20000 steps = 16.0 epochs.
 custom_hooks = [
-    dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL'),
+    dict(type='EMAHook', momentum=1e-4 * 128 / 256, priority='ABOVE_NORMAL'),
     # saves torch's random state (shuffle permutations) so that --resume is exact
     dict(type='mmshufflemamba.RNGStateHook'),
 ]
+
+# every rank its own random stream (seed + rank, as upstream's main_shuffle.py): its own
+# shuffle permutations, drop-path masks and mixup/cutmix; the data sampler keeps one
+# shared seed, so the ranks still split one permutation of the data
+randomness = dict(seed=None, diff_rank_seed=True)

@@ -83,7 +83,7 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=False, begin=20, end=240),
 ]
 train_cfg = dict(_delete_=True, by_epoch=False, max_iters=240, val_interval=80)
-auto_scale_lr = dict(enable=False)
+auto_scale_lr = dict(enable=False, base_batch_size=32)  # lr 2e-3 for 1 x 32
 log_processor = dict(by_epoch=False)
 default_hooks = dict(
     # validation scalars at their iteration (the codebase default logs them by epoch)

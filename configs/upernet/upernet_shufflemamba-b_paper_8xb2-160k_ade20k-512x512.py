@@ -75,4 +75,7 @@ train_dataloader = dict(batch_size=2)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
 train_cfg = dict(val_interval=8000)
-randomness = dict(seed=873369272)
+# every rank its own random stream (seed + rank); the data sampler keeps the shared seed
+randomness = dict(seed=873369272, diff_rank_seed=True)
+# lr 6e-5 is for 8 GPUs x 2 images; --auto-scale-lr scales it to the real total batch
+auto_scale_lr = dict(enable=False, base_batch_size=16)

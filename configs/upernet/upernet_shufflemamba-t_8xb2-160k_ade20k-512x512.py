@@ -59,3 +59,8 @@ val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
 # saves torch's random state (shuffle permutations, drop-path) so that --resume is exact
 custom_hooks = [dict(type='mmshufflemamba.RNGStateHook')]
+# lr 6e-5 is for 8 GPUs x 2 images; --auto-scale-lr scales it to the real total batch
+auto_scale_lr = dict(enable=False, base_batch_size=16)
+# every rank its own random stream (seed + rank, as upstream's main scripts); the data
+# sampler keeps one shared seed, so the ranks still split one permutation of the data
+randomness = dict(seed=None, diff_rank_seed=True)

@@ -75,6 +75,7 @@ default_hooks = dict(
     visualization=dict(interval=1))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)
+auto_scale_lr = dict(enable=False, base_batch_size=8)  # lr 1e-3 for 1 x 8
 # test-time augmentation (tools/test.py --tta): the test resize, then 3 scales x flips
 tta_pipeline = [
     dict(type='LoadImageFromFile'),

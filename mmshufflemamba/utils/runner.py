@@ -33,6 +33,15 @@ class ToolRunnerMixin:
     * **SyncBN on CPU.** Distributed training on a machine without CUDA turns SyncBN
       layers into BatchNorm (mmengine's ``revert_sync_batchnorm``) before the model is
       wrapped, with a warning: DistributedDataParallel refuses SyncBN on CPU modules.
+    * **The data order is the seed's, with per-rank seeds too.** With
+      ``randomness=dict(diff_rank_seed=True)`` mmengine gives the sampler no seed, so the
+      sampler draws one from rank 0's numpy stream (``sync_random_seed``, broadcast):
+      shared by the ranks, but not ``randomness.seed``, and it changes with every numpy
+      draw made before the loader is built. The sampler gets the shared base seed instead
+      (the runner's seed minus the rank: the seed of ``diff_rank_seed=False``), so the
+      ranks' shards together are one permutation of the dataset, the same as without
+      per-rank seeds (as upstream's samplers, whose seed does not depend on the rank). A
+      seed in the sampler's own config is kept.
     * **compile=True** compiles the model's ``forward`` (train, val and test) rather than
       mmengine's whole ``train_step``: torch.compile cannot trace mmengine's optimizer
       wrapper (an internal dynamo error with torch 2.13), and the network is where the
@@ -53,6 +62,17 @@ class ToolRunnerMixin:
         options = compile_cfg or 'torch.compile defaults'
         self.logger.info(f'compile: the model\'s forward is compiled ({options}); the first '
                          f'iterations are slow.')
+
+    @classmethod
+    def build_dataloader(cls, dataloader, seed=None, diff_rank_seed=False):
+        if (diff_rank_seed and seed is not None and isinstance(dataloader, dict)
+                and isinstance(dataloader.get('sampler'), dict)
+                and dataloader['sampler'].get('seed') is None):
+            from mmengine.dist import get_rank
+            # mmengine's set_random_seed gave this rank seed + rank
+            dataloader = dict(dataloader,
+                              sampler=dict(dataloader['sampler'], seed=seed - get_rank()))
+        return super().build_dataloader(dataloader, seed=seed, diff_rank_seed=diff_rank_seed)
 
     def load_checkpoint(self, filename, map_location='cpu', strict=False,
                         revise_keys=[(r'^module.', '')]):
