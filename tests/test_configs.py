@@ -24,7 +24,7 @@ BUILD = textwrap.dedent('''
     init_default_scope(cfg.default_scope)
     model = MODELS.build(cfg.model)
     backbone = model.backbone
-    assert type(backbone).__name__ == 'ShuffleMamba', type(backbone)
+    assert type(backbone).__name__ in ('ShuffleMamba', 'ShuffleMambaAdapter'), type(backbone)
     print(cfg.default_scope, sum(p.numel() for p in model.parameters()))
 ''')
 

@@ -50,6 +50,15 @@ def test_get_flops_counts_the_scan():
     assert 'zeros for statistics' not in output and 'Unsupported operator' not in output
     assert "x_proj and dt_proj are counted in the mixer's row" in proc.stdout
     assert 'Not counted' in proc.stdout
+    assert 'Deformable attention' not in proc.stdout  # said only for the adapter's
+
+
+def test_get_flops_reports_the_adapter_and_says_what_it_leaves_out():
+    proc = run_tool('tools/analysis_tools/get_flops.py',
+                    'configs/mask_rcnn/mask-rcnn_shufflemamba-adapter-toy_fpn_1x_toycoco.py',
+                    '--shape', '128', '128')
+    assert 'FLOPs (total):' in proc.stdout and 'Params:' in proc.stdout, proc.stdout
+    assert 'bilinear sampling and weighted sum (grid_sample) are not' in proc.stdout
 
 
 def test_benchmark_tool_reports_speed_and_memory():

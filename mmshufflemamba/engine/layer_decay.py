@@ -12,7 +12,10 @@ A parameter at depth ``d`` of ``n`` (``backbone.get_layer_depth``; parameters ou
 backbone are depth ``n - 1``) gets ``lr * layer_decay_rate ** (n - 1 - d)``. No weight
 decay for: 1-D parameters (norms, biases, ``D``/``D_b``), parameters flagged
 ``_no_weight_decay`` (``A_log``/``A_b_log``), and the backbone's ``no_weight_decay()``
-names (position embeddings, class/register tokens).
+names (position embeddings, class/register tokens). ``paramwise_cfg=dict(no_decay='ndim')``
+exempts only the 1-D parameters, as upstream ShuffleMamba's detection constructor
+(``MyLayerDecayOptimizerConstructor``) does in effect: it ignores ``custom_keys``, and its
+name exemptions never match the model's ``backbone.``-prefixed names.
 """
 from typing import Dict, List, Tuple
 
@@ -29,18 +32,25 @@ __all__ = ['LayerDecayOptimWrapperConstructor']
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """See the module docstring. ``paramwise_cfg`` keys: ``layer_decay_rate`` (required),
-    ``backbone`` (attribute name of the backbone, default ``'backbone'``)."""
+    ``backbone`` (attribute name of the backbone, default ``'backbone'``), ``no_decay``
+    (``'package'``, the default, or ``'ndim'``: see the module docstring)."""
+
+    NO_DECAY_RULES = ('package', 'ndim')
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict = None):
         paramwise_cfg = dict(paramwise_cfg or {})
-        unknown = set(paramwise_cfg) - {'layer_decay_rate', 'backbone'}
+        unknown = set(paramwise_cfg) - {'layer_decay_rate', 'backbone', 'no_decay'}
         if 'layer_decay_rate' not in paramwise_cfg:
             raise ValueError('LayerDecayOptimWrapperConstructor needs '
                              'paramwise_cfg=dict(layer_decay_rate=...).')
         if unknown:
             raise ValueError(f'LayerDecayOptimWrapperConstructor does not understand '
                              f'paramwise_cfg keys {sorted(unknown)}; it takes '
-                             f'layer_decay_rate and backbone.')
+                             f'layer_decay_rate, backbone and no_decay.')
+        self.no_decay_rule = paramwise_cfg.get('no_decay', 'package')
+        if self.no_decay_rule not in self.NO_DECAY_RULES:
+            raise ValueError(f'paramwise_cfg.no_decay must be one of {self.NO_DECAY_RULES}; '
+                             f'got {self.no_decay_rule!r}.')
         self.layer_decay_rate = float(paramwise_cfg['layer_decay_rate'])
         self.backbone_name = paramwise_cfg.get('backbone', 'backbone')
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
@@ -65,8 +75,8 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             if not param.requires_grad:
                 continue
             depth, num_layers = backbone.get_layer_depth(name, prefix)
-            no_decay = (param.ndim <= 1 or getattr(param, '_no_weight_decay', False)
-                        or name in no_decay_names)
+            no_decay = param.ndim <= 1 or self.no_decay_rule == 'package' and (
+                getattr(param, '_no_weight_decay', False) or name in no_decay_names)
             key = (depth, no_decay)
             if key not in groups:
                 scale = self.layer_decay_rate**(num_layers - 1 - depth)

@@ -119,6 +119,9 @@ def main() -> None:
     print('x_proj and dt_proj are counted in the mixer\'s row (it calls them by their')
     print('weights). Not counted, by mmengine\'s convention: elementwise ops, activations,')
     print('norms and pooling.')
+    if any(type(m).__name__ == 'MultiScaleDeformableAttention' for m in model.modules()):
+        print('Deformable attention (the adapter): its four linear layers are counted, its')
+        print('bilinear sampling and weighted sum (grid_sample) are not.')
     print('=' * 60)
 
 

@@ -301,12 +301,13 @@ class ShuffleMamba(BaseModule):
             f'{p} + {s} * k (e.g. {below} or {below + s}) so that the patches cover the '
             f'image exactly. Resize or pad the input.')
 
-    def _size_fix_hint(self) -> str:
-        """How to make input sides multiples of the patch size, in the codebase in use."""
+    def _size_fix_hint(self, multiple: Optional[int] = None) -> str:
+        """How to make input sides multiples of the patch size (or ``multiple``), in the
+        codebase in use."""
         from mmengine.registry import DefaultScope
         scope = DefaultScope.get_current_instance()
         scope = scope.scope_name if scope is not None else None
-        p = self.patch_size
+        p = multiple or self.patch_size
         if scope == 'mmseg':
             return (f"Pad in the data preprocessor: data_preprocessor=dict(test_cfg=dict("
                     f"size_divisor={p})) for testing (model.data_preprocessor), and "
@@ -458,6 +459,10 @@ class ShuffleMamba(BaseModule):
             if absent_here and prefix + key in state_dict:
                 del state_dict[prefix + key]
                 self.load_report['dropped'].append(prefix + key)
+        if not self.final_norm:  # a classifier's final norm, unused without one here
+            for key in [k for k in state_dict if k.startswith(prefix + 'norm_f.')]:
+                del state_dict[key]
+                self.load_report['dropped'].append(f'{key} (final_norm=False)')
         if name not in state_dict or state_dict[name].shape == self.pos_embed.shape:
             return
         ckpt = state_dict[name]
@@ -544,8 +549,9 @@ class ShuffleMamba(BaseModule):
                                  f'set init_cfg.prefix to the backbone prefix of that '
                                  f'checkpoint (e.g. "backbone.") or remove it.')
         result = self.load_state_dict(state, strict=False)
-        new_modules = [k for k in result.missing_keys if k.startswith('pyramid.')]
-        missing = [k for k in result.missing_keys if not k.startswith('pyramid.')]
+        dense_only = self._dense_only_keys()
+        new_modules = [k for k in result.missing_keys if k.startswith(dense_only)]
+        missing = [k for k in result.missing_keys if not k.startswith(dense_only)]
         report = dict(checkpoint=checkpoint,
                       loaded=len(self.state_dict()) - len(result.missing_keys),
                       dropped=self.load_report['dropped'],
@@ -556,13 +562,18 @@ class ShuffleMamba(BaseModule):
             f"missing keys: {missing or 'none'}; unexpected keys: "
             f"{report['unexpected'] or 'none'}; dropped on purpose: "
             f"{report['dropped'] or 'none'}; resized: {report['resized'] or 'none'}; "
-            f"not in the checkpoint (new dense-prediction "
-            f"pyramid): {len(new_modules)} tensors", logger='current')
+            f"not in the checkpoint (new dense-prediction modules "
+            f"{', '.join(dense_only)}): {len(new_modules)} tensors", logger='current')
         if missing or report['unexpected']:
             raise ValueError(f'Pretrained weights do not fit this backbone: missing '
                              f'{missing}, unexpected {report["unexpected"]}. Check arch, '
                              f'token layout (cls_token/num_registers) and init_cfg.prefix.')
         return report
+
+    def _dense_only_keys(self) -> Tuple[str, ...]:
+        """Key prefixes of modules that classification checkpoints do not hold: missing
+        from such a checkpoint, they keep their initialisation (and are reported)."""
+        return ('pyramid.', )
 
     # ---------------------------------------------------------------------- forward
     def _layout(self, num_patches: int) -> TokenLayout:

@@ -1,0 +1,22 @@
+# The adapter detector on the generated toy COCO-layout data (make_toy_data.py coco
+# data/toy_coco): the toy Mask R-CNN recipe (./mask-rcnn_shufflemamba-toy_fpn_1x_toycoco.py:
+# data, heads, AdamW lr 1e-3, warm-up then cosine) with the backbone swapped for a
+# 4-block ShuffleMambaAdapter, one block per interaction group. GN in the spatial prior
+# module and on the levels (one process, batch 4: SyncBN has nothing to sync).
+_base_ = './mask-rcnn_shufflemamba-toy_fpn_1x_toycoco.py'
+
+embed_dims = 64
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmshufflemamba.ShuffleMambaAdapter',
+        arch=dict(embed_dims=embed_dims, num_layers=4),
+        img_size=128,
+        mixer_cfg=dict(d_state=8),
+        conv_inplane=16,
+        n_points=4,
+        deform_num_heads=4,
+        deform_ratio=0.5,
+        interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]],
+        adapter_norm='GN'),
+    neck=dict(in_channels=[embed_dims] * 4))
