@@ -48,16 +48,18 @@ def small_adapter(**kwargs) -> ShuffleMambaAdapter:
     return ShuffleMambaAdapter(**args)
 
 
-def upstream_state_keys(depth: int, levels_with_extra: int = 3) -> List[str]:
+def upstream_state_keys(depth: int, levels_with_extra: int = 3,
+                        rms_norm: bool = False) -> List[str]:
     """Parameter and buffer names of upstream's ``Mamba_Adapter`` (BN buffers included),
-    from its module structure; block keys as in the plain backbone."""
+    from its module structure; block keys as in the plain backbone (``rms_norm``: the
+    blocks' norms have no bias)."""
     keys = ['patch_embed.proj.weight', 'patch_embed.proj.bias', 'pos_embed', 'level_embed']
     mixer = ['in_proj.weight', 'conv1d.weight', 'conv1d.bias', 'conv1d_b.weight',
              'conv1d_b.bias', 'x_proj.weight', 'x_proj_b.weight', 'dt_proj.weight',
              'dt_proj.bias', 'dt_proj_b.weight', 'dt_proj_b.bias', 'A_log', 'A_b_log', 'D',
              'D_b', 'out_proj.weight']
     for i in range(depth):
-        keys += [f'layers.{i}.norm.weight', f'layers.{i}.norm.bias']
+        keys += [f'layers.{i}.norm.weight'] + ([] if rms_norm else [f'layers.{i}.norm.bias'])
         keys += [f'layers.{i}.mixer.{k}' for k in mixer]
     bn = ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked']
     for conv, norm in [('stem.0', 'stem.1'), ('stem.3', 'stem.4'), ('stem.6', 'stem.7'),
@@ -571,10 +573,11 @@ def test_toy_adapter_upernet_learns_and_its_checkpoint_is_upstreams_layout(tmp_p
     print(f"untrained mIoU {before['mIoU']:.2f}, trained {after['mIoU']:.2f}")
     assert after['mIoU'] > 50.0 and after['mIoU'] > before['mIoU'] + 30.0, (before, after)
 
-    # the backbone's keys are upstream's MM_VSSM_ADT keys (BN here, as upstream's SyncBN)
+    # the backbone's keys are upstream's MM_VSSM_ADT keys (BN here, as upstream's SyncBN;
+    # the toy's blocks are RMSNorm, upstream's rms_norm=True)
     state = torch.load(trained, map_location='cpu', weights_only=True)['state_dict']
     backbone = sorted(k[len('backbone.'):] for k in state if k.startswith('backbone.'))
-    assert backbone == sorted(upstream_state_keys(DEPTH))
+    assert backbone == sorted(upstream_state_keys(DEPTH, rms_norm=True))
     # a dense checkpoint without the adapter's modules (e.g. upstream's plain MM_VSSM) is
     # refused, and the message names what is missing
     plain = str(tmp_path / 'no_adapter.pth')
