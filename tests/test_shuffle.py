@@ -42,14 +42,40 @@ def test_no_shuffle_is_bit_identical_to_plain_vim(rate, training):
     assert torch.equal(out, plain_forward(model, x))
 
 
-def test_empirical_frequency_matches_probability():
-    depth, rate, trials = 6, 0.8, 4000
-    shuffle = LayerwiseShuffle(depth, rate).train()
-    torch.manual_seed(0)
-    for layer, p in enumerate(shuffle_probabilities(depth, rate)):
-        hits = sum(shuffle.sample_permutation(layer, 10) is not None for _ in range(trials))
+def test_plan_draws_each_layer_with_its_probability_and_uniform_permutations():
+    """The draws the model makes (``plan``), checked statistically: per-layer frequency
+    against ``p_i``, layers independent, each permutation uniform over ``L!``."""
+    depth, rate, tokens, trials = 6, 0.8, 3, 6000
+    probs = shuffle_probabilities(depth, rate)
+    shuffle = LayerwiseShuffle(depth, rate, generator=torch.Generator().manual_seed(0)).train()
+    plans = [shuffle.plan(tokens) for _ in range(trials)]
+    hits = torch.tensor([[perm is not None for perm in plan] for plan in plans],
+                        dtype=torch.float64)
+    for layer, p in enumerate(probs):
         tolerance = 4.5 * math.sqrt(p * (1 - p) / trials) + 1e-9
-        assert abs(hits / trials - p) <= tolerance, (layer, hits / trials, p)
+        assert abs(hits[:, layer].mean().item() - p) <= tolerance, (layer, p)
+    # independent layers: the last two are shuffled together with probability p4 * p5
+    both = probs[4] * probs[5]
+    assert abs((hits[:, 4] * hits[:, 5]).mean().item() - both) <= 4.5 * math.sqrt(
+        both * (1 - both) / trials)
+    # every shuffled layer's permutation is one of the 3! = 6 orders, each equally likely
+    # (chi-square, 5 degrees of freedom: 25 is beyond its 99.99th percentile)
+    perms = [tuple(perm.tolist()) for plan in plans for perm in plan if perm is not None]
+    assert all(sorted(p) == list(range(tokens)) for p in perms)
+    counts = torch.tensor([perms.count(p) for p in set(perms)], dtype=torch.float64)
+    assert len(counts) == math.factorial(tokens)
+    expected = len(perms) / len(counts)
+    assert ((counts - expected) ** 2 / expected).sum().item() < 25.0, counts
+
+
+def test_plan_draws_nothing_in_eval_or_at_rate_zero():
+    shuffle = LayerwiseShuffle(4, 0.9).eval()
+    rng = torch.get_rng_state()
+    assert shuffle.plan(5) == [None] * 4
+    assert LayerwiseShuffle(4, 0.0).train().plan(5) == [None] * 4
+    assert torch.equal(torch.get_rng_state(), rng)
+    # the first layer is never shuffled, whatever the rate
+    assert all(LayerwiseShuffle(4, 1.0).train().plan(5)[0] is None for _ in range(50))
 
 
 class Spy(nn.Module):

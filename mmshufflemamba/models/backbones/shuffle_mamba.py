@@ -200,7 +200,7 @@ class ShuffleMamba(BaseModule):
         self.pos_drop = nn.Dropout(drop_rate)
 
         self.shuffle = LayerwiseShuffle(self.num_layers, shuffle_rate)
-        dpr = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
+        dpr = torch.linspace(0, drop_path_rate, self.num_layers, device="cpu").tolist()
         self.layers = nn.ModuleList([
             MambaBlock(
                 C,

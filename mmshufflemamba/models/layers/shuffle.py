@@ -59,18 +59,6 @@ class LayerwiseShuffle(nn.Module):
         self.probs = shuffle_probabilities(num_layers, shuffle_rate)
         self.generator = generator
 
-    def sample_permutation(self, layer: int, num_tokens: int) -> Optional[Tensor]:
-        """The permutation for ``layer`` in this forward, or None (not shuffled).
-
-        Draws nothing in eval mode or where ``p_layer`` is 0.
-        """
-        p = self.probs[layer]
-        if not self.training or p == 0.0:
-            return None
-        if torch.rand((), generator=self.generator).item() >= p:
-            return None
-        return torch.randperm(num_tokens, generator=self.generator)
-
     def plan(self, num_tokens: int) -> List[Optional[Tensor]]:
         """Every layer's permutation for one forward (None: not shuffled), drawn at once:
         one Bernoulli draw per layer, then one permutation per shuffled layer.
