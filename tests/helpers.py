@@ -79,3 +79,20 @@ def save_untrained_checkpoints(*config_and_path: str) -> None:
     if not config_and_path or len(config_and_path) % 2:
         raise ValueError('expected pairs of config and checkpoint path')
     run_tool('-c', _SAVE_UNTRAINED, *config_and_path)
+
+
+def token_positions(layout):
+    """Where ``layout`` puts each token, read through its own ``arrange``/``patches``/
+    ``registers`` on index tensors: (sequence index of every patch in raster order,
+    sequence index of every register, source index of every sequence slot into
+    ``cat([patches, extra])``, or None for patches alone)."""
+    import torch
+    seq = torch.arange(layout.num_tokens)[None, :, None]
+    patch_index = layout.patches(seq)[0, :, 0]
+    register_index = layout.registers(seq)[0, :, 0] if layout.num_registers else None
+    order = None
+    if layout.cls_index is not None or layout.num_registers:
+        M = layout.num_patches
+        src = torch.arange(M + max(layout.num_registers, 1))[None, :, None]
+        order = layout.arrange(src[:, :M], src[:, M:])[0, :, 0]
+    return patch_index, register_index, order

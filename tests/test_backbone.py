@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from helpers import token_positions
+
 from mmshufflemamba.models import BiMambaMixer, ShuffleMamba
 
 TINY = dict(arch=dict(embed_dims=32, num_layers=4), img_size=32, patch_size=8,
@@ -113,13 +115,14 @@ def test_output_shapes(cls_token, num_registers, size):
 def test_token_layout_positions():
     model = ShuffleMamba(**TINY, cls_token='middle', out_type='raw').eval()
     layout = model._layout(16)
-    assert layout.cls_index == 8 and layout.patch_index.tolist() == list(range(8)) + list(
-        range(9, 17))
+    assert layout.cls_index == 8 and token_positions(layout)[0].tolist() == list(
+        range(8)) + list(range(9, 17))
     # Mamba-Reg: blocks of 16 // 5 = 3 patches, each followed by a register, then the rest
     regs = ShuffleMamba(**TINY, cls_token=None, num_registers=4, out_type='raw')._layout(16)
-    assert regs.register_index.tolist() == [3, 7, 11, 15]
-    assert regs.order.tolist() == [0, 1, 2, 16, 3, 4, 5, 17, 6, 7, 8, 18, 9, 10, 11, 19,
-                                   12, 13, 14, 15]
+    _, register_index, order = token_positions(regs)
+    assert register_index.tolist() == [3, 7, 11, 15]
+    assert order.tolist() == [0, 1, 2, 16, 3, 4, 5, 17, 6, 7, 8, 18, 9, 10, 11, 19,
+                              12, 13, 14, 15]
     # featmap returns the patch tokens in raster order, whatever the layout
     x = torch.randn(1, 3, 32, 32)
     for kwargs in (dict(cls_token='middle'), dict(cls_token=None, num_registers=3)):
@@ -128,7 +131,7 @@ def test_token_layout_positions():
         fmap_model.load_state_dict(raw_model.state_dict())
         raw = raw_model(x)[0]
         fmap = fmap_model(x)[0]
-        patches = raw[:, raw_model._layout(16).patch_index]
+        patches = raw[:, token_positions(raw_model._layout(16))[0]]
         torch.testing.assert_close(fmap.flatten(2).transpose(1, 2), patches)
 
 

@@ -71,26 +71,6 @@ class TokenLayout:
         self.block = num_patches // (num_registers + 1)
         self.num_tokens = num_patches + num_registers + (self.cls_index is not None)
 
-    @property
-    def register_index(self) -> Tensor:
-        """``(k,)`` indices of the registers, register-major: ``(j + 1)(L + 1) - 1``."""
-        return torch.arange(self.num_registers) * (self.block + 1) + self.block
-
-    @property
-    def order(self) -> Optional[Tensor]:
-        """``(T,)`` indices into ``cat([patches, extra])``, or None (patches alone)."""
-        if self.cls_index is None and not self.num_registers:
-            return None
-        M = self.num_patches
-        index = torch.arange(M + max(self.num_registers, 1))[None, :, None]
-        return self.arrange(index[:, :M], index[:, M:])[0, :, 0]
-
-    @property
-    def patch_index(self) -> Tensor:
-        """``(M,)`` indices of the patches in the sequence, in raster order."""
-        index = torch.arange(self.num_tokens)[None, :, None]
-        return self.patches(index)[0, :, 0]
-
     def arrange(self, patches: Tensor, extra: Optional[Tensor]) -> Tensor:
         """``(B, M, C)`` patches and ``(B, n, C)`` extra tokens (the class token or the
         registers) -> the ``(B, T, C)`` sequence."""
