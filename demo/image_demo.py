@@ -89,7 +89,7 @@ def main() -> None:
         image = osp.join(tmp, osp.splitext(osp.basename(args.img))[0] + '.png')
         mmcv.imwrite(rgb[..., ::-1], image)
         with warnings.catch_warnings():
-            if meta is not None:  # we set the classes below; no "using COCO classes"
+            if meta is not None:  # infer sets these classes; no "using COCO classes"
                 warnings.filterwarnings('ignore', 'dataset_meta or class names')
             drawn, summary = codebase.infer(cfg, args.checkpoint, image, device, meta, args)
     for line in summary:
