@@ -14,12 +14,13 @@ purpose). Prints the metrics as a last line ``metrics: {...}``.
 """
 import argparse
 import os
+import sys
 
 from mmengine.config import DictAction
 
-from mmshufflemamba.utils import (CheckpointMismatchError, add_result_dump,
-                                  apply_test_options, build_runner, check_checkpoint_file,
-                                  check_data_paths, finish_distributed, prepare_config)
+from mmshufflemamba.apis import (CODEBASES, InputError, add_result_dump,
+                                 apply_test_options, build_runner, check_checkpoint_file,
+                                 check_data_paths, finish_distributed, prepare_config)
 
 
 def parse_args() -> argparse.Namespace:
@@ -27,8 +28,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='where the evaluation logs go')
-    parser.add_argument('--out', help='mmseg: directory for the predicted label maps; '
-                        'mmdet/mmpretrain: .pkl file for the predictions')
+    parser.add_argument('--out', help='; '.join(f'{c.scope}: {c.out}'
+                                                for c in CODEBASES.values()))
     parser.add_argument('--out-item', choices=['metrics', 'pred'],
                         help='mmpretrain: write the metrics or the predictions (default) '
                         'to --out')
@@ -68,11 +69,8 @@ def main() -> None:
     apply_test_options(cfg, show=args.show, show_dir=args.show_dir, wait_time=args.wait_time,
                        interval=args.interval, tta=args.tta, out=args.out)
     runner = build_runner(cfg)
-    add_result_dump(runner, cfg.get('default_scope'), args.out, args.out_item)
-    try:
-        metrics = runner.test()
-    except CheckpointMismatchError as err:
-        raise SystemExit(str(err)) from None
+    add_result_dump(runner, args.out, args.out_item)
+    metrics = runner.test()
     finish_distributed()
     if args.out and args.out_item == 'metrics':
         import mmengine
@@ -81,4 +79,7 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except InputError as err:  # the message says what is wrong and how to fix it
+        sys.exit(str(err))

@@ -17,12 +17,12 @@ a multi-process run trains SyncBN layers as BatchNorm (with a warning).
 """
 import argparse
 import os
+import sys
 
 from mmengine.config import DictAction
 
-from mmshufflemamba.utils import (CheckpointMismatchError, build_runner,
-                                  check_checkpoint_file, check_data_paths, finish_distributed,
-                                  prepare_config)
+from mmshufflemamba.apis import (InputError, build_runner, check_checkpoint_file,
+                                 check_data_paths, finish_distributed, prepare_config)
 
 
 def parse_args() -> argparse.Namespace:
@@ -68,7 +68,7 @@ def enable_amp(cfg) -> None:
     if wrapper in ('AmpOptimWrapper', 'mmshufflemamba.AutocastOptimWrapper'):
         return
     if wrapper != 'OptimWrapper':
-        raise SystemExit(f'--amp needs optim_wrapper.type OptimWrapper; the config uses '
+        raise InputError(f'--amp needs optim_wrapper.type OptimWrapper; the config uses '
                          f'{wrapper}.')
     if torch.cuda.is_available():
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
@@ -83,7 +83,7 @@ def enable_auto_scale_lr(cfg) -> None:
     is written for."""
     auto_scale_lr = cfg.get('auto_scale_lr') or {}
     if auto_scale_lr.get('base_batch_size') is None:
-        raise SystemExit(
+        raise InputError(
             f'--auto-scale-lr: the config {cfg.filename} has no auto_scale_lr.base_batch_size '
             f'(the total batch, GPUs x train_dataloader.batch_size, its lr is written for). '
             f'Add auto_scale_lr = dict(enable=False, base_batch_size=N) to it, or pass '
@@ -131,12 +131,12 @@ def main() -> None:
         cfg.load_partial = True
     check_data_paths(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg')
                                                    is not None else []))
-    try:
-        build_runner(cfg).train()
-    except CheckpointMismatchError as err:
-        raise SystemExit(str(err)) from None
+    build_runner(cfg).train()
     finish_distributed()
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except InputError as err:  # the message says what is wrong and how to fix it
+        sys.exit(str(err))

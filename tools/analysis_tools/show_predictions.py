@@ -17,13 +17,15 @@ the labels stay readable.
 import argparse
 import math
 import os.path as osp
+import sys
 from typing import List
 
 import numpy as np
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
-from mmshufflemamba.utils import check_checkpoint_file, check_data_paths
+from mmshufflemamba.apis import (CODEBASES, Codebase, InputError, check_checkpoint_file,
+                                 check_data_paths, prepare_config)
 
 GAP = 6  # white pixels between panels and rows
 HEADER = 30
@@ -53,10 +55,10 @@ def pick_indices(size: int, num: int, indices: List[int] = None) -> List[int]:
     if indices:
         bad = [i for i in indices if not 0 <= i < size]
         if bad:
-            raise SystemExit(f'--indices {bad} are outside the test set (0..{size - 1}).')
+            raise InputError(f'--indices {bad} are outside the test set (0..{size - 1}).')
         return indices
     if num < 1:
-        raise SystemExit(f'--num must be at least 1; got {num}.')
+        raise InputError(f'--num must be at least 1; got {num}.')
     return sorted({int(round(i)) for i in np.linspace(0, size - 1, min(num, size))})
 
 
@@ -91,7 +93,7 @@ def enlarge_det(sample, scale: int, shape):
                 masks = torch.from_numpy(masks.to_ndarray())
             masks = masks.bool()
             if tuple(masks.shape[-2:]) != tuple(shape):
-                raise SystemExit(f'{key} masks are {tuple(masks.shape[-2:])}, the image '
+                raise InputError(f'{key} masks are {tuple(masks.shape[-2:])}, the image '
                                  f'{tuple(shape)}: load annotations after Resize in the '
                                  'test pipeline, as OpenMMLab configs do.')
             scaled.masks = masks.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
@@ -101,32 +103,24 @@ def enlarge_det(sample, scale: int, shape):
 
 def main() -> None:
     args = parse_args()
-    if not osp.isfile(args.config):
-        raise SystemExit(f'config {args.config}: no such file.')
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    scope = cfg.get('default_scope')
-    if scope not in ('mmseg', 'mmdet'):
-        raise SystemExit(f'{args.config} has default_scope {scope!r}; this tool draws '
-                         "mmseg and mmdet predictions. For a classifier's prediction on "
-                         'an image use demo/image_demo.py IMAGE CONFIG CHECKPOINT.')
+    cfg = prepare_config(args.config, cfg_options=args.cfg_options)
+    codebase = CODEBASES.get(cfg.get('default_scope'))
+    if codebase is None or codebase.init_model is None:
+        raise InputError(f"{args.config} has default_scope {cfg.get('default_scope')!r}; "
+                         "this tool draws mmseg and mmdet predictions. For a classifier's "
+                         'prediction on an image use demo/image_demo.py IMAGE CONFIG '
+                         'CHECKPOINT.')
     check_checkpoint_file(args.checkpoint)
     check_data_paths(cfg, ['test_dataloader'])
 
     import mmcv
     from mmengine.dataset import pseudo_collate
     from mmengine.registry import DATASETS, VISUALIZERS, init_default_scope
-    if scope == 'mmseg':
-        from mmseg.apis import init_model
-        model = init_model(cfg, args.checkpoint, device=args.device)
-    else:
-        from mmdet.apis import init_detector
-        model = init_detector(cfg, args.checkpoint, device=args.device)
-    init_default_scope(scope)
+    model = Codebase.load(codebase.init_model)(cfg, args.checkpoint, device=args.device)
+    init_default_scope(codebase.scope)
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
     if len(dataset) == 0:
-        raise SystemExit(f'the test set of {args.config} is empty.')
+        raise InputError(f'the test set of {args.config} is empty.')
     vis_cfg = dict(cfg.visualizer, name='show_predictions', vis_backends=None)
     visualizer = VISUALIZERS.build(vis_cfg)
     visualizer.dataset_meta = dict(classes=dataset.metainfo['classes'],
@@ -142,7 +136,7 @@ def main() -> None:
         scale = args.scale or max(1, math.ceil(256 / min(shape)))
         big = np.ascontiguousarray(image.repeat(scale, 0).repeat(scale, 1))
         name = osp.basename(sample.img_path)
-        if scope == 'mmseg':
+        if codebase.task == 'segmentation':
             drawn = enlarge_seg(sample, scale, shape)
             panels = []
             for gt in (True, False):
@@ -186,4 +180,7 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except InputError as err:  # the message says what is wrong and how to fix it
+        sys.exit(str(err))

@@ -11,6 +11,7 @@ import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from mmshufflemamba.apis.codebases import padding_hint
 from mmshufflemamba.registry import MODELS
 from ..layers import LayerwiseShuffle, MambaBlock, SimplePyramid, build_norm
 from ..layers.block import DropPath
@@ -294,31 +295,12 @@ class ShuffleMamba(BaseModule):
             return
         if s == p:
             raise ValueError(f'{what} side {side} is not a multiple of the patch size {p}. '
-                             f'{self._size_fix_hint()}')
+                             f'{padding_hint(p)}')
         below = p + max(side - p, 0) // s * s
         raise ValueError(
             f'{what} side {side} does not fit patch size {p} with stride {s}: sides must be '
             f'{p} + {s} * k (e.g. {below} or {below + s}) so that the patches cover the '
             f'image exactly. Resize or pad the input.')
-
-    def _size_fix_hint(self, multiple: Optional[int] = None) -> str:
-        """How to make input sides multiples of the patch size (or ``multiple``), in the
-        codebase in use."""
-        from mmengine.registry import DefaultScope
-        scope = DefaultScope.get_current_instance()
-        scope = scope.scope_name if scope is not None else None
-        p = multiple or self.patch_size
-        if scope == 'mmseg':
-            return (f"Pad in the data preprocessor: data_preprocessor=dict(test_cfg=dict("
-                    f"size_divisor={p})) for testing (model.data_preprocessor), and "
-                    f"size=crop_size for training, as mmseg's SegDataPreProcessor does.")
-        if scope == 'mmdet':
-            return (f'Set the DetDataPreProcessor\'s pad_size_divisor to a multiple of {p} '
-                    f'(the COCO configs use 32).')
-        if scope == 'mmpretrain':
-            return (f'Resize or crop to a multiple of {p} in the pipeline (ImageNet configs: '
-                    f'ResizeEdge then CenterCrop to 224).')
-        return f'Resize or pad the input to a multiple of {p}.'
 
     @staticmethod
     def _num_patches(resolution: Tuple[int, int]) -> int:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmshufflemamba.apis.codebases import padding_hint
 from mmshufflemamba.registry import MODELS
 from ..layers.adapter import InteractionBlock, SpatialPriorModule, deform_inputs
 from ..layers.pyramid import build_norm2d
@@ -158,7 +159,7 @@ class ShuffleMambaAdapter(ShuffleMamba):
             if side % 32:
                 raise ValueError(f'Input side {side} is not a multiple of 32, which the '
                                  f'adapter\'s stride-32 level needs. '
-                                 f'{self._size_fix_hint(32)}')
+                                 f'{padding_hint(32)}')
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Images ``(B, 3, H, W)``, sides multiples of 32 -> maps ``(B, C, H/s, W/s)``

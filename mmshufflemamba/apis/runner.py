@@ -1,5 +1,5 @@
-"""What tools/train.py and tools/test.py share: config set-up and building the runner."""
-import copy
+"""What tools/train.py and tools/test.py share: config set-up, input checks and building the
+runner. Problems are :class:`InputError`, never an exit."""
 import datetime
 import logging
 import os
@@ -10,14 +10,16 @@ from typing import Optional
 
 import torch
 
+from .codebases import nested_datasets
+from .errors import InputError
+
 __all__ = [
     'prepare_config', 'build_runner', 'init_cpu_distributed', 'finish_distributed',
-    'check_data_paths', 'check_checkpoint_file', 'CheckpointMismatchError',
-    'apply_test_options', 'add_result_dump', 'ToolRunnerMixin'
+    'check_data_paths', 'check_checkpoint_file', 'CheckpointMismatchError', 'ToolRunnerMixin'
 ]
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(InputError, RuntimeError):
     """A checkpoint whose keys or shapes do not fit the model (``load_from``, tools)."""
 
 
@@ -108,7 +110,7 @@ def prepare_config(config: str, launcher: str = 'none', cfg_options: Optional[di
     """Load a config, apply ``--cfg-options``, and settle ``launcher`` and ``work_dir``."""
     from mmengine.config import Config
     if not osp.isfile(config):
-        raise SystemExit(f'config {config}: no such file.')
+        raise InputError(f'config {config}: no such file.')
     cfg = Config.fromfile(config)
     cfg.launcher = launcher
     if cfg_options:
@@ -189,91 +191,9 @@ def build_runner(cfg):
     init_cpu_distributed(cfg)
     base = Runner if 'runner_type' not in cfg else RUNNERS.get(cfg.runner_type)
     if base is None:
-        raise SystemExit(f'runner_type {cfg.runner_type!r} is not registered.')
+        raise InputError(f'runner_type {cfg.runner_type!r} is not registered.')
     runner_cls = type(base.__name__, (ToolRunnerMixin, base), {})
     return runner_cls.from_cfg(cfg)
-
-
-def apply_test_options(cfg, show: bool = False, show_dir: Optional[str] = None,
-                       wait_time: float = 2.0, interval: int = 1, tta: bool = False,
-                       out: Optional[str] = None) -> None:
-    """``--show``/``--show-dir``/``--interval``/``--tta``/``--out`` with the meaning each
-    codebase's own ``tools/test.py`` gives them (the codebase is the config's scope).
-
-    Visualisation draws every ``interval``-th test image (default 1: every one, as
-    mmpretrain; mmseg/mmdet's hooks default to every 50th). ``--tta`` uses the config's
-    ``tta_model``/``tta_pipeline``, or a flip TTA where the codebase defines a default
-    (mmdet, mmpretrain). ``--out``: mmseg writes the predicted label maps to that
-    directory; mmdet/mmpretrain dump predictions to a pickle (see :func:`add_result_dump`).
-    """
-    scope = cfg.get('default_scope')
-    if tta and (show or show_dir) and scope == 'mmpretrain':
-        raise SystemExit("--tta with --show/--show-dir: mmpretrain's VisualizationHook "
-                         'cannot draw test-time-augmented batches; run the two apart.')
-    if show or show_dir:
-        hook = cfg.get('default_hooks', {}).get('visualization')
-        if hook is None:
-            raise SystemExit('--show/--show-dir need a visualization hook in '
-                             'default_hooks (the codebases\' default_runtime has one).')
-        hook.interval = interval
-        if scope == 'mmpretrain':
-            hook.update(enable=True, show=show, wait_time=wait_time, out_dir=show_dir)
-        else:
-            hook.update(draw=True, show=show, wait_time=wait_time)
-            if show_dir and scope == 'mmdet':
-                hook.test_out_dir = osp.abspath(show_dir)
-            elif show_dir:  # mmseg: the visualizer's backends write under save_dir
-                cfg.visualizer.save_dir = osp.abspath(show_dir)
-    if tta:
-        _apply_tta(cfg, scope)
-    if out and scope == 'mmseg':
-        cfg.test_evaluator['output_dir'] = out
-        cfg.test_evaluator['keep_results'] = True
-    elif out and scope == 'mmdet' and not out.endswith(('.pkl', '.pickle')):
-        raise SystemExit(f'--out {out}: mmdet dumps predictions to a .pkl file.')
-
-
-def _apply_tta(cfg, scope: Optional[str]) -> None:
-    from mmengine.config import ConfigDict
-    if scope == 'mmdet' and cfg.model.get('roi_head', {}).get('mask_head'):
-        raise SystemExit("--tta: mmdet's test-time augmentation (DetTTAModel) does not "
-                         'support instance segmentation, so it cannot run Mask R-CNN; '
-                         'test without --tta.')
-    dataset = cfg.test_dataloader.dataset
-    while 'dataset' in dataset:  # wrappers
-        dataset = dataset.dataset
-    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-        if scope == 'mmseg':
-            raise SystemExit('--tta needs tta_model and tta_pipeline in the config '
-                             "(mmseg's _base_/datasets and default_runtime define them).")
-        pack = dataset.pipeline[-1]
-        if scope == 'mmdet':
-            pack = dict(type='PackDetInputs', meta_keys=(
-                'img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
-                'flip_direction'))
-        cfg.setdefault('tta_model', dict(type='DetTTAModel', tta_cfg=dict(
-            nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
-            if scope == 'mmdet' else dict(type='mmpretrain.AverageClsScoreTTA'))
-        tta_pipeline = copy.deepcopy(list(dataset.pipeline))
-        tta_pipeline[-1] = dict(type='TestTimeAug', transforms=[
-            [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)], [pack]])
-        cfg.setdefault('tta_pipeline', tta_pipeline)
-    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
-    dataset.pipeline = cfg.tta_pipeline
-
-
-def add_result_dump(runner, scope: Optional[str], out: Optional[str],
-                    out_item: Optional[str] = None) -> None:
-    """``--out`` for mmdet (DumpDetResults) and mmpretrain (DumpResults, unless
-    ``--out-item metrics``, which tools/test.py writes itself)."""
-    if not out or scope == 'mmseg':
-        return
-    if scope == 'mmdet':
-        from mmdet.evaluation import DumpDetResults
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=out))
-    elif out_item != 'metrics':
-        from mmengine.evaluator import DumpResults
-        runner.test_evaluator.metrics.append(DumpResults(out_file_path=out))
 
 
 def finish_distributed() -> None:
@@ -292,27 +212,26 @@ def finish_distributed() -> None:
 
 
 def check_data_paths(cfg, loaders=('train_dataloader', 'val_dataloader', 'test_dataloader')):
-    """Stop with a clear message when a dataset's ``data_root`` does not exist."""
+    """An :class:`InputError` when a dataset's ``data_root`` does not exist."""
     for name in loaders:
-        dataset = (cfg.get(name) or {}).get('dataset')
-        path = f'{name}.dataset'
-        while dataset:  # wrappers (RepeatDataset, ...) nest the real dataset
+        datasets = nested_datasets((cfg.get(name) or {}).get('dataset'))
+        for depth, dataset in enumerate(datasets):
+            path = name + '.dataset' * (depth + 1)
             root = dataset.get('data_root')
             if root and not osp.isdir(root):
-                raise SystemExit(
+                raise InputError(
                     f"{path}.data_root '{root}' does not exist. Point it at the dataset "
                     f"(e.g. --cfg-options {path}.data_root=PATH), or for the toy configs "
                     f'generate it: python tools/dataset_converters/make_toy_data.py '
                     f'{{cls,ade,coco}} {root}')
-            dataset, path = dataset.get('dataset'), path + '.dataset'
 
 
 def check_checkpoint_file(path: str) -> None:
-    """Stop with a clear message for a missing, truncated or corrupt checkpoint file."""
+    """An :class:`InputError` for a missing, truncated or corrupt checkpoint file."""
     if not osp.isfile(path):
-        raise SystemExit(f'checkpoint {path}: no such file.')
+        raise InputError(f'checkpoint {path}: no such file.')
     if not zipfile.is_zipfile(path):
-        raise SystemExit(
+        raise InputError(
             f'checkpoint {path} is not a readable torch checkpoint (truncated or corrupt, '
             f'e.g. written by a run that was interrupted while saving it). Use an earlier '
             f'checkpoint of the same run (--resume PATH) or fetch the file again.')
