@@ -19,6 +19,7 @@ from mmshufflemamba.models import BiMambaMixer
 from mmshufflemamba.ops import BACKEND_ENV, scan_backend, selective_scan_reference
 
 scan_module = importlib.import_module('mmshufflemamba.ops.selective_scan')  # not the function
+mamba_ssm_scan = importlib.import_module('mmshufflemamba.ops.mamba_ssm_scan')
 
 
 class MambaSsmStandIn:
@@ -68,7 +69,7 @@ class MambaSsmStandIn:
 @pytest.fixture
 def stand_in(monkeypatch):
     fake = MambaSsmStandIn()
-    monkeypatch.setattr(scan_module, '_mamba_ssm_scan', lambda: fake)
+    monkeypatch.setattr(mamba_ssm_scan, 'load_mamba_ssm_scan', lambda: fake)
     return fake
 
 
@@ -130,7 +131,8 @@ def test_cuda_order_mamba_ssm_then_triton_then_torch(monkeypatch, mamba, triton,
                                                       expected):
     import mmshufflemamba.ops.triton_scan as triton_scan
     monkeypatch.delenv(BACKEND_ENV, raising=False)
-    monkeypatch.setattr(scan_module, '_mamba_ssm_scan', lambda: (object() if mamba else None))
+    monkeypatch.setattr(mamba_ssm_scan, 'load_mamba_ssm_scan',
+                        lambda: (object() if mamba else None))
     monkeypatch.setattr(triton_scan, 'triton_available', lambda: triton)
     assert scan_backend(fake_cuda(dtype)) == expected
 
@@ -147,7 +149,7 @@ def test_slow_cuda_fallback_warns_once_and_names_the_fix(monkeypatch):
 
 def test_forced_backends_refuse_what_they_cannot_run(monkeypatch):
     u = torch.zeros(1, 2, 3)
-    monkeypatch.setattr(scan_module, '_mamba_ssm_scan', lambda: None)
+    monkeypatch.setattr(mamba_ssm_scan, 'load_mamba_ssm_scan', lambda: None)
     monkeypatch.setenv(BACKEND_ENV, 'mamba_ssm')
     with pytest.raises(RuntimeError, match='mamba_ssm does not import'):
         scan_backend(u)
