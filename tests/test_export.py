@@ -2,6 +2,7 @@
 scan); the exportable scan equals the definition; tools/deployment/export_onnx.py writes an
 ONNX model with dynamic sizes that onnxruntime runs as PyTorch does, and fails loudly when
 a part of the model was exported for one size only."""
+import os
 import re
 
 import pytest
@@ -89,7 +90,8 @@ def test_export_tool_names_the_extra_when_onnx_is_missing(tmp_path):
     blocker.write_text('import sys\n'  # as if not installed: import fails, find_spec is None
                        'sys.modules.update(onnx=None, onnxscript=None, onnxruntime=None)\n')
     proc = run_tool('tools/deployment/export_onnx.py', CLS, 'unused.pth', check=False,
-                    env=dict(PYTHONPATH=str(tmp_path)))
+                    env=dict(PYTHONPATH=os.pathsep.join(
+                        filter(None, [str(tmp_path), os.environ.get('PYTHONPATH')]))))
     assert proc.returncode != 0, proc.stdout
     assert 'needs onnx, onnxscript, onnxruntime' in proc.stderr, proc.stderr
     assert 'pip install -e ".[export]"' in proc.stderr, proc.stderr

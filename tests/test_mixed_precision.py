@@ -42,8 +42,8 @@ def test_scan_state_stays_float32_under_autocast(monkeypatch, path):
     else:  # the unfused mixer with the PyTorch scan
         from mmshufflemamba.ops import BACKEND_ENV
         monkeypatch.setenv(BACKEND_ENV, 'torch')
-        scan_module = importlib.import_module('mmshufflemamba.ops.selective_scan')
-        core_cls = scan_module._SelectiveScanCore
+        torch_scan = importlib.import_module('mmshufflemamba.ops.torch_scan')
+        core_cls = torch_scan._SelectiveScanCore
         core = core_cls.forward
 
         def spy(ctx, delta, u, A, *rest):

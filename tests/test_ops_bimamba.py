@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from mmshufflemamba.models import BiMambaMixer
 from mmshufflemamba.ops import BACKEND_ENV, selective_scan_reference
 from mmshufflemamba.ops.bimamba import bimamba_inner
-from mmshufflemamba.ops.cpu_kernel import ENV_SWITCH, load_cpu_kernel
+from mmshufflemamba.ops.cpu_kernel import load_cpu_kernel
 
-if os.environ.get(ENV_SWITCH) == '0':
-    pytest.skip(f'{ENV_SWITCH}=0: the compiled kernels are switched off', allow_module_level=True)
+if os.environ.get(BACKEND_ENV, 'auto') not in ('auto', 'compiled'):
+    pytest.skip(f'{BACKEND_ENV}={os.environ[BACKEND_ENV]}: the compiled kernels are not in use',
+                allow_module_level=True)
 
 ORDER = ('conv_w_f', 'conv_b_f', 'conv_w_b', 'conv_b_b', 'xproj_w_f', 'xproj_w_b',
          'dtproj_w_f', 'dtproj_w_b', 'dt_bias_f', 'dt_bias_b', 'A_f', 'A_b', 'D_f', 'D_b')

@@ -8,12 +8,13 @@ import pytest
 import torch
 from test_ops_scan import assert_matches, make_inputs, sequential_scan
 
-from mmshufflemamba.ops import (selective_scan, selective_scan_cpu, selective_scan_reference,
-                                selective_scan_torch)
-from mmshufflemamba.ops.cpu_kernel import ENV_SWITCH, load_cpu_kernel
+from mmshufflemamba.ops import (BACKEND_ENV, selective_scan, selective_scan_cpu,
+                                selective_scan_reference, selective_scan_torch)
+from mmshufflemamba.ops.cpu_kernel import load_cpu_kernel
 
-if os.environ.get(ENV_SWITCH) == '0':
-    pytest.skip(f'{ENV_SWITCH}=0: the compiled scan is switched off', allow_module_level=True)
+if os.environ.get(BACKEND_ENV, 'auto') not in ('auto', 'compiled'):
+    pytest.skip(f'{BACKEND_ENV}={os.environ[BACKEND_ENV]}: the compiled scan is not in use',
+                allow_module_level=True)
 
 
 def test_kernel_is_built():
@@ -142,9 +143,10 @@ for m in messages:
 def test_falls_back_to_pytorch_scan(case, tmp_path):
     env = dict(os.environ, MMSHUFFLEMAMBA_BUILD_DIR=str(tmp_path / 'build'))
     if case == 'no_compiler':
+        env.pop(BACKEND_ENV, None)  # auto
         env['CXX'] = str(tmp_path / 'no-such-c++')
     else:
-        env['MMSHUFFLEMAMBA_COMPILED_SCAN'] = '0'
+        env[BACKEND_ENV] = 'torch'
     proc = subprocess.run([sys.executable, '-c', FALLBACK_SCRIPT], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

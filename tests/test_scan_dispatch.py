@@ -15,10 +15,11 @@ import warnings
 import pytest
 import torch
 
-from mmshufflemamba.models import BiMambaMixer
+from mmshufflemamba.models import BiMambaMixer, use_scan_backend
 from mmshufflemamba.ops import BACKEND_ENV, scan_backend, selective_scan_reference
 
 scan_module = importlib.import_module('mmshufflemamba.ops.selective_scan')  # not the function
+mamba_ssm_scan = importlib.import_module('mmshufflemamba.ops.mamba_ssm_scan')
 
 
 class MambaSsmStandIn:
@@ -68,7 +69,7 @@ class MambaSsmStandIn:
 @pytest.fixture
 def stand_in(monkeypatch):
     fake = MambaSsmStandIn()
-    monkeypatch.setattr(scan_module, '_mamba_ssm_scan', lambda: fake)
+    monkeypatch.setattr(mamba_ssm_scan, 'load_mamba_ssm_scan', lambda: fake)
     return fake
 
 
@@ -130,7 +131,8 @@ def test_cuda_order_mamba_ssm_then_triton_then_torch(monkeypatch, mamba, triton,
                                                       expected):
     import mmshufflemamba.ops.triton_scan as triton_scan
     monkeypatch.delenv(BACKEND_ENV, raising=False)
-    monkeypatch.setattr(scan_module, '_mamba_ssm_scan', lambda: (object() if mamba else None))
+    monkeypatch.setattr(mamba_ssm_scan, 'load_mamba_ssm_scan',
+                        lambda: (object() if mamba else None))
     monkeypatch.setattr(triton_scan, 'triton_available', lambda: triton)
     assert scan_backend(fake_cuda(dtype)) == expected
 
@@ -147,7 +149,7 @@ def test_slow_cuda_fallback_warns_once_and_names_the_fix(monkeypatch):
 
 def test_forced_backends_refuse_what_they_cannot_run(monkeypatch):
     u = torch.zeros(1, 2, 3)
-    monkeypatch.setattr(scan_module, '_mamba_ssm_scan', lambda: None)
+    monkeypatch.setattr(mamba_ssm_scan, 'load_mamba_ssm_scan', lambda: None)
     monkeypatch.setenv(BACKEND_ENV, 'mamba_ssm')
     with pytest.raises(RuntimeError, match='mamba_ssm does not import'):
         scan_backend(u)
@@ -159,6 +161,62 @@ def test_forced_backends_refuse_what_they_cannot_run(monkeypatch):
         scan_backend(u)
     monkeypatch.setenv(BACKEND_ENV, 'torch')
     assert scan_backend(u) == 'torch'
+
+
+def test_the_backend_is_chosen_once_per_mixer_forward(monkeypatch):
+    calls = []
+    choose = scan_module._choose
+    monkeypatch.setattr(scan_module, '_choose', lambda *args: calls.append(args) or choose(*args))
+    mixer, hidden = mixer_and_input()
+    for backend in ('auto', 'torch'):  # the fused path; two unfused scans
+        monkeypatch.setenv(BACKEND_ENV, backend)
+        calls.clear()
+        mixer(hidden)
+        assert len(calls) == 1, (backend, calls)
+
+
+def test_a_requested_backend_is_checked_like_the_environment(monkeypatch):
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    u = torch.zeros(1, 2, 3)
+    assert scan_backend(u, requested='exportable') == 'exportable'
+    assert scan_backend(u, return_last_state=True, requested='exportable') == 'exportable'
+    with pytest.raises(RuntimeError, match="'stand_in' cannot run this call: .*last state"):
+        scan_backend(u, return_last_state=True, requested='stand_in')
+    with pytest.raises(ValueError, match="'cuda' is not a selective-scan backend"):
+        scan_backend(u, requested='cuda')
+    monkeypatch.setenv(BACKEND_ENV, 'stand_in')  # computes no scan: never by the switch
+    with pytest.raises(ValueError, match='not a selective-scan backend; use auto'):
+        scan_backend(u)
+
+
+def test_use_scan_backend_sets_the_mixers_and_restores_them(monkeypatch):
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(BiMambaMixer(16, d_state=4), BiMambaMixer(16, d_state=4))
+    model[1].scan_backend = 'torch'
+    x = torch.randn(2, 7, 16)
+    with torch.no_grad():
+        expected = model(x)
+        with use_scan_backend(model, 'exportable') as same:
+            assert same is model and [m.scan_backend for m in model] == ['exportable'] * 2
+            assert not model[0].fused(x)
+            exported = model(x)
+    assert [m.scan_backend for m in model] == [None, 'torch']
+    torch.testing.assert_close(exported, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match='not a selective-scan backend'):
+        with use_scan_backend(model, 'cuda'):
+            pass
+    assert [m.scan_backend for m in model] == [None, 'torch']
+
+
+def test_only_the_stand_in_can_be_traced(monkeypatch):
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    mixer, hidden = mixer_and_input()
+    with pytest.raises(RuntimeError, match='TorchScript tracing'):
+        torch.jit.trace(mixer, (hidden.detach(), ))
+    with use_scan_backend(mixer, 'stand_in'):
+        traced = torch.jit.trace(mixer, (hidden.detach(), ))
+        assert traced(hidden.detach()).shape == hidden.shape
 
 
 def test_triton_branch_runs_the_mixer_under_the_interpreter(monkeypatch):

@@ -31,16 +31,14 @@ _CHUNK = 32  # steps per checkpoint (the kernel's kChunk)
 
 
 def fused_mixer_available(x: Tensor, d_state: int) -> bool:
-    """Whether :func:`bimamba_inner` can run for ``x`` here (CPU, the kernel built, a
-    compiled d_state, the scan backend ``compiled``)."""
-    return _fused_mixer_available(x.device.type, x.dtype, d_state)
+    """Whether :func:`bimamba_inner` can run for ``x`` here: CPU, the kernel built, a
+    compiled d_state. (The mixer runs it only where its scan backend is ``compiled``.)"""
+    return _fused_mixer_available(x.device.type, d_state)
 
 
 @torch.compiler.assume_constant_result
-def _fused_mixer_available(device: str, dtype: torch.dtype, d_state: int) -> bool:
-    from .selective_scan import _EXPORTABLE, backend_for
-    return not _EXPORTABLE[0] and device == 'cpu' and d_state in FUSED_STATE_SIZES and \
-        backend_for(device, dtype) == 'compiled' and load_cpu_kernel() is not None
+def _fused_mixer_available(device: str, d_state: int) -> bool:
+    return device == 'cpu' and d_state in FUSED_STATE_SIZES and load_cpu_kernel() is not None
 
 
 # The kernels run inside record_function ranges, so that torch.profiler (and

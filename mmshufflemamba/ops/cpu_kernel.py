@@ -10,8 +10,9 @@ for and a hash of the source and flags, so a torch upgrade, a node of another CP
 generation or another version of the source builds its own copy instead of loading an
 incompatible one.
 
-Set ``MMSHUFFLEMAMBA_COMPILED_SCAN=0`` to use the PyTorch scan instead. When the build
-fails (typically: no C++ compiler), one warning says why and the PyTorch scan is used.
+``MMSHUFFLEMAMBA_SCAN_BACKEND=torch`` runs the PyTorch scan instead (the kernel is then never
+built). When the build fails (typically: no C++ compiler), one warning says why and the
+PyTorch scan is used.
 """
 import functools
 import hashlib
@@ -26,9 +27,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ['load_cpu_kernel', 'build_directory', 'ENV_SWITCH']
+__all__ = ['load_cpu_kernel', 'build_directory']
 
-ENV_SWITCH = 'MMSHUFFLEMAMBA_COMPILED_SCAN'
 _SOURCE_DIR = Path(__file__).with_name('csrc')
 _SOURCES = ('selective_scan_cpu.cpp', 'bimamba_cpu.cpp', 'module.cpp')
 _HEADERS = ('cpu_math.h', 'kernels.h')
@@ -119,12 +119,7 @@ def _compile(verbose: bool) -> ModuleType:
 
 @functools.lru_cache(maxsize=None)
 def load_cpu_kernel(verbose: bool = False) -> Optional[ModuleType]:
-    """The compiled kernel module, or None (after one warning) where it cannot be built.
-
-    Returns None without a warning when ``MMSHUFFLEMAMBA_COMPILED_SCAN=0``.
-    """
-    if os.environ.get(ENV_SWITCH, '1') == '0':
-        return None
+    """The compiled kernel module, or None (after one warning) where it cannot be built."""
     try:
         return _compile(verbose)
     except Exception as err:  # compiler missing or failing, ninja missing, bad cache, ...
@@ -134,7 +129,7 @@ def load_cpu_kernel(verbose: bool = False) -> Optional[ModuleType]:
             f'PyTorch scan is used ({type(err).__name__}: {reason}). Install a C++ compiler '
             '(e.g. `apt install g++`) and ninja, then run `python -m '
             'mmshufflemamba.ops.build --verbose` (it shows the compiler output); set '
-            f'{ENV_SWITCH}=0 to silence this warning.',
+            'MMSHUFFLEMAMBA_SCAN_BACKEND=torch to silence this warning.',
             RuntimeWarning, stacklevel=2)
         return None
 

@@ -54,9 +54,9 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .selective_scan import ScanOutput, _check_inputs
+from .scan_contract import ScanCall, ScanOutput, check_inputs
 
-__all__ = ['selective_scan_triton', 'triton_available']
+__all__ = ['selective_scan_triton', 'triton_available', 'why_not']
 
 CHUNK = 32  # steps per chunk (a power of two): one checkpoint and one parallel scan each
 BLOCK_D = 4  # channels per program (a power of two; halved until it divides a B/C group)
@@ -91,6 +91,16 @@ def triton_available() -> bool:
     """True when Triton (3.4 or later) imports and its kernels can run here: CUDA is
     available, or the interpreter is on (``TRITON_INTERPRET=1``) to run them on CPU."""
     return _triton() is not None and (torch.cuda.is_available() or _interpreting())
+
+
+def why_not(call: ScanCall) -> Optional[str]:
+    """Why the Triton kernels cannot run ``call``, or None when they can."""
+    if not triton_available():
+        return 'Triton >= 3.4 with CUDA (or TRITON_INTERPRET=1 on CPU) is not available'
+    if call.device != 'cuda' and not _interpreting():
+        return (f'the Triton kernels run CUDA tensors, not {call.device} ones (those only '
+                'under TRITON_INTERPRET=1)')
+    return None
 
 
 def _kernels() -> ModuleType:
@@ -310,7 +320,7 @@ def _selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
                            return_last_state: bool, chunk: int, block_d: int) -> ScanOutput:
     """:func:`selective_scan_triton` with the chunk length and the channel block given
     (powers of two); tests use small chunks to cross many chunk boundaries cheaply."""
-    _check_inputs(u, delta, A, B, C)
+    check_inputs(u, delta, A, B, C)
     _check_optional(u, D, z, delta_bias)
     if not (_is_power_of_two(chunk) and _is_power_of_two(block_d)):
         raise ValueError(f'chunk and block_d must be powers of two; got {chunk}, {block_d}.')

@@ -11,47 +11,23 @@ counter counts one multiply-add as 1 FLOP, so the scan is converted to that conv
 (divided by 2) before adding. Detectors are measured for backbone + neck. Elementwise
 ops, activations, norms and pooling are not counted (mmengine's and fvcore's convention).
 
-While counting, the mixers take their unfused path (the fused CPU op would hide its
-x_proj/dt_proj GEMMs from the tracer) and call a shape-preserving stand-in instead of the
-scan: the tracer counts nothing of the scan either way, and running its per-step loop under
-the tracer keeps every step's tensors (tiny Mask R-CNN at 1280x800 ran out of 24 GB).
+While counting, the mixers run the scan backend ``'stand_in'`` (``use_scan_backend``): the
+unfused path (the fused CPU op would hide its x_proj/dt_proj GEMMs from the tracer) with a
+shape-preserving stand-in instead of the scan, which consumes z and the B/C projections
+(the tracer prunes whatever feeds nothing). The tracer counts nothing of the scan either
+way, and running its per-step loop under the tracer keeps every step's tensors (tiny Mask
+R-CNN at 1280x800 ran out of 24 GB).
 """
 import argparse
-from contextlib import contextmanager
 
 import torch
 from mmengine.analysis import FlopAnalyzer
 from mmengine.analysis.print_helper import complexity_stats_table
 from mmengine.config import DictAction
 
-from mmshufflemamba.models import BiMambaMixer
-from mmshufflemamba.models.layers import mixer as mixer_module
-from mmshufflemamba.ops import selective_scan_flops, tracing_allowed
+from mmshufflemamba.models import BiMambaMixer, use_scan_backend
+from mmshufflemamba.ops import selective_scan_flops
 from mmshufflemamba.utils import TensorForward, build_model_from_config
-
-
-@contextmanager
-def scan_stand_in():
-    """Unfused mixers whose scan is ``u + delta + z`` (same shape, no loop) while counting.
-
-    The stand-in must consume ``z`` and the ``B``/``C`` projections too; the tracer prunes
-    whatever feeds nothing, and their projections would go uncounted.
-    """
-    real = mixer_module.selective_scan
-    real_fused = BiMambaMixer.fused
-
-    def stand_in(u, delta, A, B, C, *args, z=None, **kwargs):
-        out = u + delta + B.sum(1, keepdim=True) + C.sum(1, keepdim=True)
-        return out if z is None else out + z
-
-    mixer_module.selective_scan = stand_in
-    BiMambaMixer.fused = lambda self, x: False
-    try:
-        with tracing_allowed():  # the stand-in, not the scan, is traced
-            yield
-    finally:
-        mixer_module.selective_scan = real
-        BiMambaMixer.fused = real_fused
 
 
 def count_scan_flops(model: torch.nn.Module, images: torch.Tensor) -> int:
@@ -91,7 +67,7 @@ def main() -> None:
     model, _ = build_model_from_config(args.config, args.cfg_options)
     runner = TensorForward(model).eval()
     images = torch.randn(1, 3, *args.shape)
-    with scan_stand_in():
+    with use_scan_backend(runner, 'stand_in'):
         scan_flops = count_scan_flops(runner, images)
         analyzer = FlopAnalyzer(runner, (images, ))
         # the mixers call conv1d/x_proj/dt_proj through their weights (F.conv1d, matmul):

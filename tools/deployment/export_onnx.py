@@ -10,11 +10,12 @@ detector's backbone + neck features. The input is the preprocessed image ``(1, 3
 (normalised as the config's data_preprocessor does); H and W are dynamic, multiples of the
 patch size.
 
-The scan is exported as an ONNX loop (``torch.onnx.export(dynamo=True)`` inside
-``mmshufflemamba.ops.onnx_exportable()``); TorchScript-based exporters cannot represent it
-and are refused. After writing the file, onnxruntime runs it at ``--shape`` and at
-``--check-shape`` (another size) and the largest difference from PyTorch is printed; the
-tool exits non-zero when it exceeds ``--tolerance`` (relative to the outputs' scale).
+The scan is exported as an ONNX loop (``torch.onnx.export(dynamo=True)`` with the mixers'
+scan backend ``'exportable'``: ``mmshufflemamba.models.use_scan_backend``); TorchScript-based
+exporters cannot represent it and are refused. After writing the file, onnxruntime runs it
+at ``--shape`` and at ``--check-shape`` (another size) and the largest difference from
+PyTorch is printed; the tool exits non-zero when it exceeds ``--tolerance`` (relative to the
+outputs' scale).
 
 Not every head exports with dynamic sizes: mmseg's UPerHead pools to fixed grids
 (adaptive average pooling), which the exporter bakes to the export size, so a whole
@@ -37,7 +38,7 @@ import tempfile
 import numpy as np
 import torch
 
-from mmshufflemamba.ops import onnx_exportable
+from mmshufflemamba.models import use_scan_backend
 from mmshufflemamba.utils import TensorForward, build_model_from_config
 
 
@@ -101,7 +102,7 @@ def main() -> None:
     dynamic = None if args.static else ({2: unit * Dim('h', min=1, max=4096 // unit),
                                          3: unit * Dim('w', min=1, max=4096 // unit)}, )
     example = torch.randn(1, 3, *shape, generator=torch.Generator().manual_seed(0))
-    with onnx_exportable(), torch.no_grad():
+    with use_scan_backend(network, 'exportable'), torch.no_grad():
         program = torch.onnx.export(network, (example, ), dynamo=True, opset_version=args.opset,
                                     dynamic_shapes=dynamic, verbose=False)
     out_dir = osp.dirname(osp.abspath(out))

@@ -1,13 +1,16 @@
 """The bidirectional Mamba mixer of Vision Mamba ("bimamba v2")."""
+import contextlib
 import math
+from typing import Iterator, Optional
+
 import torch
 from torch import Tensor, nn
 
-from mmshufflemamba.ops import causal_conv1d, refuse_tracing, selective_scan
+from mmshufflemamba.ops import BACKENDS, causal_conv1d, choose_backend, selective_scan
 from mmshufflemamba.ops.bimamba import bimamba_inner, fused_mixer_available
 from ..utils.precision import at_least_float32
 
-__all__ = ['BiMambaMixer']
+__all__ = ['BiMambaMixer', 'use_scan_backend']
 
 
 class BiMambaMixer(nn.Module):
@@ -27,6 +30,17 @@ class BiMambaMixer(nn.Module):
     * elsewhere, the two branches run channel-major through
       :func:`~mmshufflemamba.ops.selective_scan` (mamba_ssm, Triton or PyTorch on CUDA;
       the PyTorch scan on CPU with ``MMSHUFFLEMAMBA_SCAN_BACKEND=torch``).
+
+    The scan backend is chosen once per forward (:func:`~mmshufflemamba.ops.choose_backend`),
+    which also refuses TorchScript tracing.
+
+    Attributes:
+        scan_backend: None (default) lets ``MMSHUFFLEMAMBA_SCAN_BACKEND`` or the automatic
+            choice decide; a key of :data:`mmshufflemamba.ops.BACKENDS` runs that backend,
+            e.g. ``'exportable'`` for ONNX export, ``'stand_in'`` for FLOP tracing (see
+            :func:`use_scan_backend`).
+        use_fast_path: Run the fused CPU op where the backend is ``compiled``; False runs
+            the two directions unfused through the compiled scan instead.
 
     Args:
         embed_dims: Model width ``d_model``.
@@ -79,6 +93,8 @@ class BiMambaMixer(nn.Module):
             setattr(self, 'A_log' if not suffix else 'A_b_log', A_log)
             setattr(self, f'D{suffix}', D)
         self.out_proj = nn.Linear(d_inner, embed_dims, bias=bias)
+        self.scan_backend: Optional[str] = None
+        self.use_fast_path = True
 
     def _init_dt_proj(self, dt_proj: nn.Linear, dt_min: float, dt_max: float,
                       dt_init_floor: float) -> None:
@@ -93,7 +109,7 @@ class BiMambaMixer(nn.Module):
         dt_proj.bias._no_reinit = True
 
     def _branch(self, x: Tensor, z: Tensor, conv: nn.Conv1d, x_proj: nn.Linear,
-                dt_proj: nn.Linear, A_log: Tensor, D: Tensor) -> Tensor:
+                dt_proj: nn.Linear, A_log: Tensor, D: Tensor, backend: str) -> Tensor:
         """One scan direction, unfused. ``x``, ``z``: ``(B, d_inner, L)`` -> same."""
         x = causal_conv1d(x, conv.weight, conv.bias, activation='silu')
         x_dbl = torch.matmul(x_proj.weight, x)  # (B, dt_rank + 2N, L)
@@ -101,16 +117,21 @@ class BiMambaMixer(nn.Module):
         dt = torch.matmul(dt_proj.weight, dt)  # (B, d_inner, L); bias added in the scan
         A = -torch.exp(at_least_float32(A_log))  # (d_inner, N), fp32 (or fp64)
         return selective_scan(x, dt, A, B, C, at_least_float32(D), z=z,
-                              delta_bias=at_least_float32(dt_proj.bias), delta_softplus=True)
+                              delta_bias=at_least_float32(dt_proj.bias), delta_softplus=True,
+                              backend=backend)
+
+    def _runs_fused(self, x: Tensor, backend: str) -> bool:
+        return self.use_fast_path and backend == 'compiled' and \
+            fused_mixer_available(x, self.d_state)
 
     def fused(self, x: Tensor) -> bool:
         """Whether :meth:`forward` takes the fused CPU path for inputs like ``x``."""
-        return fused_mixer_available(x, self.d_state)
+        return self._runs_fused(x, choose_backend(x, requested=self.scan_backend))
 
     def forward(self, hidden: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
-        refuse_tracing()
         xz = self.in_proj(hidden)  # (B, L, 2 d_inner): one GEMM on contiguous tokens
-        if self.fused(xz):
+        backend = choose_backend(xz, requested=self.scan_backend)  # once per forward
+        if self._runs_fused(xz, backend):
             y = bimamba_inner(
                 xz, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight,
                 self.conv1d_b.bias, self.x_proj.weight, self.x_proj_b.weight,
@@ -121,8 +142,28 @@ class BiMambaMixer(nn.Module):
             return self.out_proj(y)
         x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) views
         y_fwd = self._branch(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log,
-                             self.D)
+                             self.D, backend)
         y_bwd = self._branch(x.flip(-1), z.flip(-1), self.conv1d_b, self.x_proj_b,
-                             self.dt_proj_b, self.A_b_log, self.D_b)
+                             self.dt_proj_b, self.A_b_log, self.D_b, backend)
         y = (y_fwd + y_bwd.flip(-1)) / 2
         return self.out_proj(y.transpose(1, 2))
+
+
+@contextlib.contextmanager
+def use_scan_backend(model: nn.Module, backend: Optional[str]) -> Iterator[nn.Module]:
+    """Within this context every :class:`BiMambaMixer` in ``model`` runs ``backend`` (a key
+    of :data:`mmshufflemamba.ops.BACKENDS`; None: the automatic choice), e.g.
+    ``'exportable'`` for ``torch.onnx.export(dynamo=True)`` or ``'stand_in'`` for a FLOP
+    tracer; each mixer's own setting is restored after. Yields ``model``."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f'{backend!r} is not a selective-scan backend; use None (auto) or '
+                         f'one of {", ".join(BACKENDS)}.')
+    mixers = [m for m in model.modules() if isinstance(m, BiMambaMixer)]
+    previous = [m.scan_backend for m in mixers]
+    for mixer in mixers:
+        mixer.scan_backend = backend
+    try:
+        yield model
+    finally:
+        for mixer, setting in zip(mixers, previous):
+            mixer.scan_backend = setting
