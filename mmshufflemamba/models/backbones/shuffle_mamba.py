@@ -15,7 +15,8 @@ from mmshufflemamba.apis.codebases import padding_hint
 from mmshufflemamba.registry import MODELS
 from ..layers import LayerwiseShuffle, MambaBlock, SimplePyramid, build_norm
 from ..layers.block import DropPath
-from ..utils import CLS_TOKEN_LAYOUTS, TokenLayout, cls_token_index, resize_pos_embed
+from ..utils import (CLS_TOKEN_LAYOUTS, FitTarget, TokenLayout, fit_checkpoint, load_pretrained,
+                     resize_pos_embed, split_pos_embed)
 
 __all__ = ['ShuffleMamba']
 
@@ -214,11 +215,10 @@ class ShuffleMamba(BaseModule):
         ])
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.norm_f = build_norm(self.norm_type, C, norm_eps) if final_norm else nn.Identity()
-        self.load_report: dict = dict(dropped=[], resized=[])
         self.pyramid = self._build_pyramid(out_scales, pyramid_norm)
 
         self._init_mamba_weights()
-        self._register_load_state_dict_pre_hook(self._adapt_checkpoint)
+        self._register_load_state_dict_pre_hook(self._fit_checkpoint)
         self._freeze_stages()
 
     # ----------------------------------------------------------------- construction
@@ -338,15 +338,15 @@ class ShuffleMamba(BaseModule):
 
     def init_weights(self) -> None:
         """Weights are initialised at construction; a ``Pretrained`` init_cfg loads over
-        them through :meth:`_load_pretrained`, which logs and checks every key."""
+        them through :func:`load_pretrained`, which logs and checks every key."""
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
             unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'}
             if unknown:
                 raise ValueError(f'init_cfg keys {sorted(unknown)} are not understood by '
                                  f'ShuffleMamba (type, checkpoint, prefix, map_location).')
-            self._load_pretrained(cfg['checkpoint'], cfg.get('prefix'),
-                                  cfg.get('map_location', 'cpu'))
+            load_pretrained(self, self.fit_target(), cfg['checkpoint'], cfg.get('prefix'),
+                            cfg.get('map_location', 'cpu'), self.DENSE_ONLY)
             self._is_init = True
             return
         super().init_weights()
@@ -399,163 +399,24 @@ class ShuffleMamba(BaseModule):
             return int(name.split('.')[1]) + 1, num_layers
         return num_layers - 1, num_layers
 
-    # ------------------------------------------------------------ position embedding
-    def _split_pos_embed(self, pos_embed: Tensor, num_patches: int,
-                         layout: Optional[str]) -> Tuple[Optional[Tensor], Tensor]:
-        """``(1, n, C)`` -> (class-token slot ``(1, 1, C)`` or None, patch part ``(1, M, C)``)."""
-        slot = cls_token_index(num_patches, layout)
-        if slot is None:
-            return None, pos_embed
-        patches = torch.cat([pos_embed[:, :slot], pos_embed[:, slot + 1:]], dim=1)
-        return pos_embed[:, slot:slot + 1], patches
+    # ---------------------------------------------------------------- checkpoints
+    DENSE_ONLY: Tuple[str, ...] = ('pyramid.', )
+    """Key prefixes of modules that classification checkpoints do not hold: missing from
+    such a checkpoint, they keep their initialisation (and are reported)."""
 
-    def _patch_pos_embed(self, resolution: Tuple[int, int]) -> Tuple[Optional[Tensor], Tensor]:
-        """Class slot and patch position embedding resized to ``resolution``."""
-        cls_pos, patch_pos = self._split_pos_embed(
-            self.pos_embed, self._num_patches(self.patch_resolution), self.cls_token_layout)
-        # a symbolic grid (torch.export with dynamic sizes) is always resized: comparing it
-        # with ours would specialise the export to one size (same-size resizing is exact)
-        symbolic = any(isinstance(side, torch.SymInt) for side in resolution)
-        if symbolic or resolution != self.patch_resolution:
-            patch_pos = resize_pos_embed(patch_pos, self.patch_resolution, resolution,
-                                         self.interpolate_mode, always=symbolic)
-        return cls_pos, patch_pos
+    def fit_target(self) -> FitTarget:
+        """What :func:`fit_checkpoint` fits a checkpoint to for this backbone."""
+        return FitTarget(self.embed_dims, self.num_layers, self.norm_type,
+                         self.patch_resolution, self.cls_token_layout, self.num_registers,
+                         self.ckpt_cls_token, self.final_norm, self.interpolate_mode,
+                         self.arch_settings, self.img_size, self.patch_size,
+                         self.patch_stride)
 
-    def _adapt_checkpoint(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
-        """Load-time hook: fit a checkpoint of another grid or token layout to this model.
-
-        Refuses a checkpoint of the other norm type; resizes ``pos_embed`` to our patch
-        grid; moves, drops (when we have no class token, see ``ckpt_cls_token``) or keeps
-        its class-token slot; drops class/register tokens we do not have. Everything
-        dropped or resized is recorded in ``self.load_report`` for the caller to log, and
-        every resize is logged here as well (``pos_embed 27x27 -> 14x14``).
-        """
-        self.load_report = dict(dropped=[], resized=[])
-        self._check_norm_type(state_dict, prefix)
-        self._check_depth(state_dict, prefix)
-        name = prefix + 'pos_embed'
-        unused = [('cls_token', self.cls_token_layout is None),
-                  ('register_tokens', not self.num_registers),
-                  ('pos_embed_reg', not self.num_registers)]
-        for key, absent_here in unused:
-            if absent_here and prefix + key in state_dict:
-                del state_dict[prefix + key]
-                self.load_report['dropped'].append(prefix + key)
-        if not self.final_norm:  # a classifier's final norm, unused without one here
-            for key in [k for k in state_dict if k.startswith(prefix + 'norm_f.')]:
-                del state_dict[key]
-                self.load_report['dropped'].append(f'{key} (final_norm=False)')
-        if name not in state_dict or state_dict[name].shape == self.pos_embed.shape:
-            return
-        ckpt = state_dict[name]
-        num_src = ckpt.shape[1]
-        side = int(math.isqrt(num_src))
-        src_layout = None
-        if side * side != num_src:  # one extra slot: a class token
-            side = int(math.isqrt(num_src - 1))
-            src_layout = self.cls_token_layout or self.ckpt_cls_token
-        if side * side != ckpt.shape[1] - (src_layout is not None) \
-                or ckpt.shape[2] != self.embed_dims:
-            raise ValueError(
-                f'Cannot load {name} of shape {tuple(ckpt.shape)} into a model whose '
-                f'pos_embed is {tuple(self.pos_embed.shape)} (width {self.embed_dims}, '
-                f'cls_token={self.cls_token_layout!r}): neither a square patch grid nor one '
-                f'plus a class-token slot of this width. Check arch/embed_dims, or convert '
-                f'the checkpoint with tools/model_converters.')
-        cls_pos, patch_pos = self._split_pos_embed(ckpt, side * side, src_layout)
-        if (side, side) != self.patch_resolution:
-            patch_pos = resize_pos_embed(patch_pos, (side, side), self.patch_resolution,
-                                         self.interpolate_mode)
-            resize = (f'{name} {side}x{side} -> {self.patch_resolution[0]}x'
-                      f'{self.patch_resolution[1]} ({self.interpolate_mode})')
-            self.load_report['resized'].append(resize)
-            from mmengine.logging import print_log
-            print_log(f'ShuffleMamba: resized {resize}: the checkpoint\'s patch grid differs '
-                      f'from this model\'s (img_size {self.img_size}, patch {self.patch_size}, '
-                      f'stride {self.patch_stride}).', logger='current')
-        if self.cls_token_layout is not None:
-            if cls_pos is None:
-                raise ValueError(f'{name} has no class-token slot but this model has '
-                                 f'cls_token={self.cls_token_layout!r}.')
-            slot = cls_token_index(self._num_patches(self.patch_resolution),
-                                   self.cls_token_layout)
-            patch_pos = torch.cat([patch_pos[:, :slot], cls_pos, patch_pos[:, slot:]], dim=1)
-        elif cls_pos is not None:
-            self.load_report['dropped'].append(
-                f'{name}[{cls_token_index(side * side, src_layout)}] (class-token slot, '
-                f"ckpt_cls_token={src_layout!r})")
-        state_dict[name] = patch_pos
-
-    def _check_depth(self, state_dict: dict, prefix: str) -> None:
-        """Refuse weights of another depth (a different ``arch``)."""
-        start = len(prefix + 'layers.')
-        ids = {int(k[start:].split('.')[0]) for k in state_dict
-               if k.startswith(prefix + 'layers.')}
-        if ids and max(ids) + 1 != self.num_layers:
-            raise ValueError(
-                f'The checkpoint has {max(ids) + 1} blocks but this backbone has '
-                f'{self.num_layers} (arch {self.arch_settings}): it is a checkpoint of '
-                f'another architecture. Set arch to the one the checkpoint was trained with.')
-
-    def _check_norm_type(self, state_dict: dict, prefix: str) -> None:
-        """Refuse weights of the other norm type (LayerNorm has biases, RMSNorm none)."""
-        norm_weights = [k for k in state_dict if k.startswith(prefix + 'layers.')
-                        and k.endswith('.norm.weight')]
-        if not norm_weights:
-            return
-        ckpt_is_ln = any(k[:-len('weight')] + 'bias' in state_dict for k in norm_weights)
-        if ckpt_is_ln != (self.norm_type == 'LN'):
-            ckpt_norm = 'LN' if ckpt_is_ln else 'RMSNorm'
-            raise ValueError(
-                f"The checkpoint's blocks use {ckpt_norm} but this backbone has "
-                f"norm_type={self.norm_type!r}: the weights would load into the wrong "
-                f"norm. Set norm_type='{ckpt_norm}' in the backbone config.")
-
-    def _load_pretrained(self, checkpoint: str, prefix: Optional[str] = None,
-                         map_location: str = 'cpu') -> dict:
-        """Load ``init_cfg=dict(type='Pretrained', ...)`` and say what happened.
-
-        Missing keys (other than the new dense-prediction pyramid) and unexpected keys
-        are errors, not warnings: a backbone must never train from silently random
-        weights. Returns the report that is also logged.
-        """
-        from mmengine.logging import print_log
-        from mmengine.runner.checkpoint import CheckpointLoader
-        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
-        state = ckpt.get('state_dict', ckpt)
-        if prefix:
-            prefix = prefix if prefix.endswith('.') else prefix + '.'
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            if not state:
-                raise ValueError(f'No key of {checkpoint} starts with prefix {prefix!r}; '
-                                 f'set init_cfg.prefix to the backbone prefix of that '
-                                 f'checkpoint (e.g. "backbone.") or remove it.')
-        result = self.load_state_dict(state, strict=False)
-        dense_only = self._dense_only_keys()
-        new_modules = [k for k in result.missing_keys if k.startswith(dense_only)]
-        missing = [k for k in result.missing_keys if not k.startswith(dense_only)]
-        report = dict(checkpoint=checkpoint,
-                      loaded=len(self.state_dict()) - len(result.missing_keys),
-                      dropped=self.load_report['dropped'],
-                      resized=self.load_report['resized'], missing=missing,
-                      unexpected=list(result.unexpected_keys), new=new_modules)
-        print_log(
-            f"ShuffleMamba init from {checkpoint}: {report['loaded']} tensors loaded; "
-            f"missing keys: {missing or 'none'}; unexpected keys: "
-            f"{report['unexpected'] or 'none'}; dropped on purpose: "
-            f"{report['dropped'] or 'none'}; resized: {report['resized'] or 'none'}; "
-            f"not in the checkpoint (new dense-prediction modules "
-            f"{', '.join(dense_only)}): {len(new_modules)} tensors", logger='current')
-        if missing or report['unexpected']:
-            raise ValueError(f'Pretrained weights do not fit this backbone: missing '
-                             f'{missing}, unexpected {report["unexpected"]}. Check arch, '
-                             f'token layout (cls_token/num_registers) and init_cfg.prefix.')
-        return report
-
-    def _dense_only_keys(self) -> Tuple[str, ...]:
-        """Key prefixes of modules that classification checkpoints do not hold: missing
-        from such a checkpoint, they keep their initialisation (and are reported)."""
-        return ('pyramid.', )
+    def _fit_checkpoint(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        """Load-state-dict pre-hook: fit ``state_dict`` to this backbone, in place."""
+        fitted, _ = fit_checkpoint(state_dict, self.fit_target(), prefix)
+        state_dict.clear()
+        state_dict.update(fitted)
 
     # ---------------------------------------------------------------------- forward
     def _layout(self, num_patches: int) -> TokenLayout:
@@ -571,13 +432,26 @@ class ShuffleMamba(BaseModule):
         for side in x.shape[2:]:
             self._check_side(side, 'Input')
 
+    def _pos_embed(self, resolution: Tuple[int, int]) -> Tuple[Optional[Tensor], Tensor]:
+        """Class-token slot ``(1, 1, C)`` or None, and the patch position embedding resized
+        to the grid ``resolution``: ``(1, Hg*Wg, C)``."""
+        stored = TokenLayout(self._num_patches(self.patch_resolution), self.cls_token_layout)
+        cls_pos, patch_pos = split_pos_embed(self.pos_embed, stored)
+        # a symbolic grid (torch.export with dynamic sizes) is always resized: comparing it
+        # with ours would specialise the export to one size (same-size resizing is exact)
+        symbolic = any(isinstance(side, torch.SymInt) for side in resolution)
+        if symbolic or resolution != self.patch_resolution:
+            patch_pos = resize_pos_embed(patch_pos, self.patch_resolution, resolution,
+                                         self.interpolate_mode, always=symbolic)
+        return cls_pos, patch_pos
+
     def embed(self, x: Tensor) -> Tuple[Tensor, TokenLayout, Tuple[int, int]]:
         """Images ``(B, 3, H, W)`` -> token sequence ``(B, T, C)``, its layout, patch grid."""
         self._check_input(x)
         x = self.patch_embed.proj(x)
         resolution = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # (B, M, C)
-        cls_pos, patch_pos = self._patch_pos_embed(resolution)
+        cls_pos, patch_pos = self._pos_embed(resolution)
         extra = None  # the class token or the registers, with their position embeddings
         if cls_pos is not None:
             extra = (self.cls_token + cls_pos).expand(x.shape[0], -1, -1)
