@@ -4,25 +4,25 @@ ShuffleMamba: "Stochastic Layer-Wise Shuffle: A Good Practice to Improve Vision 
 Training" (arXiv 2408.17081), on the Vim architecture ("Vision Mamba", arXiv 2401.09417).
 With ``shuffle_rate=0`` (or in eval mode) the model is exactly the plain Vim.
 """
-import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from mmshufflemamba.apis.codebases import padding_hint
 from mmshufflemamba.registry import MODELS
 from ..layers import LayerwiseShuffle, MambaBlock, SimplePyramid, build_norm
 from ..layers.block import DropPath
-from ..utils import (CLS_TOKEN_LAYOUTS, FitTarget, TokenLayout, fit_checkpoint, load_pretrained,
-                     resize_pos_embed, split_pos_embed)
+from ..utils import (INIT_SCHEMES, FitTarget, TokenLayout, fit_checkpoint, init_vim_weights,
+                     load_pretrained, resize_pos_embed, split_pos_embed)
+from ..utils.backbone_args import (check_choice, check_patch_side, check_token_args,
+                                   resolve_arch, resolve_out_indices)
 
 __all__ = ['ShuffleMamba']
 
 OUT_TYPES = ('raw', 'cls_token', 'featmap', 'avg_featmap', 'registers')
 INTERMEDIATE_OUTPUTS = ('residual', 'mixer')
-INIT_SCHEMES = ('vim', 'shufflemamba')
+TOKEN_PARAMS = ('pos_embed', 'cls_token', 'register_tokens', 'pos_embed_reg')
 
 
 @MODELS.register_module()
@@ -81,13 +81,9 @@ class ShuffleMamba(BaseModule):
             and BN learned (mmdet's FPN has no norm). UperNet, whose head normalises,
             learns with either.
         interpolate_mode: Mode for resizing the position embedding.
-        init_scheme: How weights are initialised when nothing is loaded: ``'vim'`` (Vim and
-            Mamba-Reg: trunc-normal embeddings and tokens, lecun patch conv, PyTorch's
-            default linears, Mamba's step-size init, ``out_proj`` rescaled by
-            ``1/sqrt(depth)``) or ``'shufflemamba'`` (upstream ShuffleMamba's plain models,
-            ``models_shuffle.py``: as ``'vim'``, then every linear of the blocks
-            trunc-normal(0.02) with zero bias, the step-size bias too, so every step size
-            starts at ``softplus(0)``; ``out_proj`` rescaled again; a zero class token).
+        init_scheme: How weights are initialised when nothing is loaded: ``'vim'`` (Vim,
+            Mamba-Reg) or ``'shufflemamba'`` (upstream ShuffleMamba's plain models); see
+            :func:`~mmshufflemamba.models.utils.init_vim_weights`.
         ckpt_cls_token: Where the class-token slot of ``pos_embed`` sits in checkpoints
             loaded into a backbone *without* a class token (``'head'``: ShuffleMamba and
             this package's classifiers; ``'middle'``: Vim's ``*midclstok*`` weights). The
@@ -138,8 +134,8 @@ class ShuffleMamba(BaseModule):
                  ckpt_cls_token: str = 'head',
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
-        self.arch_settings = self._parse_arch(arch, norm_type=norm_type,
-                                              patch_stride=patch_stride)
+        self.arch_settings = resolve_arch(arch, self.arch_zoo, self._ARCH_DEFAULTS,
+                                          norm_type=norm_type, patch_stride=patch_stride)
         self.embed_dims = self.arch_settings['embed_dims']
         self.num_layers = self.arch_settings['num_layers']
         self.norm_type = self.arch_settings['norm_type']
@@ -152,38 +148,23 @@ class ShuffleMamba(BaseModule):
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.in_channels = in_channels
         for side in self.img_size:
-            self._check_side(side, 'img_size')
+            check_patch_side(side, patch_size, self.patch_stride, 'img_size')
 
-        if cls_token not in CLS_TOKEN_LAYOUTS:
-            raise ValueError(f'cls_token must be one of {CLS_TOKEN_LAYOUTS}; got {cls_token!r}.')
-        if out_type not in OUT_TYPES:
-            raise ValueError(f'out_type must be one of {OUT_TYPES}; got {out_type!r}.')
-        if intermediate_output not in INTERMEDIATE_OUTPUTS:
-            raise ValueError(f'intermediate_output must be one of {INTERMEDIATE_OUTPUTS}; '
-                             f'got {intermediate_output!r}.')
-        if out_type == 'registers' and not num_registers:
-            raise ValueError("out_type='registers' needs num_registers > 0.")
-        if ckpt_cls_token not in ('head', 'middle'):
-            raise ValueError(f"ckpt_cls_token must be 'head' or 'middle'; got {ckpt_cls_token!r}.")
+        for name, value, choices in [('out_type', out_type, OUT_TYPES),
+                                     ('intermediate_output', intermediate_output,
+                                      INTERMEDIATE_OUTPUTS),
+                                     ('ckpt_cls_token', ckpt_cls_token, ('head', 'middle')),
+                                     ('init_scheme', init_scheme, INIT_SCHEMES)]:
+            check_choice(name, value, choices)
+        check_token_args(cls_token, num_registers, out_type)
         self.ckpt_cls_token = ckpt_cls_token
-        if init_scheme not in INIT_SCHEMES:
-            raise ValueError(f'init_scheme must be one of {INIT_SCHEMES}; got {init_scheme!r}.')
         self.init_scheme = init_scheme
-        if out_type == 'cls_token' and cls_token is None:
-            raise ValueError("out_type='cls_token' needs a class token: set cls_token to "
-                             "'head' or 'middle', or use out_type='avg_featmap'.")
-        if num_registers < 0:
-            raise ValueError(f'num_registers must be >= 0; got {num_registers}.')
-        if num_registers and cls_token is not None:
-            raise ValueError(f'num_registers={num_registers} needs cls_token=None: Mamba-Reg '
-                             f'models classify from their registers and have no class token '
-                             f'(got cls_token={cls_token!r}).')
         self.cls_token_layout = cls_token
         self.num_registers = num_registers
         self.out_type = out_type
         self.intermediate_output = intermediate_output
         self.interpolate_mode = interpolate_mode
-        self.out_indices = self._parse_out_indices(out_indices)
+        self.out_indices = resolve_out_indices(out_indices, self.num_layers)
         self.final_norm = final_norm
         self.frozen_stages = frozen_stages
 
@@ -217,56 +198,11 @@ class ShuffleMamba(BaseModule):
         self.norm_f = build_norm(self.norm_type, C, norm_eps) if final_norm else nn.Identity()
         self.pyramid = self._build_pyramid(out_scales, pyramid_norm)
 
-        self._init_mamba_weights()
+        init_vim_weights(self.patch_embed.proj, self.layers, self._tokens(), init_scheme)
         self._register_load_state_dict_pre_hook(self._fit_checkpoint)
         self._freeze_stages()
 
     # ----------------------------------------------------------------- construction
-    def _parse_arch(self, arch: Union[str, dict], **explicit: Optional[object]) -> dict:
-        """The arch's settings, with ``norm_type``/``patch_stride`` given as arguments.
-
-        An argument that contradicts the arch (``arch='middle', norm_type='RMSNorm'``) is
-        an error, not a silent override: use a dict arch for a variant.
-        """
-        if isinstance(arch, str):
-            key = arch.lower()
-            if key not in self.arch_zoo:
-                raise ValueError(f'Unknown arch {arch!r}; choose from '
-                                 f'{sorted(set(self.arch_zoo))} or pass a dict.')
-            given = dict(self.arch_zoo[key])
-        else:
-            given = dict(arch)
-            missing = {'embed_dims', 'num_layers'} - set(given)
-            if missing:
-                raise ValueError(f'A custom arch dict needs the keys {sorted(missing)}.')
-            unknown = set(given) - {'embed_dims', 'num_layers', *self._ARCH_DEFAULTS}
-            if unknown:
-                raise ValueError(f'Unknown arch keys {sorted(unknown)}; an arch dict takes '
-                                 f'embed_dims, num_layers, norm_type and patch_stride.')
-        settings = {**self._ARCH_DEFAULTS, **given}
-        for name, value in explicit.items():
-            if value is None:
-                continue
-            if name in given and given[name] != value:
-                raise ValueError(f'{name}={value!r} contradicts arch {arch!r}, whose '
-                                 f'{name} is {given[name]!r}. Leave {name} unset, or pass '
-                                 f'a dict arch for another variant.')
-            settings[name] = value
-        return settings
-
-    def _parse_out_indices(self, out_indices: Union[int, Sequence[int]]) -> List[int]:
-        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
-        if not indices:
-            raise ValueError('out_indices must name at least one block.')
-        parsed = []
-        for index in indices:
-            if not -self.num_layers <= index < self.num_layers:
-                raise ValueError(f'out_indices {index} is outside the depth: this backbone '
-                                 f'has {self.num_layers} blocks (valid: '
-                                 f'{-self.num_layers}..{self.num_layers - 1}).')
-            parsed.append(index % self.num_layers)
-        return sorted(set(parsed))
-
     def _build_pyramid(self, out_scales: Optional[Sequence[float]],
                        norm_type: str) -> Optional[SimplePyramid]:
         if out_scales is None:
@@ -289,52 +225,13 @@ class ShuffleMamba(BaseModule):
             return (self.patch_stride, ) * len(self.out_indices)
         return tuple(self.patch_stride / scale for scale in self.pyramid.scales)
 
-    def _check_side(self, side: int, what: str) -> None:
-        p, s = self.patch_size, self.patch_stride
-        if side >= p and (side - p) % s == 0:
-            return
-        if s == p:
-            raise ValueError(f'{what} side {side} is not a multiple of the patch size {p}. '
-                             f'{padding_hint(p)}')
-        below = p + max(side - p, 0) // s * s
-        raise ValueError(
-            f'{what} side {side} does not fit patch size {p} with stride {s}: sides must be '
-            f'{p} + {s} * k (e.g. {below} or {below + s}) so that the patches cover the '
-            f'image exactly. Resize or pad the input.')
-
     @staticmethod
     def _num_patches(resolution: Tuple[int, int]) -> int:
         return resolution[0] * resolution[1]
 
-    def _init_mamba_weights(self) -> None:
-        """Vim's initialisation (trunc-normal embeddings, lecun conv, rescaled out_proj)."""
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for name in ('cls_token', 'register_tokens', 'pos_embed_reg'):
-            if hasattr(self, name):
-                nn.init.trunc_normal_(getattr(self, name), std=0.02)
-        proj = self.patch_embed.proj
-        fan_in = proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1]
-        # lecun normal: truncated normal with variance 1/fan_in (0.8796 corrects truncation)
-        nn.init.trunc_normal_(proj.weight, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978)
-        nn.init.zeros_(proj.bias)
-        for module in self.layers.modules():
-            if isinstance(module, nn.Linear) and module.bias is not None \
-                    and not getattr(module.bias, '_no_reinit', False):
-                nn.init.zeros_(module.bias)
-        if self.init_scheme == 'shufflemamba':  # models_shuffle.py: segm_init_weights
-            for module in self.layers.modules():
-                if isinstance(module, nn.Linear):
-                    nn.init.trunc_normal_(module.weight, std=0.02)
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)  # the step-size bias too
-            if hasattr(self, 'cls_token'):
-                nn.init.zeros_(self.cls_token)
-        for layer in self.layers:
-            # GPT-2 style: scale the residual branch's output projection by 1/sqrt(depth)
-            weight = layer.mixer.out_proj.weight
-            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-            with torch.no_grad():
-                weight /= math.sqrt(self.num_layers)
+    def _tokens(self) -> Dict[str, nn.Parameter]:
+        """The position embeddings and tokens this backbone has, by name."""
+        return {name: getattr(self, name) for name in TOKEN_PARAMS if hasattr(self, name)}
 
     def init_weights(self) -> None:
         """Weights are initialised at construction; a ``Pretrained`` init_cfg loads over
@@ -365,9 +262,8 @@ class ShuffleMamba(BaseModule):
             module.eval()
             for param in module.parameters():
                 param.requires_grad = False
-        for name in ('pos_embed', 'cls_token', 'register_tokens', 'pos_embed_reg'):
-            if hasattr(self, name):
-                getattr(self, name).requires_grad = False
+        for token in self._tokens().values():
+            token.requires_grad = False
 
     def train(self, mode: bool = True) -> 'ShuffleMamba':
         super().train(mode)
@@ -377,7 +273,7 @@ class ShuffleMamba(BaseModule):
     # ---------------------------------------------------------------- optimiser info
     def no_weight_decay(self) -> set:
         """Names of parameters that take no weight decay (besides ``_no_weight_decay`` ones)."""
-        return {'pos_embed', 'cls_token', 'register_tokens', 'pos_embed_reg'}
+        return set(TOKEN_PARAMS)
 
     def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
         """Layer depth of a parameter for layer-wise lr decay (mmpretrain's convention).
@@ -392,8 +288,7 @@ class ShuffleMamba(BaseModule):
         if not param_name.startswith(prefix):
             return num_layers - 1, num_layers
         name = param_name[len(prefix):]
-        if name in ('cls_token', 'pos_embed', 'register_tokens', 'pos_embed_reg') \
-                or name.startswith('patch_embed'):
+        if name in TOKEN_PARAMS or name.startswith('patch_embed'):
             return 0, num_layers
         if name.startswith('layers.'):
             return int(name.split('.')[1]) + 1, num_layers
@@ -430,7 +325,7 @@ class ShuffleMamba(BaseModule):
                              f'(input shape {tuple(x.shape)}); set in_channels or convert '
                              f'the images.')
         for side in x.shape[2:]:
-            self._check_side(side, 'Input')
+            check_patch_side(side, self.patch_size, self.patch_stride, 'Input')
 
     def _pos_embed(self, resolution: Tuple[int, int]) -> Tuple[Optional[Tensor], Tensor]:
         """Class-token slot ``(1, 1, C)`` or None, and the patch position embedding resized
