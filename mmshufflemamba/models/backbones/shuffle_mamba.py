@@ -15,8 +15,9 @@ from ..layers import LayerwiseShuffle, MambaBlock, SimplePyramid, build_norm
 from ..layers.block import DropPath
 from ..utils import (INIT_SCHEMES, FitTarget, TokenLayout, fit_checkpoint, init_vim_weights,
                      load_pretrained, resize_pos_embed, split_pos_embed)
-from ..utils.backbone_args import (check_choice, check_patch_side, check_token_args,
-                                   resolve_arch, resolve_out_indices)
+from ..utils.backbone_args import (check_choice, check_images, check_patch_side,
+                                   check_pyramid_args, check_token_args, resolve_arch,
+                                   resolve_out_indices)
 
 __all__ = ['ShuffleMamba']
 
@@ -75,11 +76,7 @@ class ShuffleMamba(BaseModule):
             map for all scales (a single index, as ViTDet). None: no pyramid.
         pyramid_norm: Norm inside the pyramid's upsamplers and on each of its levels:
             ``'GN'`` (default; any batch, one process), ``'LN2d'``, ``'BN'`` or
-            ``'SyncBN'``. ``'LN2d'`` normalises every pixel on its own, so flat background
-            comes out as strong as objects; with it the toy Mask R-CNN's stride-4 FPN
-            output grew about 280-fold in 300 iterations and it did not learn, where GN
-            and BN learned (mmdet's FPN has no norm). UperNet, whose head normalises,
-            learns with either.
+            ``'SyncBN'``; see :func:`~mmshufflemamba.models.layers.pyramid.build_norm2d`.
         interpolate_mode: Mode for resizing the position embedding.
         init_scheme: How weights are initialised when nothing is loaded: ``'vim'`` (Vim,
             Mamba-Reg) or ``'shufflemamba'`` (upstream ShuffleMamba's plain models); see
@@ -105,6 +102,8 @@ class ShuffleMamba(BaseModule):
         'small-stride8': {'embed_dims': 384, 'num_layers': 24, 'patch_stride': 8},
     }
     _ARCH_DEFAULTS = {'norm_type': 'RMSNorm', 'patch_stride': None}
+    # modules a classification checkpoint does not hold: new, initialised, reported
+    DENSE_ONLY: Tuple[str, ...] = ('pyramid.', )
 
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
@@ -150,12 +149,10 @@ class ShuffleMamba(BaseModule):
         for side in self.img_size:
             check_patch_side(side, patch_size, self.patch_stride, 'img_size')
 
-        for name, value, choices in [('out_type', out_type, OUT_TYPES),
-                                     ('intermediate_output', intermediate_output,
-                                      INTERMEDIATE_OUTPUTS),
-                                     ('ckpt_cls_token', ckpt_cls_token, ('head', 'middle')),
-                                     ('init_scheme', init_scheme, INIT_SCHEMES)]:
-            check_choice(name, value, choices)
+        check_choice('out_type', out_type, OUT_TYPES)
+        check_choice('intermediate_output', intermediate_output, INTERMEDIATE_OUTPUTS)
+        check_choice('ckpt_cls_token', ckpt_cls_token, ('head', 'middle'))
+        check_choice('init_scheme', init_scheme, INIT_SCHEMES)
         check_token_args(cls_token, num_registers, out_type)
         self.ckpt_cls_token = ckpt_cls_token
         self.init_scheme = init_scheme
@@ -172,9 +169,9 @@ class ShuffleMamba(BaseModule):
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(in_channels, C, patch_size, stride=self.patch_stride)
         self.patch_resolution = self.grid_size(self.img_size)
-        num_cls = int(cls_token is not None)
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_cls + self._num_patches(
-            self.patch_resolution), C))
+        self._pos_layout = TokenLayout(self.patch_resolution[0] * self.patch_resolution[1],
+                                       cls_token)  # that of pos_embed: (1, [1 +] Hg*Wg, C)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self._pos_layout.num_tokens, C))
         if cls_token is not None:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, C))
         if num_registers:
@@ -196,24 +193,14 @@ class ShuffleMamba(BaseModule):
         ])
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.norm_f = build_norm(self.norm_type, C, norm_eps) if final_norm else nn.Identity()
-        self.pyramid = self._build_pyramid(out_scales, pyramid_norm)
+        check_pyramid_args(out_scales, out_type, self.out_indices)
+        self.pyramid = None if out_scales is None else SimplePyramid(C, out_scales, pyramid_norm)
 
         init_vim_weights(self.patch_embed.proj, self.layers, self._tokens(), init_scheme)
         self._register_load_state_dict_pre_hook(self._fit_checkpoint)
         self._freeze_stages()
 
     # ----------------------------------------------------------------- construction
-    def _build_pyramid(self, out_scales: Optional[Sequence[float]],
-                       norm_type: str) -> Optional[SimplePyramid]:
-        if out_scales is None:
-            return None
-        if self.out_type != 'featmap':
-            raise ValueError(f"out_scales needs out_type='featmap'; got {self.out_type!r}.")
-        if len(self.out_indices) not in (1, len(out_scales)):
-            raise ValueError(f'out_scales {tuple(out_scales)} needs one out_indices entry '
-                             f'per scale or a single one; got {self.out_indices}.')
-        return SimplePyramid(self.embed_dims, out_scales, norm_type)
-
     def grid_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
         """Patch grid ``(Hg, Wg)`` of an ``(H, W)`` input: ``(side - patch) // stride + 1``."""
         return tuple((side - self.patch_size) // self.patch_stride + 1 for side in size)
@@ -224,10 +211,6 @@ class ShuffleMamba(BaseModule):
         if self.pyramid is None:
             return (self.patch_stride, ) * len(self.out_indices)
         return tuple(self.patch_stride / scale for scale in self.pyramid.scales)
-
-    @staticmethod
-    def _num_patches(resolution: Tuple[int, int]) -> int:
-        return resolution[0] * resolution[1]
 
     def _tokens(self) -> Dict[str, nn.Parameter]:
         """The position embeddings and tokens this backbone has, by name."""
@@ -295,10 +278,6 @@ class ShuffleMamba(BaseModule):
         return num_layers - 1, num_layers
 
     # ---------------------------------------------------------------- checkpoints
-    DENSE_ONLY: Tuple[str, ...] = ('pyramid.', )
-    """Key prefixes of modules that classification checkpoints do not hold: missing from
-    such a checkpoint, they keep their initialisation (and are reported)."""
-
     def fit_target(self) -> FitTarget:
         """What :func:`fit_checkpoint` fits a checkpoint to for this backbone."""
         return FitTarget(self.embed_dims, self.num_layers, self.norm_type,
@@ -318,20 +297,12 @@ class ShuffleMamba(BaseModule):
         return TokenLayout(num_patches, self.cls_token_layout, self.num_registers)
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(f'Expected images of shape (B, C, H, W); got {tuple(x.shape)}.')
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f'Expected {self.in_channels} input channels, got {x.shape[1]} '
-                             f'(input shape {tuple(x.shape)}); set in_channels or convert '
-                             f'the images.')
-        for side in x.shape[2:]:
-            check_patch_side(side, self.patch_size, self.patch_stride, 'Input')
+        check_images(x, self.in_channels, self.patch_size, self.patch_stride)
 
     def _pos_embed(self, resolution: Tuple[int, int]) -> Tuple[Optional[Tensor], Tensor]:
         """Class-token slot ``(1, 1, C)`` or None, and the patch position embedding resized
         to the grid ``resolution``: ``(1, Hg*Wg, C)``."""
-        stored = TokenLayout(self._num_patches(self.patch_resolution), self.cls_token_layout)
-        cls_pos, patch_pos = split_pos_embed(self.pos_embed, stored)
+        cls_pos, patch_pos = split_pos_embed(self.pos_embed, self._pos_layout)
         # a symbolic grid (torch.export with dynamic sizes) is always resized: comparing it
         # with ours would specialise the export to one size (same-size resizing is exact)
         symbolic = any(isinstance(side, torch.SymInt) for side in resolution)

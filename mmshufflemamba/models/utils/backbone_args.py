@@ -1,12 +1,14 @@
-"""Resolving and checking a plain backbone's constructor arguments, with errors that say
-what to set instead."""
+"""Resolving and checking a plain backbone's constructor arguments and its inputs, with
+errors that say what to set instead."""
 from typing import Dict, List, Optional, Sequence, Union
+
+from torch import Tensor
 
 from mmshufflemamba.apis.codebases import padding_hint
 from .token_layout import CLS_TOKEN_LAYOUTS
 
 __all__ = ['resolve_arch', 'resolve_out_indices', 'check_choice', 'check_token_args',
-           'check_patch_side']
+           'check_pyramid_args', 'check_patch_side', 'check_images']
 
 
 def resolve_arch(arch: Union[str, dict], zoo: Dict[str, dict], defaults: dict,
@@ -80,6 +82,18 @@ def check_token_args(cls_token: Optional[str], num_registers: int, out_type: str
                          f'(got cls_token={cls_token!r}).')
 
 
+def check_pyramid_args(out_scales: Optional[Sequence[float]], out_type: str,
+                       out_indices: List[int]) -> None:
+    """A pyramid (``out_scales``) needs feature maps: one per scale or a single one."""
+    if out_scales is None:
+        return
+    if out_type != 'featmap':
+        raise ValueError(f"out_scales needs out_type='featmap'; got {out_type!r}.")
+    if len(out_indices) not in (1, len(out_scales)):
+        raise ValueError(f'out_scales {tuple(out_scales)} needs one out_indices entry '
+                         f'per scale or a single one; got {out_indices}.')
+
+
 def check_patch_side(side: int, patch_size: int, patch_stride: int, what: str) -> None:
     """Refuse an image side the patches do not cover exactly (``patch + stride * k``)."""
     p, s = patch_size, patch_stride
@@ -93,3 +107,15 @@ def check_patch_side(side: int, patch_size: int, patch_stride: int, what: str) -
         f'{what} side {side} does not fit patch size {p} with stride {s}: sides must be '
         f'{p} + {s} * k (e.g. {below} or {below + s}) so that the patches cover the '
         f'image exactly. Resize or pad the input.')
+
+
+def check_images(x: Tensor, in_channels: int, patch_size: int, patch_stride: int) -> None:
+    """Refuse anything but images ``(B, in_channels, H, W)`` whose sides fit the patches."""
+    if x.dim() != 4:
+        raise ValueError(f'Expected images of shape (B, C, H, W); got {tuple(x.shape)}.')
+    if x.shape[1] != in_channels:
+        raise ValueError(f'Expected {in_channels} input channels, got {x.shape[1]} '
+                         f'(input shape {tuple(x.shape)}); set in_channels or convert '
+                         f'the images.')
+    for side in x.shape[2:]:
+        check_patch_side(side, patch_size, patch_stride, 'Input')
