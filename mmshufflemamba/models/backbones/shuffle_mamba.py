@@ -280,11 +280,13 @@ class ShuffleMamba(BaseModule):
     # ---------------------------------------------------------------- checkpoints
     def fit_target(self) -> FitTarget:
         """What :func:`fit_checkpoint` fits a checkpoint to for this backbone."""
-        return FitTarget(self.embed_dims, self.num_layers, self.norm_type,
-                         self.patch_resolution, self.cls_token_layout, self.num_registers,
-                         self.ckpt_cls_token, self.final_norm, self.interpolate_mode,
-                         self.arch_settings, self.img_size, self.patch_size,
-                         self.patch_stride)
+        return FitTarget(
+            embed_dims=self.embed_dims, num_layers=self.num_layers, norm_type=self.norm_type,
+            grid=self.patch_resolution, cls_token=self.cls_token_layout,
+            num_registers=self.num_registers, ckpt_cls_token=self.ckpt_cls_token,
+            final_norm=self.final_norm, interpolate_mode=self.interpolate_mode,
+            arch=self.arch_settings, img_size=self.img_size, patch_size=self.patch_size,
+            patch_stride=self.patch_stride)
 
     def _fit_checkpoint(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
         """Load-state-dict pre-hook: fit ``state_dict`` to this backbone, in place."""
