@@ -328,6 +328,7 @@ def test_classification_checkpoint_loads_strictly_with_new_adapter_modules(tmp_p
     class-token slot and final norm are dropped on purpose, the adapter's modules are
     reported new, and every block tensor is taken over."""
     from mmshufflemamba.models import ShuffleMamba
+    from mmshufflemamba.models.utils import load_pretrained
     plain = ShuffleMamba(arch=dict(embed_dims=C, num_layers=DEPTH), norm_type='LN',
                          img_size=64, mixer_cfg=dict(d_state=4), cls_token='head')
     state = {'state_dict': {'backbone.' + k: v for k, v in plain.state_dict().items()}}
@@ -335,7 +336,8 @@ def test_classification_checkpoint_loads_strictly_with_new_adapter_modules(tmp_p
     path = str(tmp_path / 'cls.pth')
     torch.save(state, path)
     model = small_adapter(init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'))
-    report = model._load_pretrained(path, 'backbone.')
+    report = load_pretrained(model, model.fit_target(), path, 'backbone.',
+                             dense_only=model.DENSE_ONLY)
     assert report['missing'] == [] and report['unexpected'] == []
     assert 'cls_token' in report['dropped']
     assert any(k.startswith('norm_f.') for k in report['dropped'])
@@ -347,7 +349,7 @@ def test_classification_checkpoint_loads_strictly_with_new_adapter_modules(tmp_p
                        mixer_cfg=dict(d_state=4))
     torch.save({'state_dict': rms.state_dict()}, path)
     with pytest.raises(ValueError, match="norm_type='RMSNorm'"):
-        model._load_pretrained(path)
+        load_pretrained(model, model.fit_target(), path, dense_only=model.DENSE_ONLY)
 
 
 # ---------------------------------------------------------------- configs, item by item

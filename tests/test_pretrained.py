@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from mmshufflemamba.models import ShuffleMamba
+from mmshufflemamba.models.utils import fit_checkpoint, load_pretrained
 
 BASE = dict(arch=dict(embed_dims=32, num_layers=3), img_size=32, patch_size=16,
             mixer_cfg=dict(d_state=4))
@@ -13,6 +14,7 @@ def test_class_slot_dropped_for_dense_backbone(layout):
     src = ShuffleMamba(**BASE, cls_token=layout)
     dense = ShuffleMamba(**dict(BASE, img_size=64), cls_token=None, out_type='featmap',
                          ckpt_cls_token=layout)
+    _, report = fit_checkpoint(src.state_dict(), dense.fit_target())
     dense.load_state_dict(src.state_dict())
     slot = 0 if layout == 'head' else 2
     patches = torch.cat([src.pos_embed[:, :slot], src.pos_embed[:, slot + 1:]], dim=1)
@@ -20,17 +22,18 @@ def test_class_slot_dropped_for_dense_backbone(layout):
         patches.reshape(1, 2, 2, 32).permute(0, 3, 1, 2), size=(4, 4), mode='bicubic',
         align_corners=False).flatten(2).transpose(1, 2)
     torch.testing.assert_close(dense.pos_embed, expected)
-    assert dense.load_report['dropped'][0] == 'cls_token'
-    assert 'class-token slot' in dense.load_report['dropped'][1]
+    assert report['dropped'][0] == 'cls_token'
+    assert 'class-token slot' in report['dropped'][1]
     torch.testing.assert_close(dense.layers[2].mixer.A_log, src.layers[2].mixer.A_log)
 
 
 def test_registers_dropped_for_a_backbone_without_them():
     src = ShuffleMamba(**BASE, cls_token=None, num_registers=3, out_type='registers')
     dst = ShuffleMamba(**dict(BASE, img_size=48), cls_token=None, out_type='featmap')
+    _, report = fit_checkpoint(src.state_dict(), dst.fit_target())
     dst.load_state_dict(src.state_dict())
-    assert dst.load_report['dropped'] == ['register_tokens', 'pos_embed_reg']
-    assert dst.load_report['resized'] == ['pos_embed 2x2 -> 3x3 (bicubic)']
+    assert report['dropped'] == ['register_tokens', 'pos_embed_reg']
+    assert report['resized'] == ['pos_embed 2x2 -> 3x3 (bicubic)']
 
 
 def test_class_slot_kept_between_same_layouts_and_every_resize_reported(caplog):
@@ -38,12 +41,14 @@ def test_class_slot_kept_between_same_layouts_and_every_resize_reported(caplog):
     MMLogger.get_instance('mmengine', log_level='INFO')
     src = ShuffleMamba(**BASE, cls_token='middle')
     dst = ShuffleMamba(**dict(BASE, img_size=48), cls_token='middle')
+    _, report = fit_checkpoint(src.state_dict(), dst.fit_target())
     dst.load_state_dict(src.state_dict())
     torch.testing.assert_close(dst.pos_embed[:, 4], src.pos_embed[:, 2])  # the class slot
-    assert dst.load_report == dict(dropped=[], resized=['pos_embed 2x2 -> 3x3 (bicubic)'])
+    assert report == dict(dropped=[], resized=['pos_embed 2x2 -> 3x3 (bicubic)'])
     same = ShuffleMamba(**BASE, cls_token='middle')
+    _, report = fit_checkpoint(src.state_dict(), same.fit_target())
     same.load_state_dict(src.state_dict())
-    assert same.load_report == dict(dropped=[], resized=[])
+    assert report == dict(dropped=[], resized=[])
 
 
 def test_stride8_weights_load_into_a_stride16_model_with_a_reported_resize():
@@ -52,8 +57,9 @@ def test_stride8_weights_load_into_a_stride16_model_with_a_reported_resize():
     plus = ShuffleMamba(**dict(BASE, img_size=224), patch_stride=8, cls_token='middle')
     assert plus.patch_resolution == (27, 27) and plus.pos_embed.shape[1] == 27 * 27 + 1
     plain = ShuffleMamba(**dict(BASE, img_size=224), cls_token='middle')
+    _, report = fit_checkpoint(plus.state_dict(), plain.fit_target())
     plain.load_state_dict(plus.state_dict())
-    assert plain.load_report['resized'] == ['pos_embed 27x27 -> 14x14 (bicubic)']
+    assert report['resized'] == ['pos_embed 27x27 -> 14x14 (bicubic)']
     # the class slot is read at 729 // 2 = 364 and written at 196 // 2 = 98
     torch.testing.assert_close(plain.pos_embed[:, 98], plus.pos_embed[:, 364])
 
@@ -82,7 +88,8 @@ def test_init_cfg_pretrained_loads_checks_and_logs(tmp_path, caplog):
     dense = ShuffleMamba(**BASE, cls_token=None, out_type='featmap', out_indices=(2, ),
                          out_scales=(4, 2, 1, 0.5),
                          init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'))
-    report = dense._load_pretrained(path, 'backbone.')
+    report = load_pretrained(dense, dense.fit_target(), path, 'backbone.',
+                             dense_only=dense.DENSE_ONLY)
     assert report['missing'] == [] and report['unexpected'] == []
     assert report['loaded'] == len(src.state_dict()) - 1  # all but the class token
     assert len(report['new']) > 0 and all(k.startswith('pyramid.') for k in report['new'])
@@ -91,11 +98,11 @@ def test_init_cfg_pretrained_loads_checks_and_logs(tmp_path, caplog):
                                src.layers[0].mixer.in_proj.weight)
 
     with pytest.raises(ValueError, match='No key of .* starts with prefix'):
-        dense._load_pretrained(path, 'encoder.')
+        load_pretrained(dense, dense.fit_target(), path, 'encoder.')
     deeper = ShuffleMamba(**dict(BASE, arch=dict(embed_dims=32, num_layers=4)),
                           cls_token=None, out_type='featmap')
     with pytest.raises(ValueError, match='has 3 blocks but this backbone has 4'):
-        deeper._load_pretrained(path, 'backbone.')
+        load_pretrained(deeper, deeper.fit_target(), path, 'backbone.')
     with pytest.raises(ValueError, match='not understood'):
         ShuffleMamba(**BASE, init_cfg=dict(type='Pretrained', checkpoint=path,
                                            strict=True)).init_weights()

@@ -337,14 +337,16 @@ def test_paper_segmentation_backbone_is_upstreams():
     """``intermediate_output='mixer'`` with the paper configs' settings (no pyramid,
     ``img_size=224`` so the position embedding is resized at run time, as upstream)."""
     from mmshufflemamba.models import ShuffleMamba
+    from mmshufflemamba.models.utils import fit_checkpoint
     ref = upstream_state('shufflemamba', grid=14, layer_norm=True)
     backbone = ShuffleMamba(arch=dict(embed_dims=C, num_layers=DEPTH), img_size=224,
                             cls_token=None, out_type='featmap', out_indices=(0, 1),
                             intermediate_output='mixer', norm_type='LN').double().eval()
     state = {k[len('backbone.'):]: v for k, v in reference_to_mmpretrain(ref).items()
              if k.startswith('backbone.')}
+    _, report = fit_checkpoint(state, backbone.fit_target())
     backbone.load_state_dict(state, strict=True)
-    assert backbone.load_report['dropped'] == ['cls_token', 'pos_embed[0] (class-token slot, '
+    assert report['dropped'] == ['cls_token', 'pos_embed[0] (class-token slot, '
                                                "ckpt_cls_token='head')"]
     x = torch.randn(1, 3, 256, 288, generator=torch.Generator().manual_seed(2),
                     dtype=torch.float64)

@@ -24,8 +24,8 @@ import argparse
 
 import torch
 
-from mmshufflemamba.models.utils import (describe_reference, is_register_model,
-                                         reference_to_mmpretrain)
+from mmshufflemamba.models.utils import (checkpoint_norm_type, describe_reference,
+                                         is_register_model, reference_to_mmpretrain)
 
 
 def main() -> None:
@@ -56,10 +56,10 @@ def main() -> None:
         print(line)
     state = reference_to_mmpretrain(reference)
     if args.rmsnorm_to_layernorm:
+        if checkpoint_norm_type(state, 'backbone.') == 'LN':
+            raise SystemExit('--rmsnorm-to-layernorm: the checkpoint is LayerNorm already.')
         norms = [k for k in state if k.startswith('backbone.') and
                  k.endswith(('.norm.weight', 'norm_f.weight'))]
-        if any(k[:-len('weight')] + 'bias' in state for k in norms):
-            raise SystemExit('--rmsnorm-to-layernorm: the checkpoint is LayerNorm already.')
         for key in norms:
             state[key[:-len('weight')] + 'bias'] = state[key].new_zeros(state[key].shape)
         print(f'--rmsnorm-to-layernorm: {len(norms)} norms written as LayerNorm with zero '

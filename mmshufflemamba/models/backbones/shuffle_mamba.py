@@ -4,24 +4,26 @@ ShuffleMamba: "Stochastic Layer-Wise Shuffle: A Good Practice to Improve Vision 
 Training" (arXiv 2408.17081), on the Vim architecture ("Vision Mamba", arXiv 2401.09417).
 With ``shuffle_rate=0`` (or in eval mode) the model is exactly the plain Vim.
 """
-import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from mmshufflemamba.apis.codebases import padding_hint
 from mmshufflemamba.registry import MODELS
 from ..layers import LayerwiseShuffle, MambaBlock, SimplePyramid, build_norm
 from ..layers.block import DropPath
-from ..utils import CLS_TOKEN_LAYOUTS, TokenLayout, cls_token_index, resize_pos_embed
+from ..utils import (INIT_SCHEMES, FitTarget, TokenLayout, fit_checkpoint, init_vim_weights,
+                     load_pretrained, resize_pos_embed, split_pos_embed)
+from ..utils.backbone_args import (check_choice, check_images, check_patch_side,
+                                   check_pyramid_args, check_token_args, resolve_arch,
+                                   resolve_out_indices)
 
 __all__ = ['ShuffleMamba']
 
 OUT_TYPES = ('raw', 'cls_token', 'featmap', 'avg_featmap', 'registers')
 INTERMEDIATE_OUTPUTS = ('residual', 'mixer')
-INIT_SCHEMES = ('vim', 'shufflemamba')
+TOKEN_PARAMS = ('pos_embed', 'cls_token', 'register_tokens', 'pos_embed_reg')
 
 
 @MODELS.register_module()
@@ -74,19 +76,11 @@ class ShuffleMamba(BaseModule):
             map for all scales (a single index, as ViTDet). None: no pyramid.
         pyramid_norm: Norm inside the pyramid's upsamplers and on each of its levels:
             ``'GN'`` (default; any batch, one process), ``'LN2d'``, ``'BN'`` or
-            ``'SyncBN'``. ``'LN2d'`` normalises every pixel on its own, so flat background
-            comes out as strong as objects; with it the toy Mask R-CNN's stride-4 FPN
-            output grew about 280-fold in 300 iterations and it did not learn, where GN
-            and BN learned (mmdet's FPN has no norm). UperNet, whose head normalises,
-            learns with either.
+            ``'SyncBN'``; see :func:`~mmshufflemamba.models.layers.pyramid.build_norm2d`.
         interpolate_mode: Mode for resizing the position embedding.
-        init_scheme: How weights are initialised when nothing is loaded: ``'vim'`` (Vim and
-            Mamba-Reg: trunc-normal embeddings and tokens, lecun patch conv, PyTorch's
-            default linears, Mamba's step-size init, ``out_proj`` rescaled by
-            ``1/sqrt(depth)``) or ``'shufflemamba'`` (upstream ShuffleMamba's plain models,
-            ``models_shuffle.py``: as ``'vim'``, then every linear of the blocks
-            trunc-normal(0.02) with zero bias, the step-size bias too, so every step size
-            starts at ``softplus(0)``; ``out_proj`` rescaled again; a zero class token).
+        init_scheme: How weights are initialised when nothing is loaded: ``'vim'`` (Vim,
+            Mamba-Reg) or ``'shufflemamba'`` (upstream ShuffleMamba's plain models); see
+            :func:`~mmshufflemamba.models.utils.init_vim_weights`.
         ckpt_cls_token: Where the class-token slot of ``pos_embed`` sits in checkpoints
             loaded into a backbone *without* a class token (``'head'``: ShuffleMamba and
             this package's classifiers; ``'middle'``: Vim's ``*midclstok*`` weights). The
@@ -108,6 +102,8 @@ class ShuffleMamba(BaseModule):
         'small-stride8': {'embed_dims': 384, 'num_layers': 24, 'patch_stride': 8},
     }
     _ARCH_DEFAULTS = {'norm_type': 'RMSNorm', 'patch_stride': None}
+    # modules a classification checkpoint does not hold: new, initialised, reported
+    DENSE_ONLY: Tuple[str, ...] = ('pyramid.', )
 
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
@@ -137,8 +133,8 @@ class ShuffleMamba(BaseModule):
                  ckpt_cls_token: str = 'head',
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
-        self.arch_settings = self._parse_arch(arch, norm_type=norm_type,
-                                              patch_stride=patch_stride)
+        self.arch_settings = resolve_arch(arch, self.arch_zoo, self._ARCH_DEFAULTS,
+                                          norm_type=norm_type, patch_stride=patch_stride)
         self.embed_dims = self.arch_settings['embed_dims']
         self.num_layers = self.arch_settings['num_layers']
         self.norm_type = self.arch_settings['norm_type']
@@ -151,38 +147,21 @@ class ShuffleMamba(BaseModule):
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.in_channels = in_channels
         for side in self.img_size:
-            self._check_side(side, 'img_size')
+            check_patch_side(side, patch_size, self.patch_stride, 'img_size')
 
-        if cls_token not in CLS_TOKEN_LAYOUTS:
-            raise ValueError(f'cls_token must be one of {CLS_TOKEN_LAYOUTS}; got {cls_token!r}.')
-        if out_type not in OUT_TYPES:
-            raise ValueError(f'out_type must be one of {OUT_TYPES}; got {out_type!r}.')
-        if intermediate_output not in INTERMEDIATE_OUTPUTS:
-            raise ValueError(f'intermediate_output must be one of {INTERMEDIATE_OUTPUTS}; '
-                             f'got {intermediate_output!r}.')
-        if out_type == 'registers' and not num_registers:
-            raise ValueError("out_type='registers' needs num_registers > 0.")
-        if ckpt_cls_token not in ('head', 'middle'):
-            raise ValueError(f"ckpt_cls_token must be 'head' or 'middle'; got {ckpt_cls_token!r}.")
+        check_choice('out_type', out_type, OUT_TYPES)
+        check_choice('intermediate_output', intermediate_output, INTERMEDIATE_OUTPUTS)
+        check_choice('ckpt_cls_token', ckpt_cls_token, ('head', 'middle'))
+        check_choice('init_scheme', init_scheme, INIT_SCHEMES)
+        check_token_args(cls_token, num_registers, out_type)
         self.ckpt_cls_token = ckpt_cls_token
-        if init_scheme not in INIT_SCHEMES:
-            raise ValueError(f'init_scheme must be one of {INIT_SCHEMES}; got {init_scheme!r}.')
         self.init_scheme = init_scheme
-        if out_type == 'cls_token' and cls_token is None:
-            raise ValueError("out_type='cls_token' needs a class token: set cls_token to "
-                             "'head' or 'middle', or use out_type='avg_featmap'.")
-        if num_registers < 0:
-            raise ValueError(f'num_registers must be >= 0; got {num_registers}.')
-        if num_registers and cls_token is not None:
-            raise ValueError(f'num_registers={num_registers} needs cls_token=None: Mamba-Reg '
-                             f'models classify from their registers and have no class token '
-                             f'(got cls_token={cls_token!r}).')
         self.cls_token_layout = cls_token
         self.num_registers = num_registers
         self.out_type = out_type
         self.intermediate_output = intermediate_output
         self.interpolate_mode = interpolate_mode
-        self.out_indices = self._parse_out_indices(out_indices)
+        self.out_indices = resolve_out_indices(out_indices, self.num_layers)
         self.final_norm = final_norm
         self.frozen_stages = frozen_stages
 
@@ -190,9 +169,9 @@ class ShuffleMamba(BaseModule):
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(in_channels, C, patch_size, stride=self.patch_stride)
         self.patch_resolution = self.grid_size(self.img_size)
-        num_cls = int(cls_token is not None)
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_cls + self._num_patches(
-            self.patch_resolution), C))
+        self._pos_layout = TokenLayout(self.patch_resolution[0] * self.patch_resolution[1],
+                                       cls_token)  # that of pos_embed: (1, [1 +] Hg*Wg, C)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self._pos_layout.num_tokens, C))
         if cls_token is not None:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, C))
         if num_registers:
@@ -214,70 +193,14 @@ class ShuffleMamba(BaseModule):
         ])
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.norm_f = build_norm(self.norm_type, C, norm_eps) if final_norm else nn.Identity()
-        self.load_report: dict = dict(dropped=[], resized=[])
-        self.pyramid = self._build_pyramid(out_scales, pyramid_norm)
+        check_pyramid_args(out_scales, out_type, self.out_indices)
+        self.pyramid = None if out_scales is None else SimplePyramid(C, out_scales, pyramid_norm)
 
-        self._init_mamba_weights()
-        self._register_load_state_dict_pre_hook(self._adapt_checkpoint)
+        init_vim_weights(self.patch_embed.proj, self.layers, self._tokens(), init_scheme)
+        self._register_load_state_dict_pre_hook(self._fit_checkpoint)
         self._freeze_stages()
 
     # ----------------------------------------------------------------- construction
-    def _parse_arch(self, arch: Union[str, dict], **explicit: Optional[object]) -> dict:
-        """The arch's settings, with ``norm_type``/``patch_stride`` given as arguments.
-
-        An argument that contradicts the arch (``arch='middle', norm_type='RMSNorm'``) is
-        an error, not a silent override: use a dict arch for a variant.
-        """
-        if isinstance(arch, str):
-            key = arch.lower()
-            if key not in self.arch_zoo:
-                raise ValueError(f'Unknown arch {arch!r}; choose from '
-                                 f'{sorted(set(self.arch_zoo))} or pass a dict.')
-            given = dict(self.arch_zoo[key])
-        else:
-            given = dict(arch)
-            missing = {'embed_dims', 'num_layers'} - set(given)
-            if missing:
-                raise ValueError(f'A custom arch dict needs the keys {sorted(missing)}.')
-            unknown = set(given) - {'embed_dims', 'num_layers', *self._ARCH_DEFAULTS}
-            if unknown:
-                raise ValueError(f'Unknown arch keys {sorted(unknown)}; an arch dict takes '
-                                 f'embed_dims, num_layers, norm_type and patch_stride.')
-        settings = {**self._ARCH_DEFAULTS, **given}
-        for name, value in explicit.items():
-            if value is None:
-                continue
-            if name in given and given[name] != value:
-                raise ValueError(f'{name}={value!r} contradicts arch {arch!r}, whose '
-                                 f'{name} is {given[name]!r}. Leave {name} unset, or pass '
-                                 f'a dict arch for another variant.')
-            settings[name] = value
-        return settings
-
-    def _parse_out_indices(self, out_indices: Union[int, Sequence[int]]) -> List[int]:
-        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
-        if not indices:
-            raise ValueError('out_indices must name at least one block.')
-        parsed = []
-        for index in indices:
-            if not -self.num_layers <= index < self.num_layers:
-                raise ValueError(f'out_indices {index} is outside the depth: this backbone '
-                                 f'has {self.num_layers} blocks (valid: '
-                                 f'{-self.num_layers}..{self.num_layers - 1}).')
-            parsed.append(index % self.num_layers)
-        return sorted(set(parsed))
-
-    def _build_pyramid(self, out_scales: Optional[Sequence[float]],
-                       norm_type: str) -> Optional[SimplePyramid]:
-        if out_scales is None:
-            return None
-        if self.out_type != 'featmap':
-            raise ValueError(f"out_scales needs out_type='featmap'; got {self.out_type!r}.")
-        if len(self.out_indices) not in (1, len(out_scales)):
-            raise ValueError(f'out_scales {tuple(out_scales)} needs one out_indices entry '
-                             f'per scale or a single one; got {self.out_indices}.')
-        return SimplePyramid(self.embed_dims, out_scales, norm_type)
-
     def grid_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
         """Patch grid ``(Hg, Wg)`` of an ``(H, W)`` input: ``(side - patch) // stride + 1``."""
         return tuple((side - self.patch_size) // self.patch_stride + 1 for side in size)
@@ -289,64 +212,21 @@ class ShuffleMamba(BaseModule):
             return (self.patch_stride, ) * len(self.out_indices)
         return tuple(self.patch_stride / scale for scale in self.pyramid.scales)
 
-    def _check_side(self, side: int, what: str) -> None:
-        p, s = self.patch_size, self.patch_stride
-        if side >= p and (side - p) % s == 0:
-            return
-        if s == p:
-            raise ValueError(f'{what} side {side} is not a multiple of the patch size {p}. '
-                             f'{padding_hint(p)}')
-        below = p + max(side - p, 0) // s * s
-        raise ValueError(
-            f'{what} side {side} does not fit patch size {p} with stride {s}: sides must be '
-            f'{p} + {s} * k (e.g. {below} or {below + s}) so that the patches cover the '
-            f'image exactly. Resize or pad the input.')
-
-    @staticmethod
-    def _num_patches(resolution: Tuple[int, int]) -> int:
-        return resolution[0] * resolution[1]
-
-    def _init_mamba_weights(self) -> None:
-        """Vim's initialisation (trunc-normal embeddings, lecun conv, rescaled out_proj)."""
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for name in ('cls_token', 'register_tokens', 'pos_embed_reg'):
-            if hasattr(self, name):
-                nn.init.trunc_normal_(getattr(self, name), std=0.02)
-        proj = self.patch_embed.proj
-        fan_in = proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1]
-        # lecun normal: truncated normal with variance 1/fan_in (0.8796 corrects truncation)
-        nn.init.trunc_normal_(proj.weight, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978)
-        nn.init.zeros_(proj.bias)
-        for module in self.layers.modules():
-            if isinstance(module, nn.Linear) and module.bias is not None \
-                    and not getattr(module.bias, '_no_reinit', False):
-                nn.init.zeros_(module.bias)
-        if self.init_scheme == 'shufflemamba':  # models_shuffle.py: segm_init_weights
-            for module in self.layers.modules():
-                if isinstance(module, nn.Linear):
-                    nn.init.trunc_normal_(module.weight, std=0.02)
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)  # the step-size bias too
-            if hasattr(self, 'cls_token'):
-                nn.init.zeros_(self.cls_token)
-        for layer in self.layers:
-            # GPT-2 style: scale the residual branch's output projection by 1/sqrt(depth)
-            weight = layer.mixer.out_proj.weight
-            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-            with torch.no_grad():
-                weight /= math.sqrt(self.num_layers)
+    def _tokens(self) -> Dict[str, nn.Parameter]:
+        """The position embeddings and tokens this backbone has, by name."""
+        return {name: getattr(self, name) for name in TOKEN_PARAMS if hasattr(self, name)}
 
     def init_weights(self) -> None:
         """Weights are initialised at construction; a ``Pretrained`` init_cfg loads over
-        them through :meth:`_load_pretrained`, which logs and checks every key."""
+        them through :func:`load_pretrained`, which logs and checks every key."""
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
             unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'}
             if unknown:
                 raise ValueError(f'init_cfg keys {sorted(unknown)} are not understood by '
                                  f'ShuffleMamba (type, checkpoint, prefix, map_location).')
-            self._load_pretrained(cfg['checkpoint'], cfg.get('prefix'),
-                                  cfg.get('map_location', 'cpu'))
+            load_pretrained(self, self.fit_target(), cfg['checkpoint'], cfg.get('prefix'),
+                            cfg.get('map_location', 'cpu'), self.DENSE_ONLY)
             self._is_init = True
             return
         super().init_weights()
@@ -365,9 +245,8 @@ class ShuffleMamba(BaseModule):
             module.eval()
             for param in module.parameters():
                 param.requires_grad = False
-        for name in ('pos_embed', 'cls_token', 'register_tokens', 'pos_embed_reg'):
-            if hasattr(self, name):
-                getattr(self, name).requires_grad = False
+        for token in self._tokens().values():
+            token.requires_grad = False
 
     def train(self, mode: bool = True) -> 'ShuffleMamba':
         super().train(mode)
@@ -377,7 +256,7 @@ class ShuffleMamba(BaseModule):
     # ---------------------------------------------------------------- optimiser info
     def no_weight_decay(self) -> set:
         """Names of parameters that take no weight decay (besides ``_no_weight_decay`` ones)."""
-        return {'pos_embed', 'cls_token', 'register_tokens', 'pos_embed_reg'}
+        return set(TOKEN_PARAMS)
 
     def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
         """Layer depth of a parameter for layer-wise lr decay (mmpretrain's convention).
@@ -392,27 +271,40 @@ class ShuffleMamba(BaseModule):
         if not param_name.startswith(prefix):
             return num_layers - 1, num_layers
         name = param_name[len(prefix):]
-        if name in ('cls_token', 'pos_embed', 'register_tokens', 'pos_embed_reg') \
-                or name.startswith('patch_embed'):
+        if name in TOKEN_PARAMS or name.startswith('patch_embed'):
             return 0, num_layers
         if name.startswith('layers.'):
             return int(name.split('.')[1]) + 1, num_layers
         return num_layers - 1, num_layers
 
-    # ------------------------------------------------------------ position embedding
-    def _split_pos_embed(self, pos_embed: Tensor, num_patches: int,
-                         layout: Optional[str]) -> Tuple[Optional[Tensor], Tensor]:
-        """``(1, n, C)`` -> (class-token slot ``(1, 1, C)`` or None, patch part ``(1, M, C)``)."""
-        slot = cls_token_index(num_patches, layout)
-        if slot is None:
-            return None, pos_embed
-        patches = torch.cat([pos_embed[:, :slot], pos_embed[:, slot + 1:]], dim=1)
-        return pos_embed[:, slot:slot + 1], patches
+    # ---------------------------------------------------------------- checkpoints
+    def fit_target(self) -> FitTarget:
+        """What :func:`fit_checkpoint` fits a checkpoint to for this backbone."""
+        return FitTarget(
+            embed_dims=self.embed_dims, num_layers=self.num_layers, norm_type=self.norm_type,
+            grid=self.patch_resolution, cls_token=self.cls_token_layout,
+            num_registers=self.num_registers, ckpt_cls_token=self.ckpt_cls_token,
+            final_norm=self.final_norm, interpolate_mode=self.interpolate_mode,
+            arch=self.arch_settings, img_size=self.img_size, patch_size=self.patch_size,
+            patch_stride=self.patch_stride)
 
-    def _patch_pos_embed(self, resolution: Tuple[int, int]) -> Tuple[Optional[Tensor], Tensor]:
-        """Class slot and patch position embedding resized to ``resolution``."""
-        cls_pos, patch_pos = self._split_pos_embed(
-            self.pos_embed, self._num_patches(self.patch_resolution), self.cls_token_layout)
+    def _fit_checkpoint(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        """Load-state-dict pre-hook: fit ``state_dict`` to this backbone, in place."""
+        fitted, _ = fit_checkpoint(state_dict, self.fit_target(), prefix)
+        state_dict.clear()
+        state_dict.update(fitted)
+
+    # ---------------------------------------------------------------------- forward
+    def _layout(self, num_patches: int) -> TokenLayout:
+        return TokenLayout(num_patches, self.cls_token_layout, self.num_registers)
+
+    def _check_input(self, x: Tensor) -> None:
+        check_images(x, self.in_channels, self.patch_size, self.patch_stride)
+
+    def _pos_embed(self, resolution: Tuple[int, int]) -> Tuple[Optional[Tensor], Tensor]:
+        """Class-token slot ``(1, 1, C)`` or None, and the patch position embedding resized
+        to the grid ``resolution``: ``(1, Hg*Wg, C)``."""
+        cls_pos, patch_pos = split_pos_embed(self.pos_embed, self._pos_layout)
         # a symbolic grid (torch.export with dynamic sizes) is always resized: comparing it
         # with ours would specialise the export to one size (same-size resizing is exact)
         symbolic = any(isinstance(side, torch.SymInt) for side in resolution)
@@ -421,163 +313,13 @@ class ShuffleMamba(BaseModule):
                                          self.interpolate_mode, always=symbolic)
         return cls_pos, patch_pos
 
-    def _adapt_checkpoint(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
-        """Load-time hook: fit a checkpoint of another grid or token layout to this model.
-
-        Refuses a checkpoint of the other norm type; resizes ``pos_embed`` to our patch
-        grid; moves, drops (when we have no class token, see ``ckpt_cls_token``) or keeps
-        its class-token slot; drops class/register tokens we do not have. Everything
-        dropped or resized is recorded in ``self.load_report`` for the caller to log, and
-        every resize is logged here as well (``pos_embed 27x27 -> 14x14``).
-        """
-        self.load_report = dict(dropped=[], resized=[])
-        self._check_norm_type(state_dict, prefix)
-        self._check_depth(state_dict, prefix)
-        name = prefix + 'pos_embed'
-        unused = [('cls_token', self.cls_token_layout is None),
-                  ('register_tokens', not self.num_registers),
-                  ('pos_embed_reg', not self.num_registers)]
-        for key, absent_here in unused:
-            if absent_here and prefix + key in state_dict:
-                del state_dict[prefix + key]
-                self.load_report['dropped'].append(prefix + key)
-        if not self.final_norm:  # a classifier's final norm, unused without one here
-            for key in [k for k in state_dict if k.startswith(prefix + 'norm_f.')]:
-                del state_dict[key]
-                self.load_report['dropped'].append(f'{key} (final_norm=False)')
-        if name not in state_dict or state_dict[name].shape == self.pos_embed.shape:
-            return
-        ckpt = state_dict[name]
-        num_src = ckpt.shape[1]
-        side = int(math.isqrt(num_src))
-        src_layout = None
-        if side * side != num_src:  # one extra slot: a class token
-            side = int(math.isqrt(num_src - 1))
-            src_layout = self.cls_token_layout or self.ckpt_cls_token
-        if side * side != ckpt.shape[1] - (src_layout is not None) \
-                or ckpt.shape[2] != self.embed_dims:
-            raise ValueError(
-                f'Cannot load {name} of shape {tuple(ckpt.shape)} into a model whose '
-                f'pos_embed is {tuple(self.pos_embed.shape)} (width {self.embed_dims}, '
-                f'cls_token={self.cls_token_layout!r}): neither a square patch grid nor one '
-                f'plus a class-token slot of this width. Check arch/embed_dims, or convert '
-                f'the checkpoint with tools/model_converters.')
-        cls_pos, patch_pos = self._split_pos_embed(ckpt, side * side, src_layout)
-        if (side, side) != self.patch_resolution:
-            patch_pos = resize_pos_embed(patch_pos, (side, side), self.patch_resolution,
-                                         self.interpolate_mode)
-            resize = (f'{name} {side}x{side} -> {self.patch_resolution[0]}x'
-                      f'{self.patch_resolution[1]} ({self.interpolate_mode})')
-            self.load_report['resized'].append(resize)
-            from mmengine.logging import print_log
-            print_log(f'ShuffleMamba: resized {resize}: the checkpoint\'s patch grid differs '
-                      f'from this model\'s (img_size {self.img_size}, patch {self.patch_size}, '
-                      f'stride {self.patch_stride}).', logger='current')
-        if self.cls_token_layout is not None:
-            if cls_pos is None:
-                raise ValueError(f'{name} has no class-token slot but this model has '
-                                 f'cls_token={self.cls_token_layout!r}.')
-            slot = cls_token_index(self._num_patches(self.patch_resolution),
-                                   self.cls_token_layout)
-            patch_pos = torch.cat([patch_pos[:, :slot], cls_pos, patch_pos[:, slot:]], dim=1)
-        elif cls_pos is not None:
-            self.load_report['dropped'].append(
-                f'{name}[{cls_token_index(side * side, src_layout)}] (class-token slot, '
-                f"ckpt_cls_token={src_layout!r})")
-        state_dict[name] = patch_pos
-
-    def _check_depth(self, state_dict: dict, prefix: str) -> None:
-        """Refuse weights of another depth (a different ``arch``)."""
-        start = len(prefix + 'layers.')
-        ids = {int(k[start:].split('.')[0]) for k in state_dict
-               if k.startswith(prefix + 'layers.')}
-        if ids and max(ids) + 1 != self.num_layers:
-            raise ValueError(
-                f'The checkpoint has {max(ids) + 1} blocks but this backbone has '
-                f'{self.num_layers} (arch {self.arch_settings}): it is a checkpoint of '
-                f'another architecture. Set arch to the one the checkpoint was trained with.')
-
-    def _check_norm_type(self, state_dict: dict, prefix: str) -> None:
-        """Refuse weights of the other norm type (LayerNorm has biases, RMSNorm none)."""
-        norm_weights = [k for k in state_dict if k.startswith(prefix + 'layers.')
-                        and k.endswith('.norm.weight')]
-        if not norm_weights:
-            return
-        ckpt_is_ln = any(k[:-len('weight')] + 'bias' in state_dict for k in norm_weights)
-        if ckpt_is_ln != (self.norm_type == 'LN'):
-            ckpt_norm = 'LN' if ckpt_is_ln else 'RMSNorm'
-            raise ValueError(
-                f"The checkpoint's blocks use {ckpt_norm} but this backbone has "
-                f"norm_type={self.norm_type!r}: the weights would load into the wrong "
-                f"norm. Set norm_type='{ckpt_norm}' in the backbone config.")
-
-    def _load_pretrained(self, checkpoint: str, prefix: Optional[str] = None,
-                         map_location: str = 'cpu') -> dict:
-        """Load ``init_cfg=dict(type='Pretrained', ...)`` and say what happened.
-
-        Missing keys (other than the new dense-prediction pyramid) and unexpected keys
-        are errors, not warnings: a backbone must never train from silently random
-        weights. Returns the report that is also logged.
-        """
-        from mmengine.logging import print_log
-        from mmengine.runner.checkpoint import CheckpointLoader
-        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
-        state = ckpt.get('state_dict', ckpt)
-        if prefix:
-            prefix = prefix if prefix.endswith('.') else prefix + '.'
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            if not state:
-                raise ValueError(f'No key of {checkpoint} starts with prefix {prefix!r}; '
-                                 f'set init_cfg.prefix to the backbone prefix of that '
-                                 f'checkpoint (e.g. "backbone.") or remove it.')
-        result = self.load_state_dict(state, strict=False)
-        dense_only = self._dense_only_keys()
-        new_modules = [k for k in result.missing_keys if k.startswith(dense_only)]
-        missing = [k for k in result.missing_keys if not k.startswith(dense_only)]
-        report = dict(checkpoint=checkpoint,
-                      loaded=len(self.state_dict()) - len(result.missing_keys),
-                      dropped=self.load_report['dropped'],
-                      resized=self.load_report['resized'], missing=missing,
-                      unexpected=list(result.unexpected_keys), new=new_modules)
-        print_log(
-            f"ShuffleMamba init from {checkpoint}: {report['loaded']} tensors loaded; "
-            f"missing keys: {missing or 'none'}; unexpected keys: "
-            f"{report['unexpected'] or 'none'}; dropped on purpose: "
-            f"{report['dropped'] or 'none'}; resized: {report['resized'] or 'none'}; "
-            f"not in the checkpoint (new dense-prediction modules "
-            f"{', '.join(dense_only)}): {len(new_modules)} tensors", logger='current')
-        if missing or report['unexpected']:
-            raise ValueError(f'Pretrained weights do not fit this backbone: missing '
-                             f'{missing}, unexpected {report["unexpected"]}. Check arch, '
-                             f'token layout (cls_token/num_registers) and init_cfg.prefix.')
-        return report
-
-    def _dense_only_keys(self) -> Tuple[str, ...]:
-        """Key prefixes of modules that classification checkpoints do not hold: missing
-        from such a checkpoint, they keep their initialisation (and are reported)."""
-        return ('pyramid.', )
-
-    # ---------------------------------------------------------------------- forward
-    def _layout(self, num_patches: int) -> TokenLayout:
-        return TokenLayout(num_patches, self.cls_token_layout, self.num_registers)
-
-    def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(f'Expected images of shape (B, C, H, W); got {tuple(x.shape)}.')
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f'Expected {self.in_channels} input channels, got {x.shape[1]} '
-                             f'(input shape {tuple(x.shape)}); set in_channels or convert '
-                             f'the images.')
-        for side in x.shape[2:]:
-            self._check_side(side, 'Input')
-
     def embed(self, x: Tensor) -> Tuple[Tensor, TokenLayout, Tuple[int, int]]:
         """Images ``(B, 3, H, W)`` -> token sequence ``(B, T, C)``, its layout, patch grid."""
         self._check_input(x)
         x = self.patch_embed.proj(x)
         resolution = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # (B, M, C)
-        cls_pos, patch_pos = self._patch_pos_embed(resolution)
+        cls_pos, patch_pos = self._pos_embed(resolution)
         extra = None  # the class token or the registers, with their position embeddings
         if cls_pos is not None:
             extra = (self.cls_token + cls_pos).expand(x.shape[0], -1, -1)

@@ -150,9 +150,6 @@ class ShuffleMambaAdapter(ShuffleMamba):
                 m.init_weights()
         nn.init.normal_(self.level_embed)
 
-    def _dense_only_keys(self) -> Tuple[str, ...]:
-        return self.DENSE_ONLY
-
     def _check_input(self, x: Tensor) -> None:
         super()._check_input(x)
         for side in x.shape[2:]:

@@ -29,7 +29,14 @@ NORM2D_TYPES = ('LN2d', 'GN', 'BN', 'SyncBN')
 
 
 def build_norm2d(norm_type: str, channels: int) -> nn.Module:
-    """``'LN2d'``, ``'GN'`` (32 groups or fewer), ``'BN'`` or ``'SyncBN'``."""
+    """``'LN2d'``, ``'GN'`` (32 groups or fewer), ``'BN'`` or ``'SyncBN'``.
+
+    ``'GN'`` works with any batch on one process. ``'LN2d'`` normalises every pixel on its
+    own, so flat background comes out as strong as objects: in a pyramid feeding mmdet's
+    FPN (which has no norm) the toy Mask R-CNN's stride-4 FPN output grew about 280-fold in
+    300 iterations and it did not learn, where GN and BN learned. UperNet, whose head
+    normalises, learns with either.
+    """
     if norm_type == 'LN2d':
         return LayerNorm2d(channels, eps=1e-6)
     if norm_type == 'GN':

@@ -19,6 +19,8 @@ from typing import Dict, List
 
 from torch import Tensor
 
+from .checkpoint_fit import checkpoint_norm_type
+
 __all__ = [
     'reference_to_mmpretrain', 'mmpretrain_to_reference', 'is_register_model',
     'describe_reference'
@@ -106,7 +108,7 @@ def describe_reference(reference: Dict[str, Tensor]) -> List[str]:
     width = reference['patch_embed.proj.weight'].shape[0]
     patch = reference['patch_embed.proj.weight'].shape[-1]
     depth = 1 + max(int(k.split('.')[1]) for k in reference if k.startswith('layers.'))
-    norm = 'LN' if 'layers.0.norm.bias' in reference else 'RMSNorm'
+    norm = checkpoint_norm_type(reference)
     d_state = reference['layers.0.mixer.A_log'].shape[1]
     lines.append(f'architecture: embed_dims {width}, {depth} blocks, {norm}, d_state '
                  f'{d_state}, patch {patch}')

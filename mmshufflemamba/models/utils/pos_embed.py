@@ -1,12 +1,13 @@
 """Position-embedding helpers."""
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from .precision import at_least_float32
+from .token_layout import TokenLayout
 
-__all__ = ['resize_pos_embed']
+__all__ = ['resize_pos_embed', 'split_pos_embed']
 
 
 def resize_pos_embed(pos_embed: Tensor,
@@ -29,3 +30,14 @@ def resize_pos_embed(pos_embed: Tensor,
     grid = F.interpolate(at_least_float32(grid), size=tuple(dst_shape), mode=mode,
                          align_corners=False)
     return grid.flatten(2).transpose(1, 2).to(pos_embed.dtype)
+
+
+def split_pos_embed(pos_embed: Tensor,
+                    layout: TokenLayout) -> Tuple[Optional[Tensor], Tensor]:
+    """``(1, n, C)`` -> (class-token slot ``(1, 1, C)`` or None, patch part ``(1, M, C)``).
+
+    ``layout`` is that of ``pos_embed``: ``M`` patches and the class token, if any
+    (registers have their own position embedding).
+    """
+    i = layout.cls_index
+    return (None if i is None else pos_embed[:, i:i + 1]), layout.patches(pos_embed)
