@@ -295,9 +295,12 @@ def test_adapter_output_reacts_to_every_part():
 
 
 def test_adapter_trains_and_backpropagates_into_every_part():
+    # a batch of 8: drop-path (0.1) drops a branch for the whole batch with odds 1e-8 (a
+    # batch of 2 left some block without gradient in about 1 run in 10)
+    torch.manual_seed(0)
     model = small_adapter(shuffle_rate=0.5, drop_path_rate=0.1).train()
     randomise(model)
-    outs = model(torch.randn(2, 3, 64, 64))
+    outs = model(torch.randn(8, 3, 64, 64))
     sum(o.pow(2).mean() for o in outs).backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or
                not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
