@@ -3,8 +3,8 @@
 # data, heads, AdamW lr 1e-3, warm-up then cosine) with the backbone swapped for a
 # 4-block ShuffleMambaAdapter, one block per interaction group. GN in the spatial prior
 # module and on the levels (one process, batch 4: SyncBN has nothing to sync).
-# It trains (loss 3.1 -> 1.0) but does not yet detect: box mAP 0.001 after 150 iterations,
-# 0.008 after 400 of a 600-iteration run. Ablations on this recipe (issue 18): the spatial
+# It trains (loss 3.1 -> 1.0) but does not yet detect: box mAP 0.001 after 150 iterations
+# and 0.016 after a 600-iteration schedule. Ablations on this recipe (issue 18): the spatial
 # prior module alone (no interactions, level embedding or group outputs) reaches box mAP
 # 0.78 in 150 iterations (seed 0; seed 1 learns as fast); adding only the level embedding,
 # or only the group outputs, keeps it near 0 (the group outputs: two seeds, either scan
