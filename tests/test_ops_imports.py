@@ -44,3 +44,60 @@ def test_ops_modules_import_without_cycles_and_the_contract_is_a_leaf():
     for name in sorted(edges):
         if name != '__init__':
             visit(name)
+
+
+PACKAGE = OPS.parent
+
+
+def package_import_graph():
+    """Module -> the package modules it imports (module level or in a function), each
+    import also counting the packages above its target, which Python runs first; a
+    module's own ancestors are left out (a package importing its parts is the norm)."""
+    names = {}
+    for path in PACKAGE.rglob('*.py'):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix('').parts)
+        if parts[-1] == '__init__':
+            parts = parts[:-1]
+        names['.'.join(parts)] = path
+    graph = {}
+    for name, path in names.items():
+        package = name if path.name == '__init__.py' else name.rsplit('.', 1)[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ''
+                if node.level:
+                    up = package.split('.')[:len(package.split('.')) - node.level + 1]
+                    base = '.'.join(up + ([base] if base else []))
+                found = [f'{base}.{a.name}' if f'{base}.{a.name}' in names else base
+                         for a in node.names]
+            else:
+                continue
+            for target in found:
+                pieces = target.split('.')
+                targets |= {'.'.join(pieces[:i]) for i in range(1, len(pieces) + 1)}
+        graph[name] = {t for t in targets if t in names and t != name
+                       and not name.startswith(t + '.')}
+    return graph
+
+
+def test_package_has_no_import_cycles():
+    graph = package_import_graph()
+    assert 'mmshufflemamba.ops.selective_scan' in graph['mmshufflemamba.ops']
+    done, active = set(), []
+
+    def visit(name):
+        assert name not in active, 'import cycle: ' + ' -> '.join(
+            active[active.index(name):] + [name])
+        if name in done:
+            return
+        active.append(name)
+        for target in sorted(graph[name]):
+            visit(target)
+        active.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)

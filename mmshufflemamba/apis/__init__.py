@@ -4,8 +4,8 @@
 
 :mod:`.codebases` is the one table of what differs between mmseg, mmdet and mmpretrain.
 """
-from .codebases import (CODEBASES, Codebase, codebase_of, innermost_dataset, nested_datasets,
-                        padding_hint)
+from .codebases import CODEBASES, Codebase, codebase_of, padding_hint
+from .dataset_config import innermost_dataset, nested_datasets
 from .errors import InputError
 from .inference import (checkpoint_has_classes, dataset_meta_from_config,
                         describe_preprocessing, load_rgb)

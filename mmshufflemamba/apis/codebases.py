@@ -7,13 +7,12 @@ and the backbone's input-size error read everything codebase-specific from
 """
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from .errors import InputError
 from .inference import classify, detect, segment
 
-__all__ = ['Codebase', 'CODEBASES', 'codebase_of', 'padding_hint', 'nested_datasets',
-           'innermost_dataset']
+__all__ = ['Codebase', 'CODEBASES', 'codebase_of', 'padding_hint']
 
 
 @dataclass(frozen=True)
@@ -130,17 +129,3 @@ def padding_hint(multiple: int, scope: Optional[str] = None) -> str:
     if scope in CODEBASES:
         return CODEBASES[scope].padding_hint.format(p=multiple)
     return f'Resize or pad the input to a multiple of {multiple}.'
-
-
-def nested_datasets(dataset) -> Iterator:
-    """A dataset config and the ones its wrappers (RepeatDataset, ...) nest, outermost
-    first; nothing for None."""
-    while dataset:
-        yield dataset
-        dataset = dataset.get('dataset')
-
-
-def innermost_dataset(dataset):
-    """The real dataset inside a dataset config's wrappers."""
-    *_, innermost = nested_datasets(dataset)
-    return innermost

@@ -7,6 +7,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from .dataset_config import innermost_dataset
 from .errors import InputError
 
 __all__ = ['load_rgb', 'describe_preprocessing', 'dataset_meta_from_config',
@@ -75,7 +76,6 @@ def dataset_meta_from_config(cfg) -> Optional[dict]:
     when the config names no classes."""
     from mmengine.registry import DATASETS
 
-    from .codebases import innermost_dataset
     dataset = innermost_dataset(cfg.test_dataloader.dataset)
     with DATASETS.switch_scope_and_registry(cfg.get('default_scope')) as registry:
         dataset_cls = registry.get(dataset['type'])

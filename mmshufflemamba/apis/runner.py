@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from .codebases import nested_datasets
+from .dataset_config import nested_datasets
 from .errors import InputError
 
 __all__ = [

@@ -4,7 +4,8 @@ import copy
 import os.path as osp
 from typing import Optional
 
-from .codebases import CODEBASES, Codebase, innermost_dataset
+from .codebases import CODEBASES, Codebase
+from .dataset_config import innermost_dataset
 from .errors import InputError
 
 __all__ = ['apply_test_options', 'add_result_dump']
