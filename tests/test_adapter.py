@@ -294,6 +294,35 @@ def test_adapter_output_reacts_to_every_part():
             assert max((a - b).abs().max().item() for a, b in zip(base, changed)) > 1e-6, param
 
 
+def test_dense_outputs_are_contiguous_as_roi_align_reads_them():
+    """mmcv 2.1's RoIAlign reads its input's memory as if it were contiguous: on the
+    channels-last view that ``tokens.transpose(1, 2).reshape(B, C, H, W)`` gives, it pools
+    other values and raises nothing (the toy adapter detector trained, but its RoI heads
+    saw scrambled features: box mAP 0.001). Upstream's maps are ``.contiguous()``; so are
+    those of both our dense backbones."""
+    from mmcv.ops import roi_align
+
+    from mmshufflemamba.models import ShuffleMamba
+    level = torch.randn(1, 8, 16, 16)
+    rois = torch.tensor([[0, 1.0, 2.0, 11.0, 13.0]])
+    pooled = roi_align(level, rois, (4, 4), 1.0, 2, 'avg', True)
+    strided = roi_align(level.contiguous(memory_format=torch.channels_last), rois, (4, 4),
+                        1.0, 2, 'avg', True)
+    assert (pooled - strided).abs().max() > 0.1  # the reason for this test
+
+    plain = dict(arch=dict(embed_dims=C, num_layers=DEPTH), img_size=64,
+                 mixer_cfg=dict(d_state=4), cls_token=None, out_type='featmap')
+    models = {'adapter': small_adapter(),
+              'featmap': ShuffleMamba(**plain, out_indices=(1, 3)),
+              'pyramid': ShuffleMamba(**plain, out_indices=(0, 1, 2, 3),
+                                      out_scales=(4, 2, 1, 0.5))}
+    x = torch.randn(2, 3, 64, 96)
+    for name, model in models.items():
+        with torch.no_grad():
+            outs = model.eval()(x)
+        assert all(out.dim() == 4 and out.is_contiguous() for out in outs), name
+
+
 def test_adapter_trains_and_backpropagates_into_every_part():
     # a batch of 8: drop-path (0.1) drops a branch for the whole batch with odds 1e-8 (a
     # batch of 2 left some block without gradient in about 1 run in 10)

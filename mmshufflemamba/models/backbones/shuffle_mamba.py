@@ -14,7 +14,7 @@ from mmshufflemamba.registry import MODELS
 from ..layers import LayerwiseShuffle, MambaBlock, SimplePyramid, build_norm
 from ..layers.block import DropPath
 from ..utils import (INIT_SCHEMES, FitTarget, TokenLayout, fit_checkpoint, init_vim_weights,
-                     load_pretrained, resize_pos_embed, split_pos_embed)
+                     load_pretrained, resize_pos_embed, split_pos_embed, tokens_to_map)
 from ..utils.backbone_args import (check_choice, check_images, check_patch_side,
                                    check_pyramid_args, check_token_args, resolve_arch,
                                    resolve_out_indices)
@@ -340,8 +340,7 @@ class ShuffleMamba(BaseModule):
         patches = layout.patches(tokens)
         if self.out_type == 'avg_featmap':
             return patches.mean(dim=1)
-        B, _, C = patches.shape
-        return patches.transpose(1, 2).reshape(B, C, *resolution)
+        return tokens_to_map(patches, *resolution)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """Images ``(B, in_channels, H, W)`` whose sides fit the patch grid (see

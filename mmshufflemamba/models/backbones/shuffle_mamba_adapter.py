@@ -34,6 +34,7 @@ from mmshufflemamba.apis.codebases import padding_hint
 from mmshufflemamba.registry import MODELS
 from ..layers.adapter import InteractionBlock, SpatialPriorModule, deform_inputs
 from ..layers.pyramid import build_norm2d
+from ..utils import tokens_to_map
 from .shuffle_mamba import ShuffleMamba
 
 __all__ = ['ShuffleMambaAdapter']
@@ -168,7 +169,6 @@ class ShuffleMambaAdapter(ShuffleMamba):
         sizes = [c2.shape[1], c3.shape[1], c4.shape[1]]
         c = torch.cat([c2 + self.level_embed[0], c3 + self.level_embed[1],
                        c4 + self.level_embed[2]], dim=1)
-        B, _, C = hidden.shape
         residual = None
         perms = self.shuffle.plan(hidden.shape[1])
         group_maps = []
@@ -177,9 +177,9 @@ class ShuffleMambaAdapter(ShuffleMamba):
             for i in range(first, last + 1):
                 hidden, residual = self.shuffle(self.layers[i], hidden, residual, perms[i])
             c = interaction.extract(c, hidden, extract_inputs, H, W)
-            group_maps.append(hidden.transpose(1, 2).reshape(B, C, H, W))
+            group_maps.append(tokens_to_map(hidden, H, W))
 
-        c2, c3, c4 = (part.transpose(1, 2).reshape(B, C, h, w) for part, (h, w) in zip(
+        c2, c3, c4 = (tokens_to_map(part, h, w) for part, (h, w) in zip(
             c.split(sizes, dim=1), [(2 * H, 2 * W), (H, W), (H // 2, W // 2)]))
         levels = [self.up(c2) + c1, c2, c3, c4]
         if self.add_mamba_feature:

@@ -23,7 +23,9 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-__all__ = ['TokenLayout', 'cls_token_index', 'register_indices', 'CLS_TOKEN_LAYOUTS']
+__all__ = [
+    'TokenLayout', 'cls_token_index', 'register_indices', 'tokens_to_map', 'CLS_TOKEN_LAYOUTS'
+]
 
 CLS_TOKEN_LAYOUTS = ('head', 'middle', None)
 
@@ -35,6 +37,17 @@ def cls_token_index(num_patches: int, layout: Optional[str]) -> Optional[int]:
     if layout is None:
         return None
     return 0 if layout == 'head' else num_patches // 2
+
+
+def tokens_to_map(tokens: Tensor, height: int, width: int) -> Tensor:
+    """Raster-order tokens ``(B, H*W, C)`` -> a contiguous feature map ``(B, C, H, W)``.
+
+    Contiguous as upstream's ``.contiguous()``: the strided view ``transpose + reshape``
+    gives is laid out channels-last, and mmcv 2.1's RoIAlign reads its input's memory as
+    if it were contiguous, so on such a view it pools the wrong features without an error.
+    """
+    B, _, C = tokens.shape
+    return tokens.transpose(1, 2).reshape(B, C, height, width).contiguous()
 
 
 def register_indices(num_patches: int, num_registers: int) -> List[int]:
