@@ -314,8 +314,9 @@ def test_dense_outputs_are_contiguous_as_roi_align_reads_them():
                  mixer_cfg=dict(d_state=4), cls_token=None, out_type='featmap')
     models = {'adapter': small_adapter(),
               'featmap': ShuffleMamba(**plain, out_indices=(1, 3)),
-              'pyramid': ShuffleMamba(**plain, out_indices=(0, 1, 2, 3),
-                                      out_scales=(4, 2, 1, 0.5))}
+              **{f'pyramid {norm}': ShuffleMamba(**plain, out_indices=(0, 1, 2, 3),
+                                                 out_scales=(4, 2, 1, 0.5), pyramid_norm=norm)
+                 for norm in ('GN', 'LN2d')}}
     x = torch.randn(2, 3, 64, 96)
     for name, model in models.items():
         with torch.no_grad():

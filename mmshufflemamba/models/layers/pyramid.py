@@ -17,12 +17,13 @@ __all__ = ['LayerNorm2d', 'SimplePyramid', 'build_norm2d']
 
 
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of an NCHW map, each pixel on its own."""
+    """LayerNorm over the channels of an NCHW map, each pixel on its own; the output is
+    contiguous (mmcv's RoIAlign misreads the channels-last view the permute gives)."""
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
         x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
                          self.eps)
-        return x.permute(0, 3, 1, 2)
+        return x.permute(0, 3, 1, 2).contiguous()
 
 
 NORM2D_TYPES = ('LN2d', 'GN', 'BN', 'SyncBN')
@@ -32,10 +33,10 @@ def build_norm2d(norm_type: str, channels: int) -> nn.Module:
     """``'LN2d'``, ``'GN'`` (32 groups or fewer), ``'BN'`` or ``'SyncBN'``.
 
     ``'GN'`` works with any batch on one process. ``'LN2d'`` normalises every pixel on its
-    own, so flat background comes out as strong as objects: in a pyramid feeding mmdet's
-    FPN (which has no norm) the toy Mask R-CNN's stride-4 FPN output grew about 280-fold in
-    300 iterations and it did not learn, where GN and BN learned. UperNet, whose head
-    normalises, learns with either.
+    own, so flat background comes out as strong as objects. In a pyramid feeding mmdet's
+    FPN the toy Mask R-CNN did not learn with it (its stride-4 FPN output grew about
+    280-fold in 300 iterations) where GN and BN learned; that run predates the fix that
+    makes its output contiguous, so its RoI heads then read scrambled features.
     """
     if norm_type == 'LN2d':
         return LayerNorm2d(channels, eps=1e-6)
