@@ -45,6 +45,17 @@ def test_a_matching_install_is_verified_and_used(kernel_packages, cuda_order_on_
             assert conv.usable_kernel(CPU) is conv.load_causal_conv1d() is not None
 
 
+def test_the_check_runs_whatever_mode_the_first_call_is_in(kernel_packages):
+    """The first forward may come under inference_mode, no_grad or autocast: the check
+    still runs forward and backward in float32."""
+    kernel_packages(mamba_ssm='2.2.4', causal_conv1d='1.5.2')
+    state = torch.random.get_rng_state()
+    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+        assert mamba_ssm_scan.verify('cpu', None) is None
+        assert conv.verify(CPU) is None
+    assert torch.equal(torch.random.get_rng_state(), state)  # seeded runs stay the same
+
+
 @pytest.mark.parametrize('version', ['1.0.0', '1.1.0', '1.2.0.post2', '1.4.0', '1.5.2', '1.7.0'])
 def test_our_causal_conv1d_call_fits_every_release(kernel_packages, version):
     """activation goes by keyword: from 1.1 the fourth positional parameter is seq_idx."""

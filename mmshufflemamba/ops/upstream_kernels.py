@@ -75,10 +75,12 @@ def check_kernel(kernel: Callable[..., Tensor], reference: Callable[..., Tensor]
     difference and where. Runs with autograd on and autocast off, whatever the caller's.
     """
     results = []
+    device = next(iter(inputs.values())).device.type
     for fn in (kernel, reference):
-        leaves = [t.detach().clone().requires_grad_() for t in inputs.values()]
-        try:
-            with torch.enable_grad(), torch.autocast(leaves[0].device.type, enabled=False):
+        try:  # the caller may be in no_grad, inference_mode or autocast: none of them here
+            with torch.inference_mode(False), torch.enable_grad(), torch.autocast(
+                    device, enabled=False):
+                leaves = [t.detach().clone().requires_grad_() for t in inputs.values()]
                 out = fn(*leaves)
                 weight = torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out)
                 grads = torch.autograd.grad((out.float() * weight).sum(), leaves,
