@@ -28,11 +28,11 @@ def kernel_packages(monkeypatch, tmp_path):
     import sys
 
     import stand_ins
-    conv, mamba_ssm_scan, scan_module = (importlib.import_module(f'mmshufflemamba.ops.{name}')
-                                         for name in ('causal_conv1d', 'mamba_ssm_scan',
-                                                      'selective_scan'))
+    conv, mamba_ssm_scan, scan_module, upstream = (
+        importlib.import_module(f'mmshufflemamba.ops.{name}')
+        for name in ('causal_conv1d', 'mamba_ssm_scan', 'selective_scan', 'upstream_kernels'))
     caches = (mamba_ssm_scan._imported, mamba_ssm_scan.verify, conv._imported, conv.verify,
-              conv._warn_once, scan_module._warn_once)
+              conv._warn_once, scan_module._warn_once, upstream.installed_version)
 
     def forget():
         for cache in caches:

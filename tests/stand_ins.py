@@ -47,7 +47,6 @@ take CPU tensors (the real ones ``TORCH_CHECK(x.is_cuda())``).
 import importlib.abc
 import importlib.util
 import sys
-import types
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
@@ -84,7 +83,8 @@ SCAN_FWD_PARAMS = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias', 'delta_s
 SCAN_BWD_PARAMS = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias', 'dout', 'x', 'out',
                    'dz', 'delta_softplus', 'recompute_out_z')
 _FLAGS = ('silu_activation', 'return_dinitial_states', 'delta_softplus', 'recompute_out_z')
-_REQUIRED = ('x', 'weight', 'dout', 'out', 'dweight', 'u', 'delta', 'A', 'B', 'C')  # dx: optional up to 1.5.0
+# tensors a binding requires (dx is optional up to 1.5.0.post8; required, and passed, after)
+_REQUIRED = ('x', 'weight', 'dout', 'out', 'dweight', 'u', 'delta', 'A', 'B', 'C')
 
 
 def release(version: str):

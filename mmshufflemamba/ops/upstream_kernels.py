@@ -12,6 +12,7 @@ incompatible function arguments``, ``'NoneType' object has no attribute
 worse, nothing at all. So each kernel runs once per process and device on a tiny input,
 forward and backward, against the package's own PyTorch definition before it is trusted.
 """
+import functools
 import importlib.metadata
 import re
 from typing import Callable, Dict, Optional, Tuple
@@ -31,8 +32,10 @@ CAUSAL_CONV1D_FOR = (((1, 0), '>=1.0,<1.1'), ((1, 1), '>=1.1,<1.2'), ((1, 2), '>
 TOLERANCE = 1e-3  # the largest relative difference a correct float32 kernel shows here
 
 
+@functools.lru_cache(maxsize=None)
 def installed_version(distribution: str) -> Optional[str]:
-    """The installed version of a pip distribution (``'mamba-ssm'``), or None."""
+    """The installed version of a pip distribution (``'mamba-ssm'``), or None; looked up
+    once per process (the dispatcher asks at every call where the kernel does not import)."""
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
