@@ -112,7 +112,8 @@ def main() -> None:
                         help='tiny sizes on CPU under the Triton interpreter (checks the '
                              'script, measures nothing meaningful)')
     args = parser.parse_args()
-    from mmshufflemamba.ops.mamba_ssm_scan import load_mamba_ssm_scan
+    from mmshufflemamba.ops import mamba_ssm_scan
+    from mmshufflemamba.ops.scan_contract import ScanCall
     from mmshufflemamba.ops.torch_scan import selective_scan_torch
     from mmshufflemamba.ops.triton_scan import selective_scan_triton, triton_available
     if args.smoke:
@@ -125,8 +126,12 @@ def main() -> None:
     if not triton_available():
         raise SystemExit('Triton >= 3.4 is not available')
     paths = {'triton': selective_scan_triton, 'torch': selective_scan_torch}
-    if device.type == 'cuda' and load_mamba_ssm_scan() is not None:
-        paths['mamba_ssm'] = load_mamba_ssm_scan()
+    if device.type == 'cuda' and mamba_ssm_scan.load_mamba_ssm_scan() is not None:
+        unusable = mamba_ssm_scan.why_not(ScanCall('cuda', torch.float32))  # its check
+        if unusable:
+            print(f'mamba_ssm left out: {unusable}')
+        else:
+            paths['mamba_ssm'] = mamba_ssm_scan.load_mamba_ssm_scan()
     name = torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU (interpreter)'
     bandwidth = copy_bandwidth(device) if device.type == 'cuda' else float('nan')
     print(f'{name}; copy bandwidth {bandwidth / 1e9:.0f} GB/s; batch {args.batch}, d_inner '

@@ -17,3 +17,29 @@ def _restore_default_scope():
     saved = copy.copy(DefaultScope._instance_dict)
     yield
     DefaultScope._instance_dict = saved
+
+
+@pytest.fixture
+def kernel_packages(monkeypatch, tmp_path):
+    """Installs stand-ins of mamba-ssm / causal-conv1d (``tests/stand_ins.py``): call it with
+    :func:`stand_ins.install`'s keywords. Every verdict and once-only warning of the
+    package is forgotten before and after, and the stand-ins' modules are dropped after."""
+    import importlib
+    import sys
+
+    import stand_ins
+    conv, mamba_ssm_scan, scan_module, upstream = (
+        importlib.import_module(f'mmshufflemamba.ops.{name}')
+        for name in ('causal_conv1d', 'mamba_ssm_scan', 'selective_scan', 'upstream_kernels'))
+    caches = (mamba_ssm_scan._imported, mamba_ssm_scan.verify, conv._imported, conv.verify,
+              conv._warn_once, scan_module._warn_once, upstream.installed_version)
+
+    def forget():
+        for cache in caches:
+            cache.cache_clear()
+
+    forget()
+    yield lambda **packages: stand_ins.install(monkeypatch, tmp_path / 'site', **packages)
+    for name in stand_ins.NAMES:
+        sys.modules.pop(name, None)
+    forget()

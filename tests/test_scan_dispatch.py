@@ -68,9 +68,15 @@ class MambaSsmStandIn:
 
 @pytest.fixture
 def stand_in(monkeypatch):
+    """The stand-in as mamba_ssm's kernel, verified on the CPU (the check runs it once: its
+    input checks accept the check's problem) before the test's own calls are counted."""
     fake = MambaSsmStandIn()
     monkeypatch.setattr(mamba_ssm_scan, 'load_mamba_ssm_scan', lambda: fake)
-    return fake
+    mamba_ssm_scan.verify.cache_clear()
+    assert mamba_ssm_scan.verify('cpu', None) is None
+    fake.calls.clear()
+    yield fake
+    mamba_ssm_scan.verify.cache_clear()
 
 
 def mixer_and_input(seed=0):
@@ -133,6 +139,7 @@ def test_cuda_order_mamba_ssm_then_triton_then_torch(monkeypatch, mamba, triton,
     monkeypatch.delenv(BACKEND_ENV, raising=False)
     monkeypatch.setattr(mamba_ssm_scan, 'load_mamba_ssm_scan',
                         lambda: (object() if mamba else None))
+    monkeypatch.setattr(mamba_ssm_scan, 'verify', lambda device, index: None)  # passed
     monkeypatch.setattr(triton_scan, 'triton_available', lambda: triton)
     assert scan_backend(fake_cuda(dtype)) == expected
 

@@ -1,5 +1,11 @@
 """The selective scan's contract, shared by every backend: what a call is, its output type,
 the input checks, the compute dtype, the ``D``/``z`` epilogue and the FLOP formula.
+Every backend computes, for every channel ``d`` and state ``n``::
+
+    dt_t = softplus(delta_t + delta_bias)          (softplus only if delta_softplus)
+    h_t  = exp(dt_t * A[d, n]) * h_{t-1} + dt_t * B_t[n] * u_t
+    y_t  = sum_n C_t[n] * h_t[n] + D[d] * u_t
+    y_t  = y_t * silu(z_t)                         (only if z is given)
 
 A leaf module: it imports no other module of :mod:`mmshufflemamba.ops`.
 """
@@ -10,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    'ScanCall', 'ScanOutput', 'check_inputs', 'compute_dtype', 'step_sizes', 'skip_and_gate',
-    'selective_scan_flops'
+    'ScanCall', 'ScanOutput', 'BrokenInstall', 'check_inputs', 'compute_dtype', 'step_sizes',
+    'skip_and_gate', 'selective_scan_flops'
 ]
 
 ScanOutput = Union[Tensor, Tuple[Tensor, Tensor]]  # y (B, D, L), or (y, last state (B, D, N))
@@ -22,6 +28,13 @@ class ScanCall(NamedTuple):
     device: str  # device type of u: 'cpu', 'cuda', ...
     dtype: torch.dtype  # dtype of u
     return_last_state: bool = False
+    index: Optional[int] = None  # device index of u (None: the current device)
+
+
+class BrokenInstall(str):
+    """A ``why_not`` reason meaning: the backend's package is installed but unusable here
+    (it failed to import, or failed its check). The automatic choice warns once with it and
+    passes over the backend; a request for the backend raises it."""
 
 
 def check_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:

@@ -1,28 +1,21 @@
 """Selective scan (the S6 recurrence of Mamba) behind one entry point, over a table of backends.
 
-``selective_scan`` has the signature of ``mamba_ssm``'s ``selective_scan_fn`` and computes,
-for every channel ``d`` and state ``n`` (the contract is :mod:`.scan_contract`)::
-
-    dt_t = softplus(delta_t + delta_bias)          (softplus only if delta_softplus)
-    h_t  = exp(dt_t * A[d, n]) * h_{t-1} + dt_t * B_t[n] * u_t
-    y_t  = sum_n C_t[n] * h_t[n] + D[d] * u_t
-    y_t  = y_t * silu(z_t)                         (only if z is given)
+``selective_scan`` has the signature of ``mamba_ssm``'s ``selective_scan_fn`` and computes
+the recurrence :mod:`.scan_contract` defines.
 
 :data:`BACKENDS` names every backend; each lives in its own module and says, by its
 ``why_not(call)``, whether it can run a call. :func:`choose_backend` picks one per call:
 
 * a requested one (a mixer's ``scan_backend``, else :data:`BACKEND_ENV`), which must be able
   to run the call: one that cannot is an error that says why, not a silent fallback;
-* otherwise, for CUDA tensors: ``mamba_ssm``'s kernel, else the Triton kernel, else the
-  PyTorch scan (with one warning that says how to get a fast path); for CPU tensors: the
-  compiled C++ kernel, else the PyTorch scan; for other devices the PyTorch scan.
+* otherwise the first of :data:`AUTO_ORDER` that can: for CUDA tensors ``mamba_ssm``'s
+  kernel once it has passed its check on the device (:func:`~.mamba_ssm_scan.verify`), the
+  Triton kernel, the PyTorch scan (warning how to get a fast path); for CPU tensors the
+  compiled C++ kernel, the PyTorch scan. An installed backend that is unusable (a
+  :class:`~.scan_contract.BrokenInstall`) gives one warning and is passed over.
 
-``'exportable'`` (:func:`~.reference_scan.selective_scan_exportable`, which the ONNX exporter
-turns into a loop over any length) and ``'stand_in'`` (shapes, not values, for FLOP tracing)
-are only ever requested. TorchScript tracing (``torch.jit.trace``, and
-``torch.onnx.export(dynamo=False)``, which mmdeploy uses) can represent no real backend: it
-would record a kernel as an opaque call, or unroll the PyTorch scan for one length, and
-write a model that silently computes something else, so the choice refuses it.
+``'exportable'`` (ONNX export) and ``'stand_in'`` (FLOP tracing) are only ever requested.
+TorchScript tracing is refused: it can represent no real backend.
 """
 import functools
 import os
@@ -34,7 +27,7 @@ from torch import Tensor
 
 from . import (compiled_scan, mamba_ssm_scan, reference_scan, stand_in_scan, torch_scan,
                triton_scan)
-from .scan_contract import ScanCall, ScanOutput
+from .scan_contract import BrokenInstall, ScanCall, ScanOutput
 
 __all__ = ['selective_scan', 'choose_backend', 'scan_backend', 'BACKENDS', 'BACKEND_ENV']
 
@@ -64,18 +57,18 @@ BACKENDS = {
 AUTO_ORDER = {'cuda': ('mamba_ssm', 'triton', 'torch'), 'cpu': ('compiled', 'torch')}
 TRACEABLE = ('stand_in', )  # the only backend TorchScript may trace (it computes no scan)
 ENV_CHOICES = tuple(name for name in BACKENDS if name not in TRACEABLE)
+_warn_once = functools.lru_cache(maxsize=None)(warnings.warn)  # warnings.warn, once a message
 
 _TRACING_REFUSED = (
-    'TorchScript tracing (torch.jit.trace, and torch.onnx.export with dynamo=False, the '
-    'exporter mmdeploy uses) cannot represent the selective scan: it records the compiled '
-    'kernel as an opaque call, or unrolls the PyTorch scan for one sequence length, and the '
-    'exported model computes something else without a word. Export to ONNX with '
-    "tools/deployment/export_onnx.py (torch.onnx.export(dynamo=True) with the mixers' scan "
+    'TorchScript tracing (torch.jit.trace; torch.onnx.export with dynamo=False, which mmdeploy '
+    'uses) cannot represent the selective scan: it records a kernel as an opaque call, or '
+    'unrolls the PyTorch scan for one sequence length, and the export silently computes '
+    "something else. Export to ONNX with tools/deployment/export_onnx.py (dynamo=True, scan "
     "backend 'exportable': mmshufflemamba.models.layers.use_scan_backend), or use "
     'torch.export.export.')
 _SLOW_CUDA_WARNING = (
-    'mmshufflemamba: no fast selective scan for CUDA tensors here (mamba_ssm does not import '
-    'and Triton >= 3.4 is not available), so the PyTorch scan runs: one step at a time, far '
+    'mmshufflemamba: no fast selective scan for CUDA tensors here (no usable mamba_ssm '
+    'and no Triton >= 3.4), so the PyTorch scan runs: one step at a time, far '
     'too slow for training. Install Triton (it comes with the CUDA builds of torch: pip '
     'install triton) or mamba-ssm (pip install mamba-ssm, built against your torch).')
 
@@ -99,7 +92,8 @@ def scan_backend(u: Tensor, return_last_state: bool = False,
     ValueError for an unknown name and RuntimeError when the requested backend cannot run
     the call, both saying how to fix it.
     """
-    return _choose(ScanCall(u.device.type, u.dtype, return_last_state), requested)
+    return _choose(ScanCall(u.device.type, u.dtype, return_last_state, u.device.index),
+                   requested)
 
 
 def _choose(call: ScanCall, requested: Optional[str]) -> str:
@@ -112,8 +106,7 @@ def _choose(call: ScanCall, requested: Optional[str]) -> str:
             raise ValueError(f'{requested!r} is not a selective-scan backend; {fix} or one '
                              f'of {", ".join(BACKENDS)}.')
     if requested is None:
-        return next(name for name in AUTO_ORDER.get(call.device, ('torch', ))
-                    if name == 'torch' or BACKENDS[name].why_not(call) is None)
+        return _automatic(call)
     reason = BACKENDS[requested].why_not(call)
     if reason:
         raise RuntimeError(f'{source} cannot run this call: {reason}. Fix: '
@@ -121,13 +114,25 @@ def _choose(call: ScanCall, requested: Optional[str]) -> str:
     return requested
 
 
+def _automatic(call: ScanCall) -> str:
+    """The first of :data:`AUTO_ORDER` that can run ``call``; an unusable install warns once."""
+    for name in AUTO_ORDER.get(call.device, ('torch', ))[:-1]:
+        reason = BACKENDS[name].why_not(call)
+        if reason is None:
+            return name
+        if isinstance(reason, BrokenInstall):
+            _warn_once(f'mmshufflemamba: {reason}. The automatic choice passes over {name} '
+                       f'({BACKEND_ENV}={name} makes this an error).', RuntimeWarning)
+    return 'torch'
+
+
 @torch.compiler.assume_constant_result
-def _chosen(device: str, dtype: torch.dtype, return_last_state: bool,
+def _chosen(device: str, index: Optional[int], dtype: torch.dtype, return_last_state: bool,
             requested: Optional[str]) -> str:
     """:func:`_choose`, logged. Under ``torch.compile`` it is evaluated once while tracing
     and its result is a constant of the graph (the choice, and :data:`BACKEND_ENV`, are
     read when a model is compiled, not at every call)."""
-    name = _choose(ScanCall(device, dtype, return_last_state), requested)
+    name = _choose(ScanCall(device, dtype, return_last_state, index), requested)
     _announce(device, name, requested)
     return name
 
@@ -151,7 +156,7 @@ def choose_backend(u: Tensor, return_last_state: bool = False,
 
     Mixers call it once per forward and pass the result to every :func:`selective_scan`.
     """
-    name = _chosen(u.device.type, u.dtype, return_last_state, requested)
+    name = _chosen(u.device.type, u.device.index, u.dtype, return_last_state, requested)
     if name not in TRACEABLE and (torch.jit.is_tracing() or torch.jit.is_scripting()):
         raise RuntimeError(_TRACING_REFUSED)
     return name
