@@ -87,8 +87,8 @@ BACKBONE_LIMIT = 1e-3
 # (NVIDIA's data sheets; a card not named here gets no nominal column)
 NOMINAL_BANDWIDTH = {'H200': 4.8e12, 'H100 80GB HBM3': 3.35e12, 'H100 PCIe': 2.0e12,
                      'A100-SXM4-80GB': 2.039e12, 'A100-SXM4-40GB': 1.555e12}
-# a timed measurement stops after this many seconds (at least 3 runs): the PyTorch scan's
-# step loop takes about a second per call at L = 16k
+# a timed measurement stops after this many seconds (at least 3 runs): the PyTorch scan runs
+# one step at a time, 16k steps a call at L = 16k
 TIME_BUDGET_S = 5.0
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 
