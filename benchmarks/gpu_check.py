@@ -29,7 +29,8 @@ side by side in this one run:
   1024 px under bf16 autocast: forward (``eval``, ``no_grad``) and training-step (forward,
   backward, AdamW step) images/s and the peak of allocated GPU memory.
 
-Exit status 1 if an agreement check fails or a part raises (the part's row says what).
+Exit status 1 if an agreement check fails or a part raises (the part's row says what), 2
+without CUDA (and without --smoke) or without Triton >= 3.4.
 
 Installing on a bare GPU machine (Python 3.12, torch and Triton, no network): importing
 ``mmshufflemamba`` needs mmengine (the registries, the optimiser wrapper), and mmengine
