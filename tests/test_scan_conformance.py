@@ -29,9 +29,10 @@ kernels (``torch``, ``compiled``) run all of them:
 The backends that are slow here (``triton`` interpreted, ``exportable`` through
 ``torch.ops.higher_order.scan`` in eager mode: seconds per call) and ``mamba_ssm`` run
 ``COVERING_CASES``, where every option, layout, dtype, stride kind and the softplus tails
-appear at least once. Triton runs them with chunks of 4 steps and blocks of 4 channels
-below ``L = 32`` (at ``L = 9`` three chunks, so the carry between chunks decays a nonzero
-state; the kernels the default tiles run) and through its table entry (chunks of 32) at ``L = 33``.
+appear at least once, and ``d_state`` 1 and 16. Triton runs them with chunks of 4 steps
+and blocks of 4 channels below ``L = 32`` (at ``L = 9``: three chunks, so the carry
+between chunks decays a nonzero state; the same kernels as the default tiles) and
+through its table entry (chunks of 32) at ``L = 33``.
 ``LAST_STATE_CASES`` (``return_last_state``, with and without a gradient reaching ``y``)
 run on every backend that returns the last state.
 
@@ -90,7 +91,7 @@ STRIDE_CASES = [Case(dtype, 33, layout, strides=strides) for dtype in (F32, F64)
                 for layout in LAYOUTS for strides in ('transposed', 'strided')]
 COVERING_CASES = [
     Case(F64, 9, strides='transposed'),
-    Case(F64, 9, ('shared', 'shared'), given=(), softplus=False),
+    Case(F64, 9, ('shared', 'shared'), given=(), softplus=False, state=16),
     Case(F64, 9, ('shared', 'group'), given=('D', ), tails=True),
     Case(F64, 9, ('group', 'var'), given=('z', 'delta_bias'), softplus=False, strides='strided'),
     Case(F32, 9, ('shared', 'group'), strides='strided'),
