@@ -1,5 +1,6 @@
 """Running the tools as users do, and reading what they write."""
 import ast
+import functools
 import glob
 import json
 import os
@@ -7,7 +8,10 @@ import os.path as osp
 import socket
 import subprocess
 import sys
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import Tensor
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -86,7 +90,6 @@ def token_positions(layout):
     ``registers`` on index tensors: (sequence index of every patch in raster order,
     sequence index of every register, source index of every sequence slot into
     ``cat([patches, extra])``, or None for patches alone)."""
-    import torch
     seq = torch.arange(layout.num_tokens)[None, :, None]
     patch_index = layout.patches(seq)[0, :, 0]
     register_index = layout.registers(seq)[0, :, 0] if layout.num_registers else None
@@ -96,3 +99,78 @@ def token_positions(layout):
         src = torch.arange(M + max(layout.num_registers, 1))[None, :, None]
         order = layout.arrange(src[:, :M], src[:, M:])[0, :, 0]
     return patch_index, register_index, order
+
+
+def scan_inputs(batch: int, channels: int, state: int, length: int, B_kind: str = 'var',
+                C_kind: str = 'var', groups: int = 2, dtype: torch.dtype = torch.float64,
+                seed: int = 0) -> Dict[str, Tensor]:
+    """Seeded leaf inputs of a selective scan (``u, delta, A, B, C, D, z, delta_bias``).
+
+    ``B_kind``/``C_kind``: ``'var'`` ``(b, N, L)``, ``'shared'`` ``(D, N)`` or ``'group'``
+    ``(b, groups, N, L)``. ``A`` is in ``[-1.5, -0.5]`` so that every path stays stable.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+
+    def matrix(kind):
+        if kind == 'var':
+            return randn(batch, state, length)
+        if kind == 'shared':
+            return randn(channels, state)
+        return randn(batch, groups, state, length)
+
+    A = (-0.5 - torch.rand(channels, state, generator=g, dtype=dtype)).requires_grad_()
+    return dict(u=randn(batch, channels, length), delta=randn(batch, channels, length),
+                A=A, B=matrix(B_kind), C=matrix(C_kind), D=randn(channels),
+                z=randn(batch, channels, length), delta_bias=randn(channels))
+
+
+def assert_scan_matches_reference(scan: Callable, inputs: Dict[str, Optional[Tensor]],
+                                  delta_softplus: bool = True, return_last_state: bool = False,
+                                  use_output: bool = True, seed: int = 1) -> None:
+    """``scan(**inputs, ...)`` equals ``selective_scan_reference`` run in float64 on the same
+    values, in its output (and last state) and in the gradient of every given input of a
+    seeded random weighting of them (of the last state alone when not ``use_output``).
+
+    float64 inputs: within 1e-10 (gradients 1e-9 relative). Other dtypes: within 1e-5 of
+    each tensor's largest magnitude. The output keeps ``u``'s dtype, gradients their
+    inputs' dtypes.
+    """
+    from mmshufflemamba.ops import selective_scan_reference
+    given = {k: v for k, v in inputs.items() if v is not None}
+    exact = {k: v.detach().double().requires_grad_() for k, v in given.items()}
+    options = dict(delta_softplus=delta_softplus, return_last_state=return_last_state)
+    got = scan(**inputs, **options)
+    want = selective_scan_reference(**dict(inputs, **exact), **options)
+    got, want = ((out, ) if not return_last_state else out for out in (got, want))
+    assert got[0].dtype == given['u'].dtype, got[0].dtype
+    g = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in want]
+    used = slice(0 if use_output else 1, None)  # without y, its gradient is None
+
+    def grads(outs, wrt):
+        loss = sum((o * w.to(o.dtype)).sum() for o, w in zip(outs[used], weights[used]))
+        found = torch.autograd.grad(loss, list(wrt.values()), allow_unused=True)
+        return [torch.zeros_like(x) if d is None else d for x, d in zip(wrt.values(), found)]
+
+    names = ['y', 'last state'][:len(want)] + [f'grad of {k}' for k in given]
+    for name, a, b in zip(names, [*got, *grads(got, given)], [*want, *grads(want, exact)]):
+        if name.startswith('grad of '):
+            assert a.dtype == given[name[8:]].dtype, f'{name}: {a.dtype}'
+        if a.dtype == torch.float64:
+            tol = 1e-10 if name in ('y', 'last state') else 1e-9
+            torch.testing.assert_close(a, b, rtol=tol, atol=1e-10, msg=name)
+        else:
+            err = ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+            assert err < 1e-5, f'{name}: relative difference {err:.2e} ({a.dtype})'
+
+
+def triton_scan_with_tiles(chunk: int, block_d: int) -> Callable:
+    """The Triton scan with ``chunk`` steps per chunk and ``block_d`` channels per program
+    (powers of two), called as every backend is (``selective_scan``'s arguments)."""
+    from mmshufflemamba.ops.triton_scan import _selective_scan_triton
+    return functools.partial(_selective_scan_triton, D=None, z=None, delta_bias=None,
+                             delta_softplus=False, return_last_state=False, chunk=chunk,
+                             block_d=block_d)

@@ -1,17 +1,17 @@
 """Exporting: TorchScript-based exporters are refused (they would write a model without the
-scan); the exportable scan equals the definition; tools/deployment/export_onnx.py writes an
-ONNX model with dynamic sizes that onnxruntime runs as PyTorch does, and fails loudly when
-a part of the model was exported for one size only."""
+scan); tools/deployment/export_onnx.py writes an ONNX model with dynamic sizes that
+onnxruntime runs as PyTorch does, and fails loudly when a part of the model was exported
+for one size only. (The exportable scan against the reference:
+tests/test_scan_conformance.py.)"""
 import os
 import re
 
 import pytest
 import torch
 from helpers import CLS, UPERNET, run_tool, save_untrained_checkpoints, write_child_config
-from test_ops_scan import make_inputs
 
 from mmshufflemamba.models import ShuffleMamba
-from mmshufflemamba.ops import BACKEND_ENV, selective_scan_exportable, selective_scan_reference
+from mmshufflemamba.ops import BACKEND_ENV
 
 SMALL = dict(arch=dict(embed_dims=16, num_layers=2), img_size=32, mixer_cfg=dict(d_state=4),
              cls_token=None, out_type='featmap')
@@ -26,20 +26,6 @@ def test_torchscript_exporters_are_refused(monkeypatch, tmp_path, backend):
         torch.onnx.export(model, (x, ), str(tmp_path / 'legacy.onnx'), dynamo=False)
     with pytest.raises(RuntimeError, match='TorchScript tracing'):
         torch.jit.trace(model, (x, ))
-
-
-@pytest.mark.parametrize('B_kind,C_kind', [('var', 'var'), ('shared', 'group'), ('group', 'var')])
-@pytest.mark.parametrize('length', [1, 7])
-def test_exportable_scan_equals_the_definition(B_kind, C_kind, length):
-    inputs = {k: v.detach() for k, v in make_inputs(2, 4, 3, length, B_kind, C_kind).items()}
-    expected, last = selective_scan_reference(**inputs, delta_softplus=True,
-                                              return_last_state=True)
-    got, got_last = selective_scan_exportable(**inputs, delta_softplus=True,
-                                              return_last_state=True)
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(got_last, last, rtol=1e-10, atol=1e-12)
-
-
 
 
 def checked_sizes(stdout: str):

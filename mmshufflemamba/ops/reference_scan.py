@@ -55,8 +55,10 @@ def selective_scan_exportable(u: Tensor,
         return M.permute(3, 0, 1, 2)
 
     B_t, C_t = per_step(B), per_step(C)
-    decay = torch.exp(delta.permute(2, 0, 1).unsqueeze(-1) * A)  # (L, b, D, N)
-    drive = (delta * u).permute(2, 0, 1).unsqueeze(-1) * B_t  # (L, b, D, N)
+    # contiguous, as the carry a * h + x is: scan wants the initial state's strides to be
+    # the carry's, and a transposed A or B would otherwise pass its strides on
+    decay = torch.exp(delta.permute(2, 0, 1).unsqueeze(-1) * A).contiguous()  # (L, b, D, N)
+    drive = ((delta * u).permute(2, 0, 1).unsqueeze(-1) * B_t).contiguous()  # (L, b, D, N)
     readout = C_t.expand_as(decay)
 
     def step(h, xs):
@@ -64,7 +66,7 @@ def selective_scan_exportable(u: Tensor,
         h = a * h + x
         return h, (h * c).sum(-1)
 
-    last, ys = scan(step, torch.zeros_like(decay[0]), (decay, drive, readout))
+    last, ys = scan(step, decay.new_zeros(decay.shape[1:]), (decay, drive, readout))
     y = skip_and_gate(ys.permute(1, 2, 0), u, D, z).to(dtype_in)  # (b, D, L)
     return (y, last) if return_last_state else y
 

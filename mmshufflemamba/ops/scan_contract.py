@@ -1,5 +1,6 @@
-"""The selective scan's contract, shared by every backend: what a call is, its output type,
-the input checks, the compute dtype, the ``D``/``z`` epilogue and the FLOP formula.
+"""The selective scan's contract, shared by every backend: what a call is, the run signature,
+its output type, the input checks, the compute dtype, the ``D``/``z`` epilogue and the FLOP
+formula.
 Every backend computes, for every channel ``d`` and state ``n``::
 
     dt_t = softplus(delta_t + delta_bias)          (softplus only if delta_softplus)
@@ -9,18 +10,37 @@ Every backend computes, for every channel ``d`` and state ``n``::
 
 A leaf module: it imports no other module of :mod:`mmshufflemamba.ops`.
 """
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple, Optional, Protocol, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    'ScanCall', 'ScanOutput', 'BrokenInstall', 'check_inputs', 'compute_dtype', 'step_sizes',
+    'ScanCall', 'ScanFn', 'ScanOutput', 'BrokenInstall', 'check_inputs', 'compute_dtype',
+    'step_sizes',
     'skip_and_gate', 'selective_scan_flops'
 ]
 
 ScanOutput = Union[Tensor, Tuple[Tensor, Tensor]]  # y (B, D, L), or (y, last state (B, D, N))
+
+
+class ScanFn(Protocol):
+    """The run function every backend has: the signature of mamba_ssm's ``selective_scan_fn``
+    (arguments as :func:`~mmshufflemamba.ops.selective_scan.selective_scan`)."""
+
+    def __call__(self,
+                 u: Tensor,
+                 delta: Tensor,
+                 A: Tensor,
+                 B: Tensor,
+                 C: Tensor,
+                 D: Optional[Tensor] = None,
+                 z: Optional[Tensor] = None,
+                 delta_bias: Optional[Tensor] = None,
+                 delta_softplus: bool = False,
+                 return_last_state: bool = False) -> ScanOutput:
+        ...
 
 
 class ScanCall(NamedTuple):

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from . import (compiled_scan, mamba_ssm_scan, reference_scan, stand_in_scan, torch_scan,
                triton_scan)
-from .scan_contract import BrokenInstall, ScanCall, ScanOutput
+from .scan_contract import BrokenInstall, ScanCall, ScanFn, ScanOutput
 
 __all__ = ['selective_scan', 'choose_backend', 'scan_backend', 'BACKENDS', 'BACKEND_ENV']
 
@@ -38,7 +38,7 @@ class Backend(NamedTuple):
     """One way to run the scan: what it is, why it cannot run a call, and the run itself."""
     description: str
     why_not: Callable[[ScanCall], Optional[str]]
-    run: Callable[..., ScanOutput]
+    run: ScanFn
 
 
 BACKENDS = {
