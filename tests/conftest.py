@@ -1,5 +1,6 @@
 """Fixtures shared by the test files."""
 import copy
+from typing import Dict
 
 import pytest
 
@@ -17,3 +18,16 @@ def _restore_default_scope():
     saved = copy.copy(DefaultScope._instance_dict)
     yield
     DefaultScope._instance_dict = saved
+
+
+@pytest.fixture(scope='session')
+def untrained_checkpoints(tmp_path_factory) -> Dict[str, str]:
+    """Initialised, untrained checkpoints of the toy configs, written once per session in
+    one subprocess: ``{'seg': path, 'det': path, 'cls': path}`` (UperNet, Mask R-CNN,
+    classifier). A child config that changes only data or schedule loads them as well."""
+    from helpers import CLS, MASK_RCNN, UPERNET, save_untrained_checkpoints
+    root = tmp_path_factory.mktemp('untrained')
+    configs = {'seg': UPERNET, 'det': MASK_RCNN, 'cls': CLS}
+    paths = {task: str(root / f'{task}.pth') for task in configs}
+    save_untrained_checkpoints(*[v for task in configs for v in (configs[task], paths[task])])
+    return paths

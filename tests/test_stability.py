@@ -1,12 +1,13 @@
 """No toy recipe diverges past the point where its demo stops, and the full-size detection
 recipes keep their guards.
 
-Each toy recipe trains for three times its demo's iterations, its schedule stretched as a
+Each toy recipe trains for twice its demo's iterations, its schedule stretched as a
 user lengthening it would stretch it. Its loss at the end is below its loss where the demo
 stops (where the curve flattens), no logged loss after the warm-up exceeds the first one,
 and its validation metric at the end is above the demo's bar. (The toy Mask R-CNN used to
 diverge after ~100 iterations: loss 1.1 at 70, 3.8 at 140, over 1000 at 220; its raw
-intermediate residual streams reached RMS 1e7 before the pyramid normalised them.)
+intermediate residual streams reached RMS 1e7 before the pyramid normalised them. Twice the
+demo, 300 iterations, runs past all of that.)
 """
 import glob
 import math
@@ -14,18 +15,17 @@ import os.path as osp
 
 import pytest
 from helpers import (CLS, MASK_RCNN, ROOT, UPERNET, data_overrides, logged_scalars,
-                     printed_metrics, run_tool, save_untrained_checkpoints,
-                     write_child_config)
+                     printed_metrics, run_tool, write_child_config)
 from mmengine.config import Config
 
 from mmshufflemamba.datasets import make_toy_ade20k, make_toy_classification, make_toy_coco
 
-FACTOR = 3  # how many times the demo's iterations the stability runs train
+FACTOR = 2  # how many times the demo's iterations the stability runs train
 
 
 def stretched_schedule(cfg: Config, iters: int) -> str:
     """Config lines that run ``iters`` iterations, the schedule after the warm-up (the
-    first scheduler) stretched to end there, validating three times."""
+    first scheduler) stretched to end there, validating FACTOR times."""
     demo = cfg.train_cfg.max_iters
     schedulers = []
     for i, scheduler in enumerate(cfg.param_scheduler):
@@ -82,32 +82,31 @@ def train_past_the_demo(tmp_path, toy_config: str, overrides: str, warmup: int):
 def test_toy_mask_rcnn_keeps_learning_past_its_demo(tmp_path):
     data = str(tmp_path / 'toy_coco') + '/'
     make_toy_coco(data)
-    config, work_dir, iters, metrics = train_past_the_demo(
+    _, _, iters, metrics = train_past_the_demo(
         tmp_path, MASK_RCNN,
         data_overrides(data) +
         "val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')\n"
         'test_evaluator = val_evaluator\n', warmup=20)
     print('validation:', [(m['step'], m['coco/bbox_mAP'], m['coco/segm_mAP'])
                           for m in metrics])
-    # tools/test.py on the last checkpoint reports every COCO AP, above the demo's bar
-    tested = printed_metrics(run_tool('tools/test.py', config,
-                                      osp.join(work_dir, f'iter_{iters}.pth'), '--work-dir',
-                                      work_dir))
+    # the validation of the last checkpoint (tools/test.py's own report is test_demo's)
+    # holds every COCO AP, above the demo's bar
+    assert metrics[-1]['step'] == iters, metrics
+    last = metrics[-1]
     for task in ('bbox', 'segm'):
         for key in ('mAP', 'mAP_50', 'mAP_75'):
-            value = tested[f'coco/{task}_{key}']
+            value = last[f'coco/{task}_{key}']
             assert math.isfinite(value) and 0.0 <= value <= 1.0, (task, key, value)
-    assert tested['coco/bbox_mAP'] >= 0.3 and tested['coco/segm_mAP'] >= 0.25, tested
+    assert last['coco/bbox_mAP'] >= 0.3 and last['coco/segm_mAP'] >= 0.25, last
 
 
 @pytest.mark.slow
-def test_toy_upernet_keeps_learning_past_its_demo(tmp_path):
+def test_toy_upernet_keeps_learning_past_its_demo(tmp_path, untrained_checkpoints):
     data = str(tmp_path / 'toy_ade')
     make_toy_ade20k(data)
     config, _, _, metrics = train_past_the_demo(tmp_path, UPERNET, data_overrides(data),
                                                 warmup=30)
-    untrained = str(tmp_path / 'untrained.pth')
-    save_untrained_checkpoints(config, untrained)
+    untrained = untrained_checkpoints['seg']
     before = printed_metrics(run_tool('tools/test.py', config, untrained, '--work-dir',
                                       str(tmp_path / 'before')))['mIoU']
     print(f'untrained mIoU {before:.2f}; validation mIoU:',
