@@ -91,8 +91,8 @@ def test_toy_mask_rcnn_keeps_learning_past_its_demo(tmp_path):
                           for m in metrics])
     # the validation of the last checkpoint (tools/test.py's own report is test_demo's)
     # holds every COCO AP, above the demo's bar
-    assert metrics[-1]['step'] == iters, metrics
     last = metrics[-1]
+    assert last['step'] == iters, metrics
     for task in ('bbox', 'segm'):
         for key in ('mAP', 'mAP_50', 'mAP_75'):
             value = last[f'coco/{task}_{key}']
