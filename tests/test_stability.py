@@ -1,10 +1,10 @@
 """No toy recipe diverges past the point where its demo stops, and the full-size detection
 recipes keep their guards.
 
-Each toy recipe trains for twice its demo's iterations, its schedule stretched as a
-user lengthening it would stretch it. Its loss at the end is below its loss where the demo
-stops (where the curve flattens), no logged loss after the warm-up exceeds the first one,
-and its validation metric at the end is above the demo's bar. (The toy Mask R-CNN used to
+Each toy recipe trains for twice its demo's iterations (the classifier three times), its
+schedule stretched as a user lengthening it would stretch it. Its loss at the end is below
+its loss where the demo stops (where the curve flattens), no logged loss after the warm-up
+exceeds the first one, and its validation metric at the end is above the demo's bar. (The toy Mask R-CNN used to
 diverge after ~100 iterations: loss 1.1 at 70, 3.8 at 140, over 1000 at 220; its raw
 intermediate residual streams reached RMS 1e7 before the pyramid normalised them. Twice the
 demo, 300 iterations, runs past all of that.)
@@ -20,13 +20,12 @@ from mmengine.config import Config
 
 from mmshufflemamba.datasets import make_toy_ade20k, make_toy_classification, make_toy_coco
 
-FACTOR = 2  # how many times the demo's iterations the stability runs train
 
-
-def stretched_schedule(cfg: Config, iters: int) -> str:
-    """Config lines that run ``iters`` iterations, the schedule after the warm-up (the
-    first scheduler) stretched to end there, validating FACTOR times."""
+def stretched_schedule(cfg: Config, factor: int) -> str:
+    """Config lines that run ``factor`` x the demo's iterations, the schedule after the
+    warm-up (the first scheduler) stretched to end there, validating ``factor`` times."""
     demo = cfg.train_cfg.max_iters
+    iters = factor * demo
     schedulers = []
     for i, scheduler in enumerate(cfg.param_scheduler):
         scheduler = dict(scheduler)
@@ -37,7 +36,7 @@ def stretched_schedule(cfg: Config, iters: int) -> str:
                 scheduler.pop(key, None)
         schedulers.append(scheduler)
     return (f'param_scheduler = {schedulers!r}\n'
-            f'train_cfg = dict(max_iters={iters}, val_interval={iters // FACTOR})\n'
+            f'train_cfg = dict(max_iters={iters}, val_interval={demo})\n'
             f'default_hooks = dict(checkpoint=dict(interval={iters}))\n')
 
 
@@ -59,17 +58,18 @@ def check_no_divergence(losses: dict, demo: int, iters: int, warmup: int) -> Non
     assert at_end < at_demo_end, losses
 
 
-def train_past_the_demo(tmp_path, toy_config: str, overrides: str, warmup: int):
-    """Train ``toy_config`` (with ``overrides``) for FACTOR x its demo's iterations through
-    tools/train.py and check that it does not diverge (:func:`check_no_divergence`).
+def train_past_the_demo(tmp_path, toy_config: str, overrides: str, warmup: int,
+                        factor: int = 2):
+    """Train ``toy_config`` (with ``overrides``) for ``factor`` x its demo's iterations
+    through tools/train.py and check that it does not diverge (:func:`check_no_divergence`).
 
     Returns the written config, the work dir, the iterations and the validation records.
     """
     cfg = Config.fromfile(osp.join(ROOT, toy_config))
     demo = cfg.train_cfg.max_iters
-    iters = FACTOR * demo
+    iters = factor * demo
     config = write_child_config(tmp_path / 'stretched.py', toy_config,
-                                overrides + stretched_schedule(cfg, iters))
+                                overrides + stretched_schedule(cfg, factor))
     work_dir = str(tmp_path / 'work')
     run_tool('tools/train.py', config, '--work-dir', work_dir, timeout=1800)
     (records, ) = logged_scalars(work_dir)
@@ -119,7 +119,10 @@ def test_toy_upernet_keeps_learning_past_its_demo(tmp_path, untrained_checkpoint
 def test_toy_classifier_keeps_learning_past_its_demo(tmp_path):
     data = str(tmp_path / 'toy_cls')
     make_toy_classification(data)
-    _, _, _, metrics = train_past_the_demo(tmp_path, CLS, data_overrides(data), warmup=20)
+    # three times: at twice its loss had flattened (one run: mean 0.425 where the demo
+    # stops, 0.420 at 480), too close for the loss check to be robust
+    _, _, _, metrics = train_past_the_demo(tmp_path, CLS, data_overrides(data), warmup=20,
+                                           factor=3)
     print('validation top-1:', [(m['step'], m['accuracy/top1']) for m in metrics])
     assert metrics[-1]['accuracy/top1'] > 90.0, metrics  # the pretraining test's bar
 
