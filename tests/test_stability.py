@@ -4,10 +4,10 @@ recipes keep their guards.
 Each toy recipe trains for twice its demo's iterations (the classifier three times), its
 schedule stretched as a user lengthening it would stretch it. Its loss at the end is below
 its loss where the demo stops (where the curve flattens), no logged loss after the warm-up
-exceeds the first one, and its validation metric at the end is above the demo's bar. (The toy Mask R-CNN used to
-diverge after ~100 iterations: loss 1.1 at 70, 3.8 at 140, over 1000 at 220; its raw
-intermediate residual streams reached RMS 1e7 before the pyramid normalised them. Twice the
-demo, 300 iterations, runs past all of that.)
+exceeds the first one, and its validation metric at the end is above the demo's bar. (The
+toy Mask R-CNN used to diverge after ~100 iterations: loss 1.1 at 70, 3.8 at 140, over 1000
+at 220; its raw intermediate residual streams reached RMS 1e7 before the pyramid normalised
+them. Twice the demo, 300 iterations, runs past all of that.)
 """
 import glob
 import math
