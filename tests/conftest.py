@@ -1,5 +1,6 @@
 """Fixtures shared by the test files."""
 import copy
+from typing import Dict
 
 import pytest
 
@@ -43,3 +44,16 @@ def kernel_packages(monkeypatch, tmp_path):
     for name in stand_ins.NAMES:
         sys.modules.pop(name, None)
     forget()
+
+
+@pytest.fixture(scope='session')
+def untrained_checkpoints(tmp_path_factory) -> Dict[str, str]:
+    """Initialised, untrained checkpoints of the toy configs, written once per session in
+    one subprocess: ``{'seg': path, 'det': path, 'cls': path}`` (UperNet, Mask R-CNN,
+    classifier). A child config that changes only data or schedule loads them as well."""
+    from helpers import CLS, MASK_RCNN, UPERNET, save_untrained_checkpoints
+    root = tmp_path_factory.mktemp('untrained')
+    configs = {'seg': UPERNET, 'det': MASK_RCNN, 'cls': CLS}
+    paths = {task: str(root / f'{task}.pth') for task in configs}
+    save_untrained_checkpoints(*[v for task in configs for v in (configs[task], paths[task])])
+    return paths

@@ -3,12 +3,12 @@
 tools/demo.sh end to end."""
 import glob
 import json
+import os
 import os.path as osp
 import re
 
 import pytest
-from helpers import (CLS, MASK_RCNN, ROOT, UPERNET, data_overrides, run_tool,
-                     save_untrained_checkpoints, write_child_config)
+from helpers import CLS, MASK_RCNN, ROOT, UPERNET, data_overrides, run_tool, write_child_config
 from mmengine.config import Config
 from PIL import Image
 
@@ -105,7 +105,7 @@ def test_plot_curves_draws_loss_and_metric(tmp_path):
 
 
 @pytest.mark.parametrize('task', ['upernet', 'mask_rcnn'])
-def test_show_predictions_draws_image_truth_prediction(tmp_path, task):
+def test_show_predictions_draws_image_truth_prediction(tmp_path, task, untrained_checkpoints):
     if task == 'upernet':
         data, base, scale, size = str(tmp_path / 'ade'), UPERNET, 4, 64
         make_toy_ade20k(data, num_train=1, num_val=5)
@@ -116,8 +116,8 @@ def test_show_predictions_draws_image_truth_prediction(tmp_path, task):
         extra = ("val_evaluator = dict(ann_file=data_root + "
                  "'annotations/instances_val2017.json')\ntest_evaluator = val_evaluator\n")
     config = write_child_config(tmp_path / 'cfg.py', base, data_overrides(data) + extra)
-    checkpoint = str(tmp_path / 'untrained.pth')
-    save_untrained_checkpoints(config, checkpoint)
+    checkpoint = str(tmp_path / 'untrained.pth')  # the pictures go beside it by default
+    os.symlink(untrained_checkpoints['seg' if task == 'upernet' else 'det'], checkpoint)
     proc = run_tool('tools/analysis_tools/show_predictions.py', config, checkpoint,
                     '--num', '3', '--score-thr', '0.0')
     out = tmp_path / 'vis' / 'predictions.png'  # default: beside the checkpoint

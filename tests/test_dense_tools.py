@@ -62,18 +62,17 @@ def test_get_flops_reports_the_adapter_and_says_what_it_leaves_out():
 
 
 def test_benchmark_tool_reports_speed_and_memory():
-    # batch 2: the head's pooled BatchNorm cannot train on a single image
-    for extra in ([], ['--train']):
-        proc = run_tool('tools/analysis_tools/benchmark.py', UPERNET, '--shape', '64', '64',
-                        '--warmup', '1', '--iters', '2', '--batch-size', '2', *extra)
-        assert 'images/s' in proc.stdout and 'peak memory' in proc.stdout, proc.stdout
+    proc = run_tool('tools/analysis_tools/benchmark.py', UPERNET, '--shape', '64', '64',
+                    '--warmup', '1', '--iters', '2', '--batch-size', '2')
+    assert 'images/s' in proc.stdout and 'peak memory' in proc.stdout, proc.stdout
 
 
 def test_benchmark_train_defaults_to_batch_two_and_batch_one_says_why():
     args = ('tools/analysis_tools/benchmark.py', UPERNET, '--shape', '64', '64', '--warmup',
             '1', '--iters', '1', '--train')
-    proc = run_tool(*args)
+    proc = run_tool(*args)  # batch 2: the head's pooled BatchNorm cannot train on one image
     assert 'train step, whole model, batch 2,' in proc.stdout, proc.stdout
+    assert 'images/s' in proc.stdout and 'peak memory' in proc.stdout, proc.stdout
     # UPerHead's pooled 1x1 branch has BatchNorm: one image gives one value per channel
     proc = run_tool(*args, '--batch-size', '1', check=False)
     assert proc.returncode != 0

@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from helpers import CLS, UPERNET, run_tool, save_untrained_checkpoints, write_child_config
+from helpers import CLS, UPERNET, run_tool, write_child_config
 
 from mmshufflemamba.models import ShuffleMamba
 from mmshufflemamba.ops import BACKEND_ENV
@@ -36,11 +36,12 @@ def checked_sizes(stdout: str):
 
 
 @pytest.mark.slow
-def test_export_tool_segmentation_and_classification(tmp_path):
+def test_export_tool_segmentation_and_classification(tmp_path, untrained_checkpoints):
     pytest.importorskip('onnxruntime')
     seg = write_child_config(tmp_path / 'seg.py', UPERNET, '')
     cls = write_child_config(tmp_path / 'cls.py', CLS, '')
-    save_untrained_checkpoints(seg, str(tmp_path / 'seg.pth'), cls, str(tmp_path / 'cls.pth'))
+    for task in ('seg', 'cls'):
+        os.symlink(untrained_checkpoints[task], tmp_path / f'{task}.pth')
     # the backbone (with its pyramid) at the export size and another one
     proc = run_tool('tools/deployment/export_onnx.py', seg, str(tmp_path / 'seg.pth'),
                     '--out', str(tmp_path / 'backbone.onnx'))

@@ -8,7 +8,7 @@ import os.path as osp
 
 import matplotlib
 import pytest
-from helpers import CLS, MASK_RCNN, ROOT, UPERNET, run_tool, save_untrained_checkpoints
+from helpers import CLS, MASK_RCNN, ROOT, UPERNET, run_tool
 from PIL import Image
 
 from mmshufflemamba.datasets import TOY_ADE_CLASSES, TOY_COCO_CLASSES, TOY_SHAPES
@@ -17,14 +17,6 @@ SAMPLE_DATA = osp.join(matplotlib.get_data_path(), 'sample_data')
 PHOTO = osp.join(SAMPLE_DATA, 'grace_hopper.jpg')
 RGBA = osp.join(SAMPLE_DATA, 'logo2.png')
 CONFIGS = {'seg': UPERNET, 'det': MASK_RCNN, 'cls': CLS}
-
-
-@pytest.fixture(scope='module')
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp('image_demo')
-    paths = {task: str(root / f'{task}.pth') for task in CONFIGS}
-    save_untrained_checkpoints(*[v for task in CONFIGS for v in (CONFIGS[task], paths[task])])
-    return paths
 
 
 @pytest.fixture(scope='module')
@@ -56,10 +48,10 @@ SEG_CASES = {'slide': (RGBA, 542, 130, 'RGBA -> RGB over white'),
 
 
 @pytest.mark.parametrize('mode', sorted(SEG_CASES))
-def test_segmentation_pads_any_size(tmp_path, checkpoints, mode):
+def test_segmentation_pads_any_size(tmp_path, untrained_checkpoints, mode):
     image, width, height, note = SEG_CASES[mode]
     out = tmp_path / 'seg.png'
-    proc = image_demo('seg', image, checkpoints['seg'], out, '--cfg-options',
+    proc = image_demo('seg', image, untrained_checkpoints['seg'], out, '--cfg-options',
                       f'model.test_cfg.mode={mode}')
     assert f'{width}x{height}, {note}' in line(proc, 'image:'), proc.stdout
     assert line(proc, 'preprocessing:').endswith(
@@ -72,11 +64,11 @@ def test_segmentation_pads_any_size(tmp_path, checkpoints, mode):
 
 
 @pytest.mark.parametrize('mode', sorted(SEG_CASES))
-def test_segmentation_without_padding_fails_as_the_backbone_says(tmp_path, checkpoints,
-                                                                   mode):
+def test_segmentation_without_padding_fails_as_the_backbone_says(tmp_path, mode,
+                                                                   untrained_checkpoints):
     """What the padding fixes (data_preprocessor.test_cfg.size_divisor=16)."""
     image, _, height, _ = SEG_CASES[mode]
-    proc = image_demo('seg', image, checkpoints['seg'], tmp_path / 'seg.png',
+    proc = image_demo('seg', image, untrained_checkpoints['seg'], tmp_path / 'seg.png',
                       '--cfg-options', f'model.test_cfg.mode={mode}',
                       'model.data_preprocessor.test_cfg=None', check=False)
     assert proc.returncode != 0
@@ -84,9 +76,10 @@ def test_segmentation_without_padding_fails_as_the_backbone_says(tmp_path, check
     assert f'Input side {side} is not a multiple of the patch size 16' in proc.stderr
 
 
-def test_detection_of_a_grayscale_photo(tmp_path, checkpoints, gray_photo):
+def test_detection_of_a_grayscale_photo(tmp_path, untrained_checkpoints, gray_photo):
     out = tmp_path / 'det.png'
-    proc = image_demo('det', gray_photo, checkpoints['det'], out, '--score-thr', '0.0')
+    proc = image_demo('det', gray_photo, untrained_checkpoints['det'], out, '--score-thr',
+                      '0.0')
     assert '512x600, L -> RGB' in line(proc, 'image:'), proc.stdout
     assert 'pad to a multiple of 32' in line(proc, 'preprocessing:')
     assert 'with masks' in line(proc, 'detection: ')
@@ -96,9 +89,9 @@ def test_detection_of_a_grayscale_photo(tmp_path, checkpoints, gray_photo):
     assert Image.open(out).size == (512, 600)
 
 
-def test_classification_resizes_and_crops_any_size(tmp_path, checkpoints):
+def test_classification_resizes_and_crops_any_size(tmp_path, untrained_checkpoints):
     out = tmp_path / 'cls.png'
-    proc = image_demo('cls', PHOTO, checkpoints['cls'], out)
+    proc = image_demo('cls', PHOTO, untrained_checkpoints['cls'], out)
     assert line(proc, 'preprocessing:') == (
         "preprocessing: ResizeEdge(scale=73, edge='short') -> CenterCrop(crop_size=64)")
     summary = line(proc, 'classification (top 4 of 4): ')

@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 from helpers import (CLS, MASK_RCNN, UPERNET, data_overrides, free_port, run_tool,
-                     save_untrained_checkpoints, write_child_config)
+                     write_child_config)
 
 from mmshufflemamba.datasets import make_toy_ade20k, make_toy_classification, make_toy_coco
 
@@ -35,12 +35,6 @@ def toy(tmp_path, kind: str):
         return config, len(f.read().split('\n')) - 1
 
 
-def untrained_checkpoint(tmp_path, config: str, name: str) -> str:
-    path = str(tmp_path / f'{name}.pth')
-    save_untrained_checkpoints(config, path)
-    return path
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('kind', ['seg', 'det'])
 def test_two_cpu_processes_train_dense_configs(tmp_path, kind):
@@ -58,10 +52,9 @@ def test_two_cpu_processes_train_dense_configs(tmp_path, kind):
 
 
 @pytest.mark.slow
-def test_a_checkpoint_that_does_not_fit_is_refused(tmp_path):
+def test_a_checkpoint_that_does_not_fit_is_refused(tmp_path, untrained_checkpoints):
     seg, _ = toy(tmp_path, 'seg')
-    cls, _ = toy(tmp_path, 'cls')
-    classifier = untrained_checkpoint(tmp_path, cls, 'classifier')
+    classifier = untrained_checkpoints['cls']
     proc = run_tool('tools/test.py', seg, classifier, '--work-dir', str(tmp_path / 'w1'),
                     check=False)
     assert proc.returncode != 0
@@ -81,9 +74,9 @@ def test_a_checkpoint_that_does_not_fit_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_segmentation_test_options(tmp_path):
+def test_segmentation_test_options(tmp_path, untrained_checkpoints):
     seg, images = toy(tmp_path, 'seg')
-    ckpt = untrained_checkpoint(tmp_path, seg, 'seg')
+    ckpt = untrained_checkpoints['seg']
     show, out = tmp_path / 'show', tmp_path / 'out'
     run_tool('tools/test.py', seg, ckpt, '--work-dir', str(tmp_path / 'w'), '--show-dir',
              str(show), '--out', str(out))
@@ -96,9 +89,9 @@ def test_segmentation_test_options(tmp_path):
 
 
 @pytest.mark.slow
-def test_detection_test_options(tmp_path):
+def test_detection_test_options(tmp_path, untrained_checkpoints):
     det, images = toy(tmp_path, 'det')
-    ckpt = untrained_checkpoint(tmp_path, det, 'det')
+    ckpt = untrained_checkpoints['det']
     show, out = tmp_path / 'show', str(tmp_path / 'predictions.pkl')
     run_tool('tools/test.py', det, ckpt, '--work-dir', str(tmp_path / 'w'), '--show-dir',
              str(show), '--out', out)
@@ -110,9 +103,9 @@ def test_detection_test_options(tmp_path):
 
 
 @pytest.mark.slow
-def test_classification_test_options(tmp_path):
+def test_classification_test_options(tmp_path, untrained_checkpoints):
     cls, images = toy(tmp_path, 'cls')
-    ckpt = untrained_checkpoint(tmp_path, cls, 'cls')
+    ckpt = untrained_checkpoints['cls']
     show, out = tmp_path / 'show', str(tmp_path / 'predictions.pkl')
     run_tool('tools/test.py', cls, ckpt, '--work-dir', str(tmp_path / 'w'), '--show-dir',
              str(show), '--out', out)
