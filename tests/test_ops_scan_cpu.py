@@ -23,7 +23,7 @@ def test_kernel_is_built():
 
 
 # (batch, channels, state, length): L = 1, odd L, batch 1, d_state 1, the d_state = 16
-# specialisation, and lengths on and across the 64-step chunk boundaries.
+# specialisation, and lengths on and across chunk boundaries (the kernel's chunk is 32).
 SHAPES = [(2, 4, 3, 9), (1, 3, 2, 1), (1, 5, 4, 7), (3, 2, 1, 16), (2, 6, 5, 33),
           (1, 2, 16, 64), (2, 4, 16, 65), (1, 3, 1, 130)]
 
@@ -33,6 +33,20 @@ def test_compiled_scan_equals_sequential_definition(shape):
     inputs = make_inputs(*shape)
     expected = sequential_scan(*inputs.values(), True)
     assert_matches(selective_scan_cpu(**inputs, delta_softplus=True), expected, inputs)
+
+
+# The scan runs lane groups of channels (8 in float64): several per row, a partial last
+# one, groups of channels narrower than a lane group (B and C broadcast per group), B or C
+# shared over time (read per lane); lengths around the chunk size the kernel exports.
+@pytest.mark.parametrize('B_kind,C_kind,channels,state,groups', [
+    ('group', 'group', 20, 16, 4), ('var', 'shared', 20, 5, 2), ('group', 'var', 24, 16, 3),
+    ('shared', 'group', 12, 3, 2)])
+def test_compiled_scan_across_lane_groups_and_chunks(B_kind, C_kind, channels, state, groups):
+    chunk = load_cpu_kernel().chunk
+    for length in (chunk - 1, chunk, chunk + 1, 2 * chunk + 3):
+        inputs = make_inputs(2, channels, state, length, B_kind, C_kind, groups=groups)
+        assert_matches(selective_scan_cpu(**inputs, delta_softplus=True),
+                       selective_scan_reference(**inputs, delta_softplus=True), inputs)
 
 
 @pytest.mark.parametrize('B_kind,C_kind', [('shared', 'var'), ('var', 'shared'),

@@ -195,13 +195,10 @@ struct TokenMajorIO {
   }
 
   template <bool kBcast>
-  void load_bc(int64_t b, const LaneGroup&, int64_t i0, int64_t K, T* bc) const {
+  BCView<T> load_bc(int64_t b, const LaneGroup&, int64_t i0, int64_t, T*) const {
     static_assert(kBcast, "the mixer's B and C are shared by all channels");
-    for (int64_t j = 0; j < K; ++j) {
-      const int64_t t = time(i0 + j);
-      std::copy(Bm.row(b, t), Bm.row(b, t) + N, bc + j * 2 * N);
-      std::copy(Cm.row(b, t), Cm.row(b, t) + N, bc + j * 2 * N + N);
-    }
+    const int64_t t = time(i0);
+    return {Bm.row(b, t), Cm.row(b, t), reverse ? -Bm.st : Bm.st};
   }
 
   // The rows are 3 KB and more apart (a new page each): ask for the next chunk's now, so
@@ -212,6 +209,8 @@ struct TokenMajorIO {
       const int64_t t = time(i0 + j);
       __builtin_prefetch(u.row(b, t) + lg.d0);
       __builtin_prefetch(delta.row(b, t) + lg.d0);
+      __builtin_prefetch(Bm.row(b, t));
+      __builtin_prefetch(Cm.row(b, t));
       if (!backward) {
         __builtin_prefetch(y.row(b, t) + lg.d0, 1);
         if (reverse) __builtin_prefetch(z.row(b, t) + lg.d0);

@@ -29,7 +29,8 @@
 // exp2_decay and these flags) alternately with the fused forward scan in a ShuffleMamba-S
 // mixer at L = 4097. On the 2-core AVX-512 VM (2026-11-22) the bare arithmetic ran at
 // 6.8-8.3 G state updates/s and the fused scan at 2.8-2.9 G/s: 36% and 44% of it (medians
-// of two runs). The difference is what the bare loop leaves out (softplus per step,
+// of two runs; measured with the fused kernel's own scan before the two kernels' scans
+// became this one, with the same inner loop). The difference is what the bare loop leaves out (softplus per step,
 // staging the rows, broadcasting B and C, writing y, the checkpoints).
 #pragma once
 
@@ -117,9 +118,18 @@ inline void load_lanes(const T* src, int64_t nl, T* dst) {
   std::fill(dst + nl, dst + kLanes<T>, T(0));
 }
 
+// A chunk's B and C as the scan reads them: step j's B_j[n] at B + j * step + n * bw
+// (bw = 1 broadcast to the lanes, W per lane), C_j likewise. Broadcast B and C are read
+// in place from the entry's rows (step may be negative: a scan walking t down).
+template <typename T>
+struct BCView {
+  const T* B;
+  const T* C;
+  int64_t step;
+};
+
 // ------------------------------------------------------------------------- chunk math
-// Tiles: (K, W) per-step vectors; bc: the chunk's B and C, (K, 2, N) broadcast to the
-// lanes (kBcast) or (K, 2, N, W) per lane.
+// Tiles: (K, W) per-step vectors; bc: the chunk's B and C (broadcast: kBcast, or per lane).
 
 template <bool kBcast, typename T>
 inline T lane_value(const T* __restrict__ v, int64_t l) {
@@ -153,7 +163,7 @@ inline void step_tile(T* __restrict__ dt, T* __restrict__ dtg, const T* __restri
 template <typename T, int kN, bool kBcast>
 inline void chunk_forward(int64_t nstate, int64_t K, const LaneConsts<T>& g,
                           const T* __restrict__ u, const T* __restrict__ dt,
-                          const T* __restrict__ bc, T* __restrict__ h, T* __restrict__ s) {
+                          const BCView<T>& bc, T* __restrict__ h, T* __restrict__ s) {
   constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
   const int64_t N = kN > 0 ? kN : nstate;
   alignas(64) T dtu[W], sv[W];
@@ -165,8 +175,8 @@ inline void chunk_forward(int64_t nstate, int64_t K, const LaneConsts<T>& g,
       dtu[l] = dtj[l] * uj[l];
       sv[l] = g.skip[l] * uj[l];
     }
-    const T* __restrict__ Bt = bc + j * 2 * N * bw;
-    const T* __restrict__ Ct = Bt + N * bw;
+    const T* __restrict__ Bt = bc.B + j * bc.step;
+    const T* __restrict__ Ct = bc.C + j * bc.step;
     for (int64_t n = 0; n < N; ++n) {
       const T* __restrict__ bn = Bt + n * bw;
       const T* __restrict__ cn = Ct + n * bw;
@@ -187,7 +197,7 @@ inline void chunk_forward(int64_t nstate, int64_t K, const LaneConsts<T>& g,
 template <typename T, int kN, bool kBcast>
 inline void chunk_recompute(int64_t nstate, int64_t K, const LaneConsts<T>& g,
                             const T* __restrict__ u, const T* __restrict__ dt,
-                            const T* __restrict__ bc, T* __restrict__ h, T* __restrict__ a,
+                            const BCView<T>& bc, T* __restrict__ h, T* __restrict__ a,
                             T* __restrict__ s) {
   constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
   const int64_t N = kN > 0 ? kN : nstate;
@@ -197,8 +207,8 @@ inline void chunk_recompute(int64_t nstate, int64_t K, const LaneConsts<T>& g,
     T* __restrict__ sj = s + j * W;
 #pragma omp simd
     for (int64_t l = 0; l < W; ++l) sj[l] = g.skip[l] * uj[l];
-    const T* __restrict__ Bt = bc + j * 2 * N * bw;
-    const T* __restrict__ Ct = Bt + N * bw;
+    const T* __restrict__ Bt = bc.B + j * bc.step;
+    const T* __restrict__ Ct = bc.C + j * bc.step;
     for (int64_t n = 0; n < N; ++n) {
       const T* __restrict__ bn = Bt + n * bw;
       const T* __restrict__ cn = Ct + n * bw;
@@ -230,12 +240,12 @@ struct Adjoint {
 };
 
 // The adjoint recurrence backwards through a chunk, from gs = dL/ds (K, W): writes
-// du, ddelta (K, W) and dbc (the chunk's dL/dB, dL/dC: (K, 2, N), summed over the lanes,
-// or (K, 2, N, W) per lane), and adds to the running sums.
+// du, ddelta (K, W) and dbc (the chunk's dL/dB, dL/dC: a (K, 2, N) tile summed over the
+// lanes, or (K, 2, N, W) per lane), and adds to the running sums.
 template <typename T, int kN, bool kBcast>
 inline void chunk_adjoint(int64_t nstate, int64_t K, const LaneConsts<T>& g,
                           const T* __restrict__ u, const T* __restrict__ dt,
-                          const T* __restrict__ dtg, const T* __restrict__ bc,
+                          const T* __restrict__ dtg, const BCView<T>& bc,
                           const T* __restrict__ h, const T* __restrict__ a,
                           const T* __restrict__ gs_tile, const Adjoint<T>& acc,
                           T* __restrict__ du, T* __restrict__ ddelta, T* __restrict__ dbc) {
@@ -250,9 +260,9 @@ inline void chunk_adjoint(int64_t nstate, int64_t K, const LaneConsts<T>& g,
     const T* __restrict__ gs = gs_tile + j * W;
     std::fill(gdtu, gdtu + W, T(0));
     std::fill(gdt, gdt + W, T(0));
-    const T* __restrict__ Bt = bc + j * 2 * N * bw;
-    const T* __restrict__ Ct = Bt + N * bw;
-    T* __restrict__ dBt = dbc + j * 2 * N * bw;
+    const T* __restrict__ Bt = bc.B + j * bc.step;
+    const T* __restrict__ Ct = bc.C + j * bc.step;
+    T* __restrict__ dBt = dbc + j * 2 * N * bw;  // the tile (K, 2, N, bw)
     T* __restrict__ dCt = dBt + N * bw;
     for (int64_t n = 0; n < N; ++n) {
       const T* __restrict__ bn = Bt + n * bw;
@@ -314,7 +324,8 @@ inline void chunk_adjoint(int64_t nstate, int64_t K, const LaneConsts<T>& g,
 // i0 .. i0 + K):
 //   ScanParams<T> params; ParamGrads<T> grads; T* ckpt;
 //   load_inputs(b, lg, i0, K, u, delta)   u and delta tiles (K, W), zero past nl
-//   load_bc<kBcast>(b, lg, i0, K, bc)     the chunk's B and C
+//   load_bc<kBcast>(b, lg, i0, K, tile)   the chunk's B and C: a view of the entry's rows
+//                                         (broadcast) or of `tile` filled per lane
 //   prefetch(b, lg, i0, backward)         a hint for the chunk the pass visits next
 //   store_out(b, lg, i0, K, s)            forward: the outputs s (K, W)
 //   gate(b, lg, i0, K, s, gs)             backward: gs = dL/ds from s; also writes dL/dz
@@ -332,13 +343,13 @@ inline T* checkpoint_at(T* ckpt, int64_t b, int64_t c, int64_t nchunks, int64_t 
 template <typename T, int kN, bool kBcast, typename IO>
 void scan_forward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& groups, int64_t batch,
                   int64_t len, int64_t nstate, int64_t dim, int64_t tpb) {
-  constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
+  constexpr int64_t W = kLanes<T>;
   const int64_t N = kN > 0 ? kN : nstate, G = static_cast<int64_t>(groups.size());
   const int64_t nchunks = ceil_div(len, kChunk), per_task = ceil_div(G, tpb);
   at::parallel_for(0, batch * tpb, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormals ftz;
     std::vector<T> h_buf(per_task * N * W), c_buf(per_task * LaneConsts<T>::size(N));
-    std::vector<T> u(kChunk * W), dt(kChunk * W), s(kChunk * W), bc(kChunk * 2 * N * bw);
+    std::vector<T> u(kChunk * W), dt(kChunk * W), s(kChunk * W), bc(kBcast ? 0 : kChunk * 2 * N * W);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tpb, g0 = task % tpb * per_task, g1 = std::min(G, g0 + per_task);
       for (int dir = 0; dir < ndirs; ++dir) {
@@ -356,13 +367,13 @@ void scan_forward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& group
             T* h = h_buf.data() + (grp - g0) * N * W;
             T* ck = checkpoint_at(io.ckpt, b, c, nchunks, N, dim, lg);
             for (int64_t n = 0; n < N; ++n) std::copy(h + n * W, h + n * W + lg.nl, ck + n * dim);
-            io.template load_bc<kBcast>(b, lg, i0, K, bc.data());
+            const BCView<T> bcv = io.template load_bc<kBcast>(b, lg, i0, K, bc.data());
             io.load_inputs(b, lg, i0, K, u.data(), dt.data());
             if (i0 + kChunk < len) io.prefetch(b, lg, i0 + kChunk, false);
             step_tile(dt.data(), static_cast<T*>(nullptr), consts[grp - g0].bias,
                       io.params.softplus, K);
-            chunk_forward<T, kN, kBcast>(N, K, consts[grp - g0], u.data(), dt.data(), bc.data(),
-                                         h, s.data());
+            chunk_forward<T, kN, kBcast>(N, K, consts[grp - g0], u.data(), dt.data(), bcv, h,
+                                         s.data());
             io.store_out(b, lg, i0, K, s.data());
           }
         }
@@ -379,7 +390,7 @@ void scan_backward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& grou
   const int64_t nchunks = ceil_div(len, kChunk), per_task = ceil_div(G, tpb);
   at::parallel_for(0, batch * tpb, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormals ftz;
-    std::vector<T> h((kChunk + 1) * N * W), a(kChunk * N * W), bc(kChunk * 2 * N * bw),
+    std::vector<T> h((kChunk + 1) * N * W), a(kChunk * N * W), bc(kBcast ? 0 : kChunk * 2 * N * W),
         dbc(kChunk * 2 * N * bw), c_buf(LaneConsts<T>::size(N)), acc_buf(Adjoint<T>::size(N));
     std::vector<T> u(kChunk * W), dt(kChunk * W), dtg(kChunk * W), s(kChunk * W),
         gs(kChunk * W), du(kChunk * W), ddelta(kChunk * W);
@@ -399,11 +410,11 @@ void scan_backward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& grou
             if (c > 0) io.prefetch(b, lg, i0 - kChunk, true);
             io.load_inputs(b, lg, i0, K, u.data(), dt.data());
             step_tile(dt.data(), dtg.data(), g.bias, io.params.softplus, K);
-            io.template load_bc<kBcast>(b, lg, i0, K, bc.data());
-            chunk_recompute<T, kN, kBcast>(N, K, g, u.data(), dt.data(), bc.data(), h.data(),
-                                           a.data(), s.data());
+            const BCView<T> bcv = io.template load_bc<kBcast>(b, lg, i0, K, bc.data());
+            chunk_recompute<T, kN, kBcast>(N, K, g, u.data(), dt.data(), bcv, h.data(), a.data(),
+                                           s.data());
             io.gate(b, lg, i0, K, s.data(), gs.data());
-            chunk_adjoint<T, kN, kBcast>(N, K, g, u.data(), dt.data(), dtg.data(), bc.data(),
+            chunk_adjoint<T, kN, kBcast>(N, K, g, u.data(), dt.data(), dtg.data(), bcv,
                                          h.data(), a.data(), gs.data(), acc, du.data(),
                                          ddelta.data(), dbc.data());
             io.store_grads(b, lg, i0, K, du.data(), ddelta.data());

@@ -92,47 +92,47 @@ struct ChannelMajorIO {
   }
 
   template <bool kBcast>
-  void load_bc(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, T* bc) const {
+  BCView<T> load_bc(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, T* tile) const {
     if constexpr (kBcast) {  // both time-varying; the lane group lies inside one group of each
-      const T* Bt = B.data + ((b * B.groups + B.group(lg.d0, dim)) * L + i0) * N;
-      const T* Ct = C.data + ((b * C.groups + C.group(lg.d0, dim)) * L + i0) * N;
-      for (int64_t j = 0; j < K; ++j) {
-        std::copy(Bt + j * N, Bt + (j + 1) * N, bc + j * 2 * N);
-        std::copy(Ct + j * N, Ct + (j + 1) * N, bc + j * 2 * N + N);
-      }
+      return {B.data + ((b * B.groups + B.group(lg.d0, dim)) * L + i0) * N,
+              C.data + ((b * C.groups + C.group(lg.d0, dim)) * L + i0) * N, N};
     } else {
       for (int64_t j = 0; j < K; ++j)
         for (int w = 0; w < 2; ++w)
           for (int64_t n = 0; n < N; ++n) {
-            T* v = bc + ((j * 2 + w) * N + n) * W;
+            T* v = tile + ((j * 2 + w) * N + n) * W;
             for (int64_t l = 0; l < W; ++l)
               v[l] = l < lg.nl ? value(w == 0 ? B : C, b, lg.d0 + l, i0 + j, n) : T(0);
           }
+      return {tile, tile + N * W, 2 * N * W};
     }
   }
 
   void prefetch(int64_t, const LaneGroup&, int64_t, bool) const {}  // rows are contiguous in t
 
-  // out = s silu(z), or s.
+  // out = s silu(z), or s: the gate computed on (step, lane) tiles, so that it vectorises.
   void store_out(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, const T* s) const {
-    for (int64_t l = 0; l < lg.nl; ++l) {
-      const int64_t r = row(b, lg.d0 + l) + i0;
-      for (int64_t j = 0; j < K; ++j) out[r + j] = z ? s[j * W + l] * silu(z[r + j]) : s[j * W + l];
-    }
+    alignas(64) T tile[kChunk * W];
+    if (!z) return scatter(s, b, lg, i0, K, out);
+    gather(z, b, lg, i0, K, tile);
+#pragma omp simd
+    for (int64_t i = 0; i < K * W; ++i) tile[i] = s[i] * silu(tile[i]);
+    scatter(tile, b, lg, i0, K, out);
   }
 
   // gs = dout silu(z) (or dout); dz = dout s silu'(z).
   void gate(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, const T* s, T* gs) const {
     gather(dout, b, lg, i0, K, gs);
     if (!z) return;
-    for (int64_t l = 0; l < lg.nl; ++l) {
-      const int64_t r = row(b, lg.d0 + l) + i0;
-      for (int64_t j = 0; j < K; ++j) {
-        const T zt = z[r + j], sig = sigmoid(zt), g = gs[j * W + l];
-        dz[r + j] = g * s[j * W + l] * sig * (T(1) + zt * (T(1) - sig));
-        gs[j * W + l] = g * zt * sig;
-      }
+    alignas(64) T zt[kChunk * W];
+    gather(z, b, lg, i0, K, zt);
+#pragma omp simd
+    for (int64_t i = 0; i < K * W; ++i) {
+      const T sig = sigmoid(zt[i]), g = gs[i];
+      gs[i] = g * zt[i] * sig;
+      zt[i] = g * s[i] * sig * (T(1) + zt[i] * (T(1) - sig));  // now dL/dz
     }
+    scatter(zt, b, lg, i0, K, dz);
   }
 
   void store_grads(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, const T* dut,
