@@ -151,20 +151,25 @@ struct ChannelMajorIO {
   template <bool kBcast>
   void add_dbc(int64_t b, int64_t part, const LaneGroup& lg, int64_t i0, int64_t K,
                const T* dbc) const {
-    for (int64_t j = 0; j < K; ++j)
-      for (int w = 0; w < 2; ++w) {
-        const InputMatrix<T>& M = w == 0 ? B : C;
-        T* dM = w == 0 ? dB : dC;
-        for (int64_t n = 0; n < N; ++n) {
-          const T* g = dbc + ((j * 2 + w) * N + n) * (kBcast ? 1 : W);
-          if constexpr (kBcast) {
-            *grad_at(M, dM, b, part, lg.d0, i0 + j, n) += g[0];
-          } else {
-            for (int64_t l = 0; l < lg.nl; ++l)
-              *grad_at(M, dM, b, part, lg.d0 + l, i0 + j, n) += g[l];
-          }
+    for (int w = 0; w < 2; ++w) {
+      const InputMatrix<T>& M = w == 0 ? B : C;
+      T* dM = w == 0 ? dB : dC;
+      if constexpr (kBcast) {  // one group for the whole lane group: rows of N per step
+        T* __restrict__ dst = grad_at(M, dM, b, part, lg.d0, i0, 0);
+        for (int64_t j = 0; j < K; ++j) {
+          const T* __restrict__ g = dbc + (j * 2 + w) * N;
+#pragma omp simd
+          for (int64_t n = 0; n < N; ++n) dst[j * N + n] += g[n];
+        }
+      } else {
+        for (int64_t l = 0; l < lg.nl; ++l) {
+          T* __restrict__ dst = grad_at(M, dM, b, part, lg.d0 + l, i0, 0);
+          const int64_t step = M.var ? N : 0;  // a shared M sums over the steps
+          for (int64_t j = 0; j < K; ++j)
+            for (int64_t n = 0; n < N; ++n) dst[j * step + n] += dbc[((j * 2 + w) * N + n) * W + l];
         }
       }
+    }
   }
 };
 
