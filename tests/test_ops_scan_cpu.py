@@ -1,7 +1,7 @@
 """The compiled CPU selective scan: the kernel is built, it agrees with the PyTorch scan at
 Vim-S sizes, its dtype handling, dispatch and fallback.
 
-Values and gradients against the reference (layouts, options, lengths across the 64-step
+Values and gradients against the reference (layouts, options, lengths across the 32-step
 checkpoints, strides): tests/test_scan_conformance.py.
 """
 import os
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from helpers import scan_inputs
+from helpers import assert_scan_matches_reference, scan_inputs
 
 from mmshufflemamba.ops import BACKEND_ENV, selective_scan, selective_scan_cpu, selective_scan_torch
 from mmshufflemamba.ops.cpu_kernel import load_cpu_kernel
@@ -23,6 +23,19 @@ if os.environ.get(BACKEND_ENV, 'auto') not in ('auto', 'compiled'):
 def test_kernel_is_built():
     # Not a skip: the install builds the kernel, so a missing one is a failure here.
     assert load_cpu_kernel() is not None, 'run `python -m mmshufflemamba.ops.build --verbose`'
+
+
+# The scan runs lane groups of channels (8 in float64): several per row, a partial last
+# one, groups of channels narrower than a lane group (B and C broadcast per group), B or C
+# shared over time (read per lane); lengths around the chunk size the kernel exports.
+@pytest.mark.parametrize('B_kind,C_kind,channels,state,groups', [
+    ('group', 'group', 20, 16, 4), ('var', 'shared', 20, 5, 2), ('group', 'var', 24, 16, 3),
+    ('shared', 'group', 12, 3, 2)])
+def test_compiled_scan_across_lane_groups_and_chunks(B_kind, C_kind, channels, state, groups):
+    chunk = load_cpu_kernel().chunk
+    for length in (chunk - 1, chunk, chunk + 1, 2 * chunk + 3):
+        inputs = scan_inputs(2, channels, state, length, B_kind, C_kind, groups=groups)
+        assert_scan_matches_reference(selective_scan_cpu, inputs)
 
 
 def test_compiled_and_pytorch_scans_agree_at_vim_s_sizes_in_float32():

@@ -17,8 +17,9 @@ kernels (``torch``, ``compiled``) run all of them:
   softplus on/off and four B/C layouts (each of ``(D, N)``, ``(b, N, L)``,
   ``(b, G, N, L)`` for B and for C, shared beside variable), in float64, at ``L = 7``.
 * ``SIZE_CASES``: float32 and float64, every option on, across the chunk boundaries
-  (``L`` = 1, 5 below both chunks; 32 = one Triton chunk; 33 and 70, not multiples;
-  64 = one C++ checkpoint interval; 130 = two and a partial), ``d_state`` 1 and 16 (the
+  (``L`` = 1, 5 below the chunk; 32 = one chunk of either kernel (Triton's, and the C++
+  kernel's checkpoint interval); 33 and 70, not multiples; 64 = two; 130 = four and a
+  partial), ``d_state`` 1 and 16 (the
   C++ kernel's specialisation), softplus arguments beyond +-20 (its linear and
   exponential tails), and one float32 case with every option off and no softplus.
 * ``STRIDE_CASES``: non-contiguous inputs, float32 and float64, each layout: transposed

@@ -10,7 +10,8 @@ combined scan output ``y`` ``(B, L, D)`` that ``out_proj`` reads:
   down), ``D``, the ``z`` gate and ``(y_f + y_b) / 2``.
 
 The backward pass recomputes the convolutions, the step sizes and the scans' states (from
-one checkpoint per 32 steps) and writes the gradients of x and z straight into one
+one checkpoint per ``chunk`` steps, the kernel module's constant, shared with the
+one-direction scan: both run ``csrc/scan_core.h``) and writes the gradients of x and z straight into one
 ``dxz``. Both passes are ``torch.library`` custom ops with fake implementations and an
 autograd formula, so ``torch.compile`` and ``torch.export`` see two opaque ops instead of
 breaking the graph. Computed in float32 (float64 stays float64; bf16/fp16 inputs are
@@ -27,7 +28,6 @@ from .cpu_kernel import load_cpu_kernel
 __all__ = ['bimamba_inner', 'fused_mixer_available', 'FUSED_STATE_SIZES']
 
 FUSED_STATE_SIZES = (1, 4, 8, 16)  # the d_state values the kernel is compiled for
-_CHUNK = 32  # steps per checkpoint (the kernel's kChunk)
 
 
 def fused_mixer_available(x: Tensor, d_state: int) -> bool:
@@ -82,7 +82,8 @@ def _(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, xproj_w_f, xproj_w_b, dtproj_w
       dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b):
     B, L, D2 = xz.shape
     D, N = D2 // 2, A_f.shape[1]
-    chunks = (L + _CHUNK - 1) // _CHUNK
+    chunk = load_cpu_kernel().chunk  # steps per checkpoint, as the kernel was built
+    chunks = (L + chunk - 1) // chunk
     x_dbl = xz.new_empty(B, L, xproj_w_f.shape[0])
     return (xz.new_empty(B, L, D), x_dbl, torch.empty_like(x_dbl),
             xz.new_empty(B, chunks, N, D), xz.new_empty(B, chunks, N, D))

@@ -1,7 +1,9 @@
 """The compiled CPU selective scan: the whole scan (bias, softplus, ``D``, ``z``) in this
 package's C++ kernel (:mod:`.cpu_kernel` builds and loads it), forward and a backward that
-recomputes the states chunk by chunk from checkpoints (``L / 64`` states per row are
-stored instead of ``L``). CPU tensors only; it does not return the last state.
+recomputes the states chunk by chunk from checkpoints (``L / chunk`` states per row are
+stored instead of ``L``; ``chunk`` is the kernel module's constant). The scan itself is
+``csrc/scan_core.h``, the same as the fused mixer's (:mod:`.bimamba`). CPU tensors only;
+it does not return the last state.
 """
 from typing import Optional
 

@@ -31,7 +31,7 @@ __all__ = ['load_cpu_kernel', 'build_directory']
 
 _SOURCE_DIR = Path(__file__).with_name('csrc')
 _SOURCES = ('selective_scan_cpu.cpp', 'bimamba_cpu.cpp', 'module.cpp')
-_HEADERS = ('cpu_math.h', 'kernels.h')
+_HEADERS = ('cpu_math.h', 'kernels.h', 'scan_core.h')
 _NAME = 'mmshufflemamba_scan_cpu'
 
 

@@ -1,7 +1,9 @@
 // Vim's bidirectional mixer between its GEMMs, fused on CPU: the two causal depthwise
 // convolutions with their SiLU, the selective scans of both directions, D, the z gate and
 // the (y_f + y_b) / 2 combine; forward and backward. The GEMMs (x_proj, dt_proj, and the
-// in/out projections) stay in torch (MKL); ops/bimamba.py strings the two together.
+// in/out projections) stay in torch (MKL); ops/bimamba.py strings the two together. The
+// scans themselves are scan_core.h's, the same as the one-direction entry's; this file
+// says where the mixer's rows live (TokenMajorIO) and what happens to the outputs.
 //
 // Everything is token-major, as the GEMMs produce it: (batch, len, channels) with the
 // channels contiguous (rows may be strided: x and z are the two halves of in_proj's
@@ -11,25 +13,7 @@
 //   u_f[t] = silu(b_f + sum_k w_f[k] x[t - K + 1 + k])   u_b[t] = silu(b_b + sum_k w_b[k] x[t + K - 1 - k])
 //   h_t = exp(dt_t A) h_{t -+ 1} + dt_t u_t B_t,  s_t = C_t . h_t + D u_t,  dt = softplus(delta + bias)
 //   y[t] = (s_f[t] + s_b[t]) silu(z[t]) / 2
-//
-// Scan layout: one task per (batch, group of kLanes channels); the lanes of a vector are
-// channels, so every step is vertical vector work over the states n (no horizontal sums in
-// the forward pass): per step and state, one vector exp, one FMA for h, one for s. The
-// backward pass recomputes each chunk's states from the checkpoint the forward pass stored
-// before it (one per kChunk steps), then runs the adjoint recurrence; the gradients of B
-// and C are sums over channels (a horizontal sum per step and state), kept per task and
-// reduced afterwards, so no two tasks write the same memory.
-//
-// Speed: the scan is bound by the exponentials, N per channel and step (16 for Vim): per
-// state and step one vector exp2_decay (clamp, round, a degree-6 polynomial, the exponent
-// bits: about 14 vector instructions for 16 lanes) and two FMAs. The limit is that
-// arithmetic alone; benchmarks/bench_scan_ceiling.py times it (in L1, all threads, this
-// header's exp2_decay and flags) alternately with this forward scan in a ShuffleMamba-S
-// mixer at L = 4097. On the 2-core AVX-512 VM (2026-11-22) the bare arithmetic ran at
-// 6.8-8.3 G state updates/s and this scan at 2.8-2.9 G/s: 36% and 44% of it (medians of
-// two runs; single pairs 31-50%). The difference is what the bare loop leaves out (softplus
-// per step, staging the strided token-major rows, broadcasting B and C, writing y, the
-// chunk checkpoints); it has not been broken down further.
+// B_t and C_t are shared by all channels, so the scans broadcast them to the lanes.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -39,13 +23,10 @@
 
 #include "cpu_math.h"
 #include "kernels.h"
+#include "scan_core.h"
 
 namespace mmshufflemamba_cpu {
 namespace {
-
-template <typename T>
-constexpr int64_t kLanes = 64 / sizeof(T);  // channels per vector: one 512-bit register
-constexpr int64_t kChunk = 32;              // steps per checkpoint / recomputation
 
 // A (batch, len, channels) sequence with contiguous channels.
 template <typename T>
@@ -63,14 +44,6 @@ Seq<T> seq(const at::Tensor& x, int64_t offset = 0) {
 template <typename T>
 Seq<const T> cseq(const at::Tensor& x, int64_t offset = 0) {
   return {x.data_ptr<T>() + offset, x.stride(0), x.stride(1)};
-}
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Tasks per batch entry for the scans: enough for every thread, few partial buffers.
-int64_t scan_tasks_per_batch(int64_t groups, int64_t batch) {
-  const int64_t wanted = 4 * static_cast<int64_t>(at::get_num_threads());
-  return std::min(groups, std::max<int64_t>(1, ceil_div(wanted, batch)));
 }
 
 // ------------------------------------------------------------------------ convolutions
@@ -191,296 +164,123 @@ void conv_backward(Seq<const T> x, const T* wT_f, const T* b_f, const T* wT_b, c
   });
 }
 
+
 // ------------------------------------------------------------------------------- scans
+// One direction of the mixer's scan, for scan_core.h's drivers. Rows are (batch, len, D)
+// (u, delta, y, z, dy, the gradients) or (batch, len, N) (B, C: columns of x_dbl).
 template <typename T>
-struct Direction {
-  Seq<const T> u, delta, Bm, Cm;  // (batch, len, D) and (batch, len, N)
-  const T* A;                     // (D, N)
-  const T* skip;                  // D: (D,)
-  const T* bias;                  // (D,)
-  bool reverse;
-  int64_t time(int64_t i, int64_t L) const { return reverse ? L - 1 - i : i; }
-};
-
-// One group's constants, lanes = channels d0 .. d0 + kLanes (zero past D).
-template <typename T, int kN>
-struct GroupConsts {
+struct TokenMajorIO {
   static constexpr int64_t W = kLanes<T>;
-  T AT[kN][W], AT2[kN][W], skip[W], bias[W];  // AT2 = A log2 e, for exp2_decay
-  int64_t nl;
+  Seq<const T> u, delta, Bm, Cm, z;
+  ScanParams<T> params;
+  bool reverse;  // the backward direction: scan step i is token L - 1 - i
+  int64_t L, D, N;
+  T* ckpt;       // (batch, nchunks, N, D)
+  Seq<T> y;      // forward: the first direction stores s, the second combines
+  // backward
+  const T* dy;   // (batch, len, D), contiguous
+  Seq<T> dz;     // dxz[..., D:]: the first direction stores, the second adds
+  T *du, *ddelta, *dBC;  // (batch, len, D) twice; per task (batch, tasks, len, 2 N)
+  ParamGrads<T> grads;
+  int64_t tpb;
 
-  GroupConsts(const Direction<T>& s, int64_t d0, int64_t D) : nl(std::min(W, D - d0)) {
-    for (int64_t n = 0; n < kN; ++n)
-      for (int64_t i = 0; i < W; ++i) {
-        AT[n][i] = i < nl ? s.A[(d0 + i) * kN + n] : T(0);
-        AT2[n][i] = AT[n][i] * T(kLog2e);
+  int64_t time(int64_t i) const { return reverse ? L - 1 - i : i; }
+
+  void load_inputs(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, T* ut, T* dt) const {
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t t = time(i0 + j);
+      load_lanes(u.row(b, t) + lg.d0, lg.nl, ut + j * W);
+      load_lanes(delta.row(b, t) + lg.d0, lg.nl, dt + j * W);
+    }
+  }
+
+  template <bool kBcast>
+  BCView<T> load_bc(int64_t b, const LaneGroup&, int64_t i0, int64_t, T*) const {
+    static_assert(kBcast, "the mixer's B and C are shared by all channels");
+    const int64_t t = time(i0);
+    return {Bm.row(b, t), Cm.row(b, t), reverse ? -Bm.st : Bm.st};
+  }
+
+  // The rows are 3 KB and more apart (a new page each): ask for the next chunk's now, so
+  // that they are in cache when this lane group gets there.
+  void prefetch(int64_t b, const LaneGroup& lg, int64_t i0, bool backward) const {
+    const int64_t K = std::min(L, i0 + kChunk) - i0;
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t t = time(i0 + j);
+      __builtin_prefetch(u.row(b, t) + lg.d0);
+      __builtin_prefetch(delta.row(b, t) + lg.d0);
+      __builtin_prefetch(Bm.row(b, t));
+      __builtin_prefetch(Cm.row(b, t));
+      if (!backward) {
+        __builtin_prefetch(y.row(b, t) + lg.d0, 1);
+        if (reverse) __builtin_prefetch(z.row(b, t) + lg.d0);
+      } else {
+        __builtin_prefetch(z.row(b, t) + lg.d0);
+        __builtin_prefetch(dy + (b * L + t) * D + lg.d0);
+        __builtin_prefetch(dz.row(b, t) + lg.d0, 1);
+        __builtin_prefetch(du + (b * L + t) * D + lg.d0, 1);
+        __builtin_prefetch(ddelta + (b * L + t) * D + lg.d0, 1);
       }
-    for (int64_t i = 0; i < W; ++i) {
-      skip[i] = i < nl ? s.skip[d0 + i] : T(0);
-      bias[i] = i < nl ? s.bias[d0 + i] : T(0);
+    }
+  }
+
+  void store_out(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, const T* s) const {
+    alignas(64) T zv[W];
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t t = time(i0 + j);
+      T* __restrict__ yr = y.row(b, t) + lg.d0;
+      const T* __restrict__ sj = s + j * W;
+      if (!reverse) {
+        std::copy(sj, sj + lg.nl, yr);
+      } else {
+        load_lanes(z.row(b, t) + lg.d0, lg.nl, zv);
+#pragma omp simd
+        for (int64_t l = 0; l < W; ++l) zv[l] = T(0.5) * silu(zv[l]);
+        for (int64_t l = 0; l < lg.nl; ++l) yr[l] = zv[l] * (yr[l] + sj[l]);
+      }
+    }
+  }
+
+  // y = (s_f + s_b) silu(z) / 2: gs = dy silu(z) / 2, and this direction's share of dL/dz.
+  void gate(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, const T* s, T* gs) const {
+    alignas(64) T zv[W], dyv[W], dzv[W];
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t t = time(i0 + j);
+      load_lanes(z.row(b, t) + lg.d0, lg.nl, zv);
+      load_lanes(dy + (b * L + t) * D + lg.d0, lg.nl, dyv);
+      const T* __restrict__ sj = s + j * W;
+      T* __restrict__ gj = gs + j * W;
+#pragma omp simd
+      for (int64_t l = 0; l < W; ++l) {
+        const T sig = sigmoid(zv[l]);
+        gj[l] = T(0.5) * dyv[l] * zv[l] * sig;
+        dzv[l] = T(0.5) * dyv[l] * sj[l] * sig * (T(1) + zv[l] * (T(1) - sig));
+      }
+      T* __restrict__ dzr = dz.row(b, t) + lg.d0;
+      for (int64_t l = 0; l < lg.nl; ++l) dzr[l] = reverse ? dzr[l] + dzv[l] : dzv[l];
+    }
+  }
+
+  void store_grads(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, const T* dut,
+                   const T* ddt) const {
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t row = (b * L + time(i0 + j)) * D + lg.d0;
+      std::copy(dut + j * W, dut + j * W + lg.nl, du + row);
+      std::copy(ddt + j * W, ddt + j * W + lg.nl, ddelta + row);
+    }
+  }
+
+  template <bool kBcast>
+  void add_dbc(int64_t b, int64_t part, const LaneGroup&, int64_t i0, int64_t K,
+               const T* dbc) const {
+    T* dst = dBC + (b * tpb + part) * L * 2 * N;
+    for (int64_t j = 0; j < K; ++j) {
+      T* __restrict__ d = dst + time(i0 + j) * 2 * N;
+      const T* __restrict__ g = dbc + j * 2 * N;
+      for (int64_t k = 0; k < 2 * N; ++k) d[k] += g[k];
     }
   }
 };
-
-template <typename T>
-inline void load_lanes(const T* src, int64_t nl, T* dst) {
-  constexpr int64_t W = kLanes<T>;
-  if (nl == W) {
-    std::copy(src, src + W, dst);
-  } else {
-    std::copy(src, src + nl, dst);
-    std::fill(dst + nl, dst + W, T(0));
-  }
-}
-
-// Checkpoints: (batch, nchunks, N, D), the state before each chunk of the direction.
-// A task covers several groups of lanes and walks them chunk by chunk, so that the
-// chunk's B and C (shared by all channels) stay in cache while its groups use them.
-template <typename T, int kN>
-void scan_forward(const Direction<T> dirs[2], Seq<const T> z, int64_t B, int64_t L, int64_t D,
-                  Seq<T> y, T* ckpt_f, T* ckpt_b, int64_t tasks_per_batch) {
-  constexpr int64_t W = kLanes<T>;
-  const int64_t groups = ceil_div(D, W), nchunks = ceil_div(L, kChunk);
-  const int64_t groups_per_task = ceil_div(groups, tasks_per_batch);
-  at::parallel_for(0, B * tasks_per_batch, 1, [&](int64_t begin, int64_t end) {
-    const FlushDenormals ftz;
-    std::vector<T> h_buf(groups_per_task * kN * W);
-    // one chunk staged contiguously: B and C for all groups, u, delta and y for one group
-    // (rows are far apart in memory: loading them first lets their cache misses overlap)
-    std::vector<T> bc_buf(kChunk * 2 * kN), u_buf(kChunk * W), dt_buf(kChunk * W),
-        y_buf(kChunk * W);
-    alignas(64) T dtu[W], s[W], zv[W];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / tasks_per_batch, part = task % tasks_per_batch;
-      const int64_t g0 = part * groups_per_task, g1 = std::min(groups, g0 + groups_per_task);
-      if (g0 >= g1) continue;
-      for (int dir = 0; dir < 2; ++dir) {
-        const Direction<T>& sd = dirs[dir];
-        std::vector<GroupConsts<T, kN>> consts;
-        consts.reserve(g1 - g0);
-        for (int64_t grp = g0; grp < g1; ++grp) consts.emplace_back(sd, grp * W, D);
-        T* ckpt = dir == 0 ? ckpt_f : ckpt_b;
-        std::fill(h_buf.begin(), h_buf.end(), T(0));
-        for (int64_t c = 0; c < nchunks; ++c) {
-          const int64_t i0 = c * kChunk, K = std::min(L, i0 + kChunk) - i0;
-          for (int64_t j = 0; j < K; ++j) {
-            const int64_t t = sd.time(i0 + j, L);
-            std::copy(sd.Bm.row(b, t), sd.Bm.row(b, t) + kN, bc_buf.data() + j * 2 * kN);
-            std::copy(sd.Cm.row(b, t), sd.Cm.row(b, t) + kN, bc_buf.data() + j * 2 * kN + kN);
-          }
-          for (int64_t grp = g0; grp < g1; ++grp) {
-            const GroupConsts<T, kN>& g = consts[grp - g0];
-            const int64_t d0 = grp * W;
-            T (*h)[W] = reinterpret_cast<T (*)[W]>(h_buf.data() + (grp - g0) * kN * W);
-            T* ck = ckpt + (b * nchunks + c) * kN * D + d0;
-            for (int64_t n = 0; n < kN; ++n) std::copy(h[n], h[n] + g.nl, ck + n * D);
-            for (int64_t j = 0; j < K; ++j) {
-              const int64_t t = sd.time(i0 + j, L);
-              load_lanes(sd.u.row(b, t) + d0, g.nl, u_buf.data() + j * W);
-              load_lanes(sd.delta.row(b, t) + d0, g.nl, dt_buf.data() + j * W);
-              // the rows are 3 KB and more apart (a new page each): ask for the next
-              // chunk's now, so that they are in cache when this group gets there
-              if (i0 + kChunk + j < L) {
-                const int64_t tn = sd.time(i0 + kChunk + j, L);
-                __builtin_prefetch(sd.u.row(b, tn) + d0);
-                __builtin_prefetch(sd.delta.row(b, tn) + d0);
-                __builtin_prefetch(y.row(b, tn) + d0, 1);
-                if (dir == 1) __builtin_prefetch(z.row(b, tn) + d0);
-              }
-            }
-            for (int64_t j = 0; j < K; ++j) {
-              const T* __restrict__ u = u_buf.data() + j * W;
-              T* __restrict__ dt = dt_buf.data() + j * W;
-#pragma omp simd
-              for (int64_t l = 0; l < W; ++l) {
-                T unused;
-                dt[l] = softplus(dt[l] + g.bias[l], &unused);
-                dtu[l] = dt[l] * u[l];
-                s[l] = g.skip[l] * u[l];
-              }
-              const T* __restrict__ Bt = bc_buf.data() + j * 2 * kN;
-              const T* __restrict__ Ct = Bt + kN;
-              for (int64_t n = 0; n < kN; ++n) {
-                const T bn = Bt[n], cn = Ct[n];
-#pragma omp simd
-                for (int64_t l = 0; l < W; ++l) {
-                  h[n][l] = exp2_decay(dt[l] * g.AT2[n][l]) * h[n][l] + dtu[l] * bn;
-                  s[l] += cn * h[n][l];
-                }
-              }
-              std::copy(s, s + W, y_buf.data() + j * W);
-            }
-            for (int64_t j = 0; j < K; ++j) {
-              const int64_t t = sd.time(i0 + j, L);
-              T* __restrict__ yr = y.row(b, t) + d0;
-              const T* __restrict__ sj = y_buf.data() + j * W;
-              if (dir == 0) {
-                std::copy(sj, sj + g.nl, yr);
-              } else {
-                load_lanes(z.row(b, t) + d0, g.nl, zv);
-#pragma omp simd
-                for (int64_t l = 0; l < W; ++l) zv[l] = T(0.5) * silu(zv[l]);
-                for (int64_t l = 0; l < g.nl; ++l) yr[l] = zv[l] * (yr[l] + sj[l]);
-              }
-            }
-          }
-        }
-      }
-    }
-  });
-}
-
-// Outputs of the backward scan for one direction.
-template <typename T>
-struct DirectionGrads {
-  T* du;      // (batch, len, D), contiguous
-  T* ddelta;  // (batch, len, D), contiguous
-  T* dBC;     // per task: (batch, tasks_per_batch, len, 2, N): dB then dC
-  T* dA;      // (batch, D, N)
-  T* dskip;   // (batch, D)
-  T* dbias;   // (batch, D)
-};
-
-template <typename T, int kN>
-void scan_backward(const Direction<T> dirs[2], Seq<const T> z, const T* dy, int64_t B,
-                   int64_t L, int64_t D, const T* ckpt_f, const T* ckpt_b,
-                   const DirectionGrads<T> grads[2], Seq<T> dz, int64_t tasks_per_batch) {
-  constexpr int64_t W = kLanes<T>;
-  const int64_t groups = ceil_div(D, W), nchunks = ceil_div(L, kChunk);
-  const int64_t groups_per_task = ceil_div(groups, tasks_per_batch);
-  at::parallel_for(0, B * tasks_per_batch, 1, [&](int64_t begin, int64_t end) {
-    const FlushDenormals ftz;
-    // per chunk: states h_{t0-1} .. and decays, step sizes, their slopes, inputs, outputs
-    std::vector<T> h_buf((kChunk + 1) * kN * W), a_buf(kChunk * kN * W);
-    std::vector<T> dt_buf(kChunk * W), dtg_buf(kChunk * W), u_buf(kChunk * W), s_buf(kChunk * W);
-    alignas(64) T carry[kN][W], dA[kN][W], dskip[W], dbias[W], gs[W], gdtu[W], gdt[W], zv[W],
-        dyv[W], dzv[W];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / tasks_per_batch, part = task % tasks_per_batch;
-      const int64_t g1 = std::min(groups, (part + 1) * groups_per_task);
-      for (int64_t grp = part * groups_per_task; grp < g1; ++grp) {
-        const int64_t d0 = grp * W;
-        for (int dir = 0; dir < 2; ++dir) {
-          const Direction<T>& sd = dirs[dir];
-          const DirectionGrads<T>& gd = grads[dir];
-          const GroupConsts<T, kN> g(sd, d0, D);
-          const T* ckpt = dir == 0 ? ckpt_f : ckpt_b;
-          T* dBC = gd.dBC + (b * tasks_per_batch + part) * L * 2 * kN;
-          std::fill(&carry[0][0], &carry[0][0] + kN * W, T(0));
-          std::fill(&dA[0][0], &dA[0][0] + kN * W, T(0));
-          std::fill(dskip, dskip + W, T(0));
-          std::fill(dbias, dbias + W, T(0));
-          for (int64_t c = nchunks - 1; c >= 0; --c) {
-            const int64_t i0 = c * kChunk, K = std::min(L, i0 + kChunk) - i0;
-            T* h = h_buf.data();
-            T* a = a_buf.data();
-            const T* ck = ckpt + (b * nchunks + c) * kN * D + d0;
-            for (int64_t n = 0; n < kN; ++n) load_lanes(ck + n * D, g.nl, h + n * W);
-            if (c > 0) {  // the previous chunk's rows, 3 KB and more apart: ask for them now
-              for (int64_t j = 0; j < kChunk; ++j) {
-                const int64_t tp = sd.time(i0 - kChunk + j, L);
-                __builtin_prefetch(sd.u.row(b, tp) + d0);
-                __builtin_prefetch(sd.delta.row(b, tp) + d0);
-                __builtin_prefetch(z.row(b, tp) + d0);
-                __builtin_prefetch(dy + (b * L + tp) * D + d0);
-                __builtin_prefetch(dz.row(b, tp) + d0, 1);
-                __builtin_prefetch(gd.du + (b * L + tp) * D + d0, 1);
-                __builtin_prefetch(gd.ddelta + (b * L + tp) * D + d0, 1);
-              }
-            }
-            for (int64_t j = 0; j < K; ++j) {  // recompute the chunk's states
-              const int64_t t = sd.time(i0 + j, L);
-              T* u = u_buf.data() + j * W;
-              T* dt = dt_buf.data() + j * W;
-              T* dtg = dtg_buf.data() + j * W;
-              T* s = s_buf.data() + j * W;
-              load_lanes(sd.u.row(b, t) + d0, g.nl, u);
-              load_lanes(sd.delta.row(b, t) + d0, g.nl, dt);
-#pragma omp simd
-              for (int64_t l = 0; l < W; ++l) {
-                dt[l] = softplus(dt[l] + g.bias[l], &dtg[l]);
-                s[l] = g.skip[l] * u[l];
-              }
-              const T* __restrict__ Bt = sd.Bm.row(b, t);
-              const T* __restrict__ Ct = sd.Cm.row(b, t);
-              for (int64_t n = 0; n < kN; ++n) {
-                const T bn = Bt[n], cn = Ct[n];
-                const T* __restrict__ hp = h + (j * kN + n) * W;
-                T* __restrict__ hn = h + ((j + 1) * kN + n) * W;
-                T* __restrict__ an = a + (j * kN + n) * W;
-#pragma omp simd
-                for (int64_t l = 0; l < W; ++l) {
-                  an[l] = exp2_decay(dt[l] * g.AT2[n][l]);
-                  hn[l] = an[l] * hp[l] + dt[l] * u[l] * bn;
-                  s[l] += cn * hn[l];
-                }
-              }
-            }
-            for (int64_t j = K - 1; j >= 0; --j) {  // the adjoint recurrence, backwards
-              const int64_t t = sd.time(i0 + j, L);
-              const T* u = u_buf.data() + j * W;
-              const T* dt = dt_buf.data() + j * W;
-              const T* dtg = dtg_buf.data() + j * W;
-              const T* s = s_buf.data() + j * W;
-              load_lanes(z.row(b, t) + d0, g.nl, zv);
-              load_lanes(dy + (b * L + t) * D + d0, g.nl, dyv);
-#pragma omp simd
-              for (int64_t l = 0; l < W; ++l) {  // y = (s_f + s_b) silu(z) / 2
-                const T sig = sigmoid(zv[l]);
-                gs[l] = T(0.5) * dyv[l] * zv[l] * sig;
-                dzv[l] = T(0.5) * dyv[l] * s[l] * sig * (T(1) + zv[l] * (T(1) - sig));
-                gdtu[l] = T(0);
-                gdt[l] = T(0);
-              }
-              T* __restrict__ dzr = dz.row(b, t) + d0;
-              for (int64_t l = 0; l < g.nl; ++l) dzr[l] = dir == 0 ? dzv[l] : dzr[l] + dzv[l];
-              const T* __restrict__ Bt = sd.Bm.row(b, t);
-              const T* __restrict__ Ct = sd.Cm.row(b, t);
-              T* __restrict__ dBt = dBC + t * 2 * kN;
-              T* __restrict__ dCt = dBt + kN;
-              for (int64_t n = 0; n < kN; ++n) {
-                const T bn = Bt[n], cn = Ct[n];
-                const T* __restrict__ hp = h + (j * kN + n) * W;
-                const T* __restrict__ hn = h + ((j + 1) * kN + n) * W;
-                const T* __restrict__ an = a + (j * kN + n) * W;
-                T acc_b = T(0), acc_c = T(0);
-#pragma omp simd reduction(+ : acc_b, acc_c)
-                for (int64_t l = 0; l < W; ++l) {
-                  const T gh = cn * gs[l] + carry[n][l];  // dL/dh_t
-                  acc_c += gs[l] * hn[l];
-                  acc_b += gh * dt[l] * u[l];
-                  gdtu[l] += gh * bn;
-                  const T gdec = gh * hp[l] * an[l];  // dL/d(dt A) through the exp
-                  gdt[l] += gdec * g.AT[n][l];
-                  dA[n][l] += gdec * dt[l];
-                  carry[n][l] = an[l] * gh;
-                }
-                dBt[n] += acc_b;
-                dCt[n] += acc_c;
-              }
-              T* __restrict__ du = gd.du + (b * L + t) * D + d0;
-              T* __restrict__ ddelta = gd.ddelta + (b * L + t) * D + d0;
-#pragma omp simd
-              for (int64_t l = 0; l < W; ++l) {
-                gdt[l] = (gdt[l] + gdtu[l] * u[l]) * dtg[l];  // now dL/d(delta)
-                dskip[l] += gs[l] * u[l];
-                dbias[l] += gdt[l];
-                gdtu[l] = gs[l] * g.skip[l] + gdtu[l] * dt[l];  // now dL/du
-              }
-              std::copy(gdtu, gdtu + g.nl, du);
-              std::copy(gdt, gdt + g.nl, ddelta);
-            }
-          }
-          for (int64_t l = 0; l < g.nl; ++l) {
-            for (int64_t n = 0; n < kN; ++n) gd.dA[(b * D + d0 + l) * kN + n] = dA[n][l];
-            gd.dskip[b * D + d0 + l] = dskip[l];
-            gd.dbias[b * D + d0 + l] = dbias[l];
-          }
-        }
-      }
-    }
-  });
-}
 
 // Calls f.template operator()<kN>() with kN = the state size, for the sizes compiled.
 template <typename F>
@@ -507,6 +307,7 @@ void check_vec(const at::Tensor& v, int64_t D, const at::Tensor& like, const cha
   TORCH_CHECK(v.is_contiguous() && v.numel() == D && v.scalar_type() == like.scalar_type(),
               name, " must be contiguous with ", D, " elements of dtype ", like.scalar_type());
 }
+
 
 }  // namespace
 
@@ -553,15 +354,8 @@ std::vector<at::Tensor> bimamba_conv_backward(const at::Tensor& xz, const at::Te
           sums[1].narrow(0, 0, K).t().contiguous().view(w_b.sizes()), sums[1][K].clone()};
 }
 
-namespace {
 
-template <typename T>
-Direction<T> direction(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& x_dbl,
-                       int64_t rank, int64_t N, const at::Tensor& A, const at::Tensor& skip,
-                       const at::Tensor& bias, bool reverse) {
-  return {cseq<T>(u), cseq<T>(delta), cseq<T>(x_dbl, rank), cseq<T>(x_dbl, rank + N),
-          A.data_ptr<T>(), skip.data_ptr<T>(), bias.data_ptr<T>(), reverse};
-}
+namespace {
 
 void check_scan(const at::Tensor& xz, const at::Tensor& u, const at::Tensor& delta,
                 const at::Tensor& x_dbl, int64_t rank, const at::Tensor& A, const at::Tensor& skip,
@@ -580,6 +374,28 @@ void check_scan(const at::Tensor& xz, const at::Tensor& u, const at::Tensor& del
   check_vec(bias, D, xz, "delta_bias");
 }
 
+// One direction's IO with its inputs; outputs and gradients are set by the caller.
+template <typename T>
+TokenMajorIO<T> direction(const at::Tensor& xz, const at::Tensor& u, const at::Tensor& delta,
+                          const at::Tensor& x_dbl, int64_t rank, const at::Tensor& A,
+                          const at::Tensor& skip, const at::Tensor& bias, bool reverse,
+                          const at::Tensor& ckpt) {
+  TokenMajorIO<T> io{};
+  const int64_t D = xz.size(2) / 2, N = A.size(1);
+  io.u = cseq<T>(u);
+  io.delta = cseq<T>(delta);
+  io.Bm = cseq<T>(x_dbl, rank);
+  io.Cm = cseq<T>(x_dbl, rank + N);
+  io.z = cseq<T>(xz, D);
+  io.params = {A.data_ptr<T>(), skip.data_ptr<T>(), bias.data_ptr<T>(), true};
+  io.reverse = reverse;
+  io.L = xz.size(1);
+  io.D = D;
+  io.N = N;
+  io.ckpt = ckpt.data_ptr<T>();
+  return io;
+}
+
 }  // namespace
 
 // Returns (y (B, L, D), ckpt_f, ckpt_b (B, nchunks, N, D)); z is xz[..., D:].
@@ -596,14 +412,14 @@ std::vector<at::Tensor> bimamba_scan_forward(
   auto ckpt_f = at::empty({B, ceil_div(L, kChunk), N, D}, xz.options());
   auto ckpt_b = at::empty_like(ckpt_f);
   AT_DISPATCH_FLOATING_TYPES(xz.scalar_type(), "bimamba_scan_forward", [&] {
-    const Direction<scalar_t> dirs[2] = {
-        direction<scalar_t>(u_f, delta_f, x_dbl_f, rank, N, A_f, D_f, bias_f, false),
-        direction<scalar_t>(u_b, delta_b, x_dbl_b, rank, N, A_b, D_b, bias_b, true)};
-    const int64_t tasks = scan_tasks_per_batch(ceil_div(D, kLanes<scalar_t>), B);
+    TokenMajorIO<scalar_t> dirs[2] = {
+        direction<scalar_t>(xz, u_f, delta_f, x_dbl_f, rank, A_f, D_f, bias_f, false, ckpt_f),
+        direction<scalar_t>(xz, u_b, delta_b, x_dbl_b, rank, A_b, D_b, bias_b, true, ckpt_b)};
+    for (auto& io : dirs) io.y = seq<scalar_t>(y);
+    const auto groups = lane_groups<scalar_t>(D, D);
+    const int64_t tpb = tasks_per_batch(groups.size(), B);
     with_state_size(N, [&]<int kN>() {
-      scan_forward<scalar_t, kN>(dirs, cseq<scalar_t>(xz, D), B, L, D, seq<scalar_t>(y),
-                                 ckpt_f.data_ptr<scalar_t>(), ckpt_b.data_ptr<scalar_t>(),
-                                 tasks);
+      scan_forward<scalar_t, kN, true>(dirs, 2, groups, B, L, N, D, tpb);
     });
   });
   return {y, ckpt_f, ckpt_b};
@@ -624,35 +440,37 @@ std::vector<at::Tensor> bimamba_scan_backward(
   const int64_t B = xz.size(0), L = xz.size(1), D = xz.size(2) / 2, N = A_f.size(1);
   TORCH_CHECK(dy.is_contiguous() && dy.sizes() == u_f.sizes(), "dy must be contiguous (B, L, D)");
   TORCH_CHECK(ckpt_f.is_contiguous() && ckpt_b.is_contiguous() &&
-                  ckpt_f.sizes() == at::IntArrayRef({B, ceil_div(L, kChunk), N, D}),
+                  ckpt_f.sizes() == at::IntArrayRef({B, ceil_div(L, kChunk), N, D}) &&
+                  ckpt_b.sizes() == ckpt_f.sizes(),
               "checkpoints do not match the inputs");
-  int64_t groups = 0;
-  AT_DISPATCH_FLOATING_TYPES(xz.scalar_type(), "groups", [&] { groups = ceil_div(D, kLanes<scalar_t>); });
-  const int64_t tasks_per_batch = scan_tasks_per_batch(groups, B);
   auto opts = xz.options();
   std::vector<at::Tensor> out;
   at::Tensor du[2], ddelta[2], dBC[2], dA[2], dskip[2], dbias[2];
-  for (int i = 0; i < 2; ++i) {
-    du[i] = at::empty({B, L, D}, opts);
-    ddelta[i] = at::empty({B, L, D}, opts);
-    dBC[i] = at::zeros({B, tasks_per_batch, L, 2 * N}, opts);
-    dA[i] = at::empty({B, D, N}, opts);
-    dskip[i] = at::empty({B, D}, opts);
-    dbias[i] = at::empty({B, D}, opts);
-  }
   AT_DISPATCH_FLOATING_TYPES(xz.scalar_type(), "bimamba_scan_backward", [&] {
-    const Direction<scalar_t> dirs[2] = {
-        direction<scalar_t>(u_f, delta_f, x_dbl_f, rank, N, A_f, D_f, bias_f, false),
-        direction<scalar_t>(u_b, delta_b, x_dbl_b, rank, N, A_b, D_b, bias_b, true)};
-    DirectionGrads<scalar_t> grads[2];
-    for (int i = 0; i < 2; ++i)
-      grads[i] = {du[i].data_ptr<scalar_t>(), ddelta[i].data_ptr<scalar_t>(),
-                  dBC[i].data_ptr<scalar_t>(), dA[i].data_ptr<scalar_t>(),
-                  dskip[i].data_ptr<scalar_t>(), dbias[i].data_ptr<scalar_t>()};
+    const auto groups = lane_groups<scalar_t>(D, D);
+    const int64_t tpb = tasks_per_batch(groups.size(), B);
+    TokenMajorIO<scalar_t> dirs[2] = {
+        direction<scalar_t>(xz, u_f, delta_f, x_dbl_f, rank, A_f, D_f, bias_f, false, ckpt_f),
+        direction<scalar_t>(xz, u_b, delta_b, x_dbl_b, rank, A_b, D_b, bias_b, true, ckpt_b)};
+    for (int i = 0; i < 2; ++i) {
+      du[i] = at::empty({B, L, D}, opts);
+      ddelta[i] = at::empty({B, L, D}, opts);
+      dBC[i] = at::zeros({B, tpb, L, 2 * N}, opts);
+      dA[i] = at::empty({B, D, N}, opts);
+      dskip[i] = at::empty({B, D}, opts);
+      dbias[i] = at::empty({B, D}, opts);
+      auto& io = dirs[i];
+      io.dy = dy.data_ptr<scalar_t>();
+      io.dz = seq<scalar_t>(dxz, D);
+      io.du = du[i].data_ptr<scalar_t>();
+      io.ddelta = ddelta[i].data_ptr<scalar_t>();
+      io.dBC = dBC[i].data_ptr<scalar_t>();
+      io.grads = {dA[i].data_ptr<scalar_t>(), dskip[i].data_ptr<scalar_t>(),
+                  dbias[i].data_ptr<scalar_t>()};
+      io.tpb = tpb;
+    }
     with_state_size(N, [&]<int kN>() {
-      scan_backward<scalar_t, kN>(dirs, cseq<scalar_t>(xz, D), dy.data_ptr<scalar_t>(), B, L, D,
-                                  ckpt_f.data_ptr<scalar_t>(), ckpt_b.data_ptr<scalar_t>(), grads,
-                                  seq<scalar_t>(dxz, D), tasks_per_batch);
+      scan_backward<scalar_t, kN, true>(dirs, 2, groups, B, L, N, D, tpb);
     });
   });
   for (int i = 0; i < 2; ++i) {
@@ -665,7 +483,5 @@ std::vector<at::Tensor> bimamba_scan_backward(
   }
   return out;
 }
-
-int64_t bimamba_chunk() { return kChunk; }
 
 }  // namespace mmshufflemamba_cpu

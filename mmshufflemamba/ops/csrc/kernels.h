@@ -1,5 +1,6 @@
-// The compiled CPU kernels' entry points (defined in selective_scan_cpu.cpp and
-// bimamba_cpu.cpp, bound to Python in module.cpp).
+// The compiled CPU kernels' entry points, bound to Python in module.cpp: the one-direction
+// selective scan (selective_scan_cpu.cpp) and the fused bidirectional mixer
+// (bimamba_cpu.cpp). Both scan with scan_core.h.
 #pragma once
 
 #include <torch/extension.h>
@@ -8,19 +9,20 @@
 
 namespace mmshufflemamba_cpu {
 
-std::vector<at::Tensor> scan_forward_entry(const at::Tensor& u, const at::Tensor& delta,
-                                           const at::Tensor& A, const at::Tensor& B,
-                                           const at::Tensor& C, const c10::optional<at::Tensor>& D,
-                                           const c10::optional<at::Tensor>& z,
-                                           const c10::optional<at::Tensor>& bias, bool softplus);
-std::vector<at::Tensor> scan_backward_entry(const at::Tensor& dout, const at::Tensor& u,
-                                            const at::Tensor& delta, const at::Tensor& A,
-                                            const at::Tensor& B, const at::Tensor& C,
-                                            const c10::optional<at::Tensor>& D,
-                                            const c10::optional<at::Tensor>& z,
-                                            const c10::optional<at::Tensor>& bias, bool softplus,
-                                            const at::Tensor& checkpoints);
-int64_t scan_chunk();
+std::vector<at::Tensor> selective_scan_forward(const at::Tensor& u, const at::Tensor& delta,
+                                               const at::Tensor& A, const at::Tensor& B,
+                                               const at::Tensor& C,
+                                               const c10::optional<at::Tensor>& D,
+                                               const c10::optional<at::Tensor>& z,
+                                               const c10::optional<at::Tensor>& bias,
+                                               bool softplus);
+std::vector<at::Tensor> selective_scan_backward(const at::Tensor& dout, const at::Tensor& u,
+                                                const at::Tensor& delta, const at::Tensor& A,
+                                                const at::Tensor& B, const at::Tensor& C,
+                                                const c10::optional<at::Tensor>& D,
+                                                const c10::optional<at::Tensor>& z,
+                                                const c10::optional<at::Tensor>& bias,
+                                                bool softplus, const at::Tensor& checkpoints);
 
 std::vector<at::Tensor> bimamba_conv_forward(const at::Tensor& xz, const at::Tensor& w_f,
                                              const at::Tensor& b_f, const at::Tensor& w_b,
@@ -40,6 +42,5 @@ std::vector<at::Tensor> bimamba_scan_backward(
     const at::Tensor& x_dbl_b, int64_t rank, const at::Tensor& A_f, const at::Tensor& A_b,
     const at::Tensor& D_f, const at::Tensor& D_b, const at::Tensor& bias_f,
     const at::Tensor& bias_b, const at::Tensor& ckpt_f, const at::Tensor& ckpt_b, at::Tensor& dxz);
-int64_t bimamba_chunk();
 
 }  // namespace mmshufflemamba_cpu

@@ -2,14 +2,14 @@
 #include <torch/extension.h>
 
 #include "kernels.h"
+#include "scan_core.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace mmshufflemamba_cpu;
   m.doc() = "mmshufflemamba's compiled CPU kernels";
-  m.def("forward", &scan_forward_entry, "selective scan forward: (out, checkpoints)");
-  m.def("backward", &scan_backward_entry,
+  m.def("forward", &selective_scan_forward, "selective scan forward: (out, checkpoints)");
+  m.def("backward", &selective_scan_backward,
         "selective scan backward: grads of (u, delta, A, B, C, D, z, bias)");
-  m.attr("chunk") = scan_chunk();
   m.def("bimamba_conv_forward", &bimamba_conv_forward,
         "both directions' causal conv + SiLU: (u_f, u_b)");
   m.def("bimamba_conv_backward", &bimamba_conv_backward,
@@ -18,5 +18,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "both directions' scans, D, z gate, combine: (y, ckpt_f, ckpt_b)");
   m.def("bimamba_scan_backward", &bimamba_scan_backward,
         "scan backward: dz into dxz[..., D:]; (du, ddelta, dBC, dA, dD, dbias) per direction");
-  m.attr("bimamba_chunk") = bimamba_chunk();
+  m.attr("chunk") = kChunk;  // steps per checkpoint, both entries
 }

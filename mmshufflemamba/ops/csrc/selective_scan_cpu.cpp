@@ -1,5 +1,6 @@
-// Selective scan (Mamba's S6 recurrence) on CPU: forward, and a backward pass that
-// recomputes the states chunk by chunk from checkpoints saved by the forward pass.
+// The selective scan of one direction on CPU (Mamba's S6 recurrence): the entry behind
+// ops/compiled_scan.py. The scans themselves are scan_core.h's, the same as the fused
+// mixer's; this file says where the rows live (ChannelMajorIO) and applies the z gate.
 //
 // For one row (b, d) and state index n, with dt_t = softplus(delta_t + bias_d):
 //   h_t[n] = exp(dt_t A[d,n]) h_{t-1}[n] + dt_t u_t B_t[n]
@@ -9,34 +10,26 @@
 //   u, delta, z, out: (batch, dim, len)
 //   A: (dim, nstate); D, delta_bias: (dim,)
 //   B, C: (dim, nstate) when shared over time, else (batch, groups, len, nstate)
-//   checkpoints: (batch, dim, nchunks, nstate), the state before each chunk of kChunk steps
-//
-// Rows are independent: the forward pass runs one row per task. The backward pass runs
-// the rows of one (batch, block of channels) per task and reduces parameter gradients
-// over tasks afterwards, so no two tasks ever write the same memory.
-//
-// Speed comes from vectorising over the state index and over whole chunks of steps: the
-// exponentials of a chunk are computed in one pass, outside the sequential multiply-add
-// chain. cpu_kernel.py compiles with -fopenmp (at::parallel_for is OpenMP here),
-// -fno-trapping-math (lets GCC vectorise the exp/log polynomials) and reassociation (for
-// the sums over the state index).
+//   checkpoints: (batch, nchunks, nstate, dim), the state before each chunk of kChunk steps
+// A chunk of kLanes rows is transposed into the scan's (step, lane) tiles on the way in and
+// back on the way out. Time-varying B and C are broadcast to the lanes (lane groups never
+// straddle a group of channels); B or C shared over time is read per lane.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
 #include "cpu_math.h"
 #include "kernels.h"
-
-#include <algorithm>
-#include <bit>
-#include <cmath>
-#include <cstdint>
-#include <vector>
+#include "scan_core.h"
 
 namespace mmshufflemamba_cpu {
 namespace {
 
-constexpr int64_t kChunk = 64;        // steps per chunk: one checkpoint, one recomputation
 // B or C: shared over time (dim, nstate), or time-varying (batch, groups, len, nstate).
 template <typename T>
 struct InputMatrix {
@@ -45,236 +38,140 @@ struct InputMatrix {
   int64_t groups;  // 1 when shared
 
   int64_t group(int64_t d, int64_t dim) const { return d / (dim / groups); }
-  int64_t step(int64_t nstate) const { return var ? nstate : 0; }  // from t to t + 1
 };
 
 template <typename T>
-struct ScanInputs {
-  const T* u;
-  const T* delta;
-  const T* A;
+InputMatrix<T> input_matrix(const at::Tensor& M) {
+  return {M.data_ptr<T>(), M.dim() == 4, M.dim() == 4 ? M.size(1) : 1};
+}
+
+// The scan of (batch, dim, len) rows, for scan_core.h's drivers.
+template <typename T>
+struct ChannelMajorIO {
+  static constexpr int64_t W = kLanes<T>;
+  const T *u, *delta, *z;  // z may be null
   InputMatrix<T> B, C;
-  const T* D;     // may be null
-  const T* z;     // may be null
-  const T* bias;  // may be null
-  int64_t batch, dim, len, nstate;
-  bool softplus;
+  ScanParams<T> params;
+  int64_t L, dim, N;
+  T* ckpt;  // (batch, nchunks, N, dim)
+  T* out;   // forward
+  // backward
+  const T* dout;
+  T *du, *ddelta, *dz;  // (batch, dim, len); dz null without z
+  T *dB, *dC;           // time-varying: per task (batch, tasks, groups, len, N); shared: (batch, dim, N)
+  ParamGrads<T> grads;
+  int64_t tpb;
 
-  // B or C at step 0 of row (b, d).
-  const T* row(const InputMatrix<T>& M, int64_t b, int64_t d) const {
-    return M.var ? M.data + (b * M.groups + M.group(d, dim)) * len * nstate
-                 : M.data + d * nstate;
-  }
-};
+  int64_t row(int64_t b, int64_t d) const { return (b * dim + d) * L; }
 
-int64_t num_chunks(int64_t len) { return (len + kChunk - 1) / kChunk; }
-
-template <typename T>
-inline T dot(const T* __restrict__ x, const T* __restrict__ y, int64_t n) {
-  T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) acc += x[i] * y[i];
-  return acc;
-}
-
-// One row's states over steps [t0, t1): decays a[j] = exp(dt_t A) and states h[j + 1] = h_t,
-// given h[0] = h_{t0-1}. The exponentials are computed for the whole chunk at once (they
-// vectorise and pipeline); only the multiply-add chain is sequential.
-template <typename T, int kN>
-inline void chunk_states(const T* __restrict__ A, const T* __restrict__ dt,
-                         const T* __restrict__ u, const T* B0, int64_t b_step, int64_t nstate,
-                         int64_t t0, int64_t t1, T* __restrict__ a, T* __restrict__ h) {
-  const int64_t N = kN > 0 ? kN : nstate, K = t1 - t0;
-  for (int64_t j = 0; j < K; ++j) {
-#pragma omp simd
-    for (int64_t n = 0; n < N; ++n) a[j * N + n] = dt[t0 + j] * A[n];
-  }
-  exp_inplace(a, K * N);
-  for (int64_t j = 0; j < K; ++j) {
-    const int64_t t = t0 + j;
-    const T dtu = dt[t] * u[t];
-    const T* __restrict__ Bt = B0 + t * b_step;
-#pragma omp simd
-    for (int64_t n = 0; n < N; ++n) h[(j + 1) * N + n] = a[j * N + n] * h[j * N + n] + dtu * Bt[n];
-  }
-}
-
-// kN > 0 fixes nstate at compile time (the common d_state = 16); 0 reads it at run time.
-template <typename T, int kN>
-void scan_forward(const ScanInputs<T>& s, T* out, T* checkpoints) {
-  const int64_t N = kN > 0 ? kN : s.nstate, L = s.len, nchunks = num_chunks(L);
-  at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
-    const FlushDenormals ftz;
-    std::vector<T> h_buf((kChunk + 1) * N), a_buf(kChunk * N), dt_buf(L), gate_buf(s.z ? L : 0);
-    T* __restrict__ h = h_buf.data();
-    T* __restrict__ dt = dt_buf.data();
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / s.dim, d = row % s.dim;
-      const T* B0 = s.row(s.B, b, d);
-      const T* C0 = s.row(s.C, b, d);
-      const int64_t c_step = s.C.step(N);
-      const T* __restrict__ u = s.u + row * L;
-      T* __restrict__ y = out + row * L;
-      T* ckpt = checkpoints + row * nchunks * N;
-      step_sizes(s.delta + row * L, s.bias ? s.bias[d] : T(0), s.softplus, L, dt,
-                 static_cast<T*>(nullptr));
-      std::fill(h, h + N, T(0));
-      for (int64_t c = 0; c < nchunks; ++c) {
-        const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
-        std::copy(h, h + N, ckpt + c * N);
-        chunk_states<T, kN>(s.A + d * N, dt, u, B0, s.B.step(N), N, t0, t1, a_buf.data(), h);
-        for (int64_t t = t0; t < t1; ++t) y[t] = dot(C0 + t * c_step, h + (t - t0 + 1) * N, N);
-        std::copy(h + (t1 - t0) * N, h + (t1 - t0 + 1) * N, h);  // h_{t1-1} starts the next
-      }
-      const T skip = s.D ? s.D[d] : T(0);
-#pragma omp simd
-      for (int64_t t = 0; t < L; ++t) y[t] += skip * u[t];
-      if (s.z) {
-        const T* __restrict__ z = s.z + row * L;
-        sigmoid_row(z, L, gate_buf.data());
-        const T* __restrict__ gate = gate_buf.data();
-#pragma omp simd
-        for (int64_t t = 0; t < L; ++t) y[t] *= z[t] * gate[t];
-      }
+  // Rows of kLanes channels into (step, lane) tiles, and back.
+  void gather(const T* x, int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, T* tile) const {
+    for (int64_t l = 0; l < lg.nl; ++l) {
+      const T* __restrict__ src = x + row(b, lg.d0 + l) + i0;
+      for (int64_t j = 0; j < K; ++j) tile[j * W + l] = src[j];
     }
-  });
-}
+    for (int64_t j = 0; j < K; ++j) std::fill(tile + j * W + lg.nl, tile + (j + 1) * W, T(0));
+  }
 
-struct BlockPlan {
-  int64_t blocks, block_size;
-};
+  void scatter(const T* tile, int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, T* x) const {
+    for (int64_t l = 0; l < lg.nl; ++l) {
+      T* __restrict__ dst = x + row(b, lg.d0 + l) + i0;
+      for (int64_t j = 0; j < K; ++j) dst[j] = tile[j * W + l];
+    }
+  }
 
-// Channel blocks per batch entry: enough tasks for every thread, few partial buffers.
-BlockPlan plan_blocks(int64_t batch, int64_t dim) {
-  const int64_t wanted = 4 * static_cast<int64_t>(at::get_num_threads());
-  const int64_t blocks = std::min<int64_t>(dim, std::max<int64_t>(1, (wanted + batch - 1) / batch));
-  const int64_t block_size = (dim + blocks - 1) / blocks;
-  return {(dim + block_size - 1) / block_size, block_size};
-}
+  void load_inputs(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, T* ut, T* dt) const {
+    gather(u, b, lg, i0, K, ut);
+    gather(delta, b, lg, i0, K, dt);
+  }
 
-template <typename T>
-struct ScanGrads {
-  T* du;         // (batch, dim, len)
-  T* ddelta;     // (batch, dim, len)
-  T* dz;         // (batch, dim, len) or null
-  T* dA;         // (batch, dim, nstate), summed over batch afterwards
-  T* dD;         // (batch, dim) or null
-  T* dbias;      // (batch, dim) or null
-  T* dB;         // var: (batch, blocks, groups of B, len, nstate); shared: (batch, dim, nstate)
-  T* dC;         // as dB, with the groups of C
-};
+  // M at step t for channel d, state n.
+  T value(const InputMatrix<T>& M, int64_t b, int64_t d, int64_t t, int64_t n) const {
+    return M.var ? M.data[((b * M.groups + M.group(d, dim)) * L + t) * N + n]
+                 : M.data[d * N + n];
+  }
 
-template <typename T, int kN>
-void scan_backward(const ScanInputs<T>& s, const T* dout, const T* checkpoints,
-                   const BlockPlan& plan, const ScanGrads<T>& g) {
-  const int64_t N = kN > 0 ? kN : s.nstate, L = s.len, nchunks = num_chunks(L);
-  at::parallel_for(0, s.batch * plan.blocks, 1, [&](int64_t begin, int64_t end) {
-    const FlushDenormals ftz;
-    // Per chunk: states h_{t0-1} .. h_{t1-1}, decays, dL/dh_t and dL/d(scan output);
-    // per row: step sizes and gates.
-    std::vector<T> h_buf((kChunk + 1) * N), a_buf(kChunk * N), gh_buf(kChunk * N);
-    std::vector<T> gs_buf(kChunk), dt_buf(L), dt_grad_buf(L), sig_z_buf(s.z ? L : 0);
-    std::vector<T> carry_buf(N), dA_buf(N), dB_shared(N), dC_shared(N);
-    T* __restrict__ carry = carry_buf.data();  // exp(dt_{t+1} A) * dL/dh_{t+1}
-    T* __restrict__ dA = dA_buf.data();
-    T* __restrict__ gh = gh_buf.data();
-    T* __restrict__ gs = gs_buf.data();
-    const T* __restrict__ h = h_buf.data();
-    const T* __restrict__ a = a_buf.data();
-    const T* __restrict__ dt = dt_buf.data();
-    const T* __restrict__ dt_grad = dt_grad_buf.data();
-    const T* __restrict__ sig_z = sig_z_buf.data();
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / plan.blocks, block = task % plan.blocks;
-      const int64_t d_end = std::min(s.dim, (block + 1) * plan.block_size);
-      for (int64_t d = block * plan.block_size; d < d_end; ++d) {
-        const int64_t row = b * s.dim + d;
-        const T* __restrict__ A = s.A + d * N;
-        const T* B0 = s.row(s.B, b, d);
-        const T* C0 = s.row(s.C, b, d);
-        const int64_t b_step = s.B.step(N), c_step = s.C.step(N);
-        // Where dL/dB_t and dL/dC_t accumulate: this task's partial buffer (time-varying)
-        // or one running vector for the row (shared over time).
-        auto grad_row = [&](const InputMatrix<T>& M, T* partial, std::vector<T>& shared) {
-          return M.var ? partial + ((b * plan.blocks + block) * M.groups + M.group(d, s.dim)) * L * N
-                       : shared.data();
-        };
-        T* dB0 = grad_row(s.B, g.dB, dB_shared);
-        T* dC0 = grad_row(s.C, g.dC, dC_shared);
-        const T skip = s.D ? s.D[d] : T(0);
-        const T* __restrict__ u = s.u + row * L;
-        const T* __restrict__ z = s.z ? s.z + row * L : nullptr;
-        const T* __restrict__ gy = dout + row * L;
-        const T* ckpt = checkpoints + row * nchunks * N;
-        T* __restrict__ du = g.du + row * L;
-        T* __restrict__ ddelta = g.ddelta + row * L;
-        step_sizes(s.delta + row * L, s.bias ? s.bias[d] : T(0), s.softplus, L, dt_buf.data(),
-                   dt_grad_buf.data());
-        if (z) sigmoid_row(z, L, sig_z_buf.data());
-        std::fill(carry, carry + N, T(0));
-        std::fill(dA, dA + N, T(0));
-        std::fill(dB_shared.begin(), dB_shared.end(), T(0));
-        std::fill(dC_shared.begin(), dC_shared.end(), T(0));
-        T dD = T(0), dbias = T(0);
-        for (int64_t c = nchunks - 1; c >= 0; --c) {
-          const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk), K = t1 - t0;
-          std::copy(ckpt + c * N, ckpt + (c + 1) * N, h_buf.data());
-          chunk_states<T, kN>(A, dt, u, B0, b_step, N, t0, t1, a_buf.data(), h_buf.data());
-          for (int64_t j = 0; j < K; ++j) {  // dL/d(sum_n C_t h_t), through the gate
-            const int64_t t = t0 + j;
-            gs[j] = gy[t];
-            if (z) {
-              const T out = dot(C0 + t * c_step, h + (j + 1) * N, N) + skip * u[t];
-              const T sig = sig_z[t];
-              g.dz[row * L + t] = gs[j] * out * sig * (T(1) + z[t] * (T(1) - sig));
-              gs[j] *= z[t] * sig;
-            }
+  template <bool kBcast>
+  BCView<T> load_bc(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, T* tile) const {
+    if constexpr (kBcast) {  // both time-varying; the lane group lies inside one group of each
+      return {B.data + ((b * B.groups + B.group(lg.d0, dim)) * L + i0) * N,
+              C.data + ((b * C.groups + C.group(lg.d0, dim)) * L + i0) * N, N};
+    } else {
+      for (int64_t j = 0; j < K; ++j)
+        for (int w = 0; w < 2; ++w)
+          for (int64_t n = 0; n < N; ++n) {
+            T* v = tile + ((j * 2 + w) * N + n) * W;
+            for (int64_t l = 0; l < W; ++l)
+              v[l] = l < lg.nl ? value(w == 0 ? B : C, b, lg.d0 + l, i0 + j, n) : T(0);
           }
-          for (int64_t j = K - 1; j >= 0; --j) {  // adjoint recurrence: dL/dh_t, backwards
-            const T* __restrict__ Ct = C0 + (t0 + j) * c_step;
+      return {tile, tile + N * W, 2 * N * W};
+    }
+  }
+
+  void prefetch(int64_t, const LaneGroup&, int64_t, bool) const {}  // rows are contiguous in t
+
+  // out = s silu(z), or s: the gate computed on (step, lane) tiles, so that it vectorises.
+  void store_out(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, const T* s) const {
+    alignas(64) T tile[kChunk * W];
+    if (!z) return scatter(s, b, lg, i0, K, out);
+    gather(z, b, lg, i0, K, tile);
 #pragma omp simd
-            for (int64_t n = 0; n < N; ++n) {
-              gh[j * N + n] = Ct[n] * gs[j] + carry[n];
-              carry[n] = a[j * N + n] * gh[j * N + n];
-            }
-          }
-          for (int64_t j = 0; j < K; ++j) {  // gradients from dL/dh_t, step by step
-            const int64_t t = t0 + j;
-            const T dtu = dt[t] * u[t];
-            const T* __restrict__ Bt = B0 + t * b_step;
-            const T* __restrict__ ght = gh + j * N;
-            const T* __restrict__ h_prev = h + j * N;
-            const T* __restrict__ ht = h + (j + 1) * N;
-            const T* __restrict__ at = a + j * N;
-            T* __restrict__ dBt = dB0 + t * b_step;
-            T* __restrict__ dCt = dC0 + t * c_step;
-            T g_dtu = T(0), g_dt = T(0);
-#pragma omp simd reduction(+ : g_dtu, g_dt)
-            for (int64_t n = 0; n < N; ++n) {
-              dCt[n] += gs[j] * ht[n];
-              dBt[n] += ght[n] * dtu;
-              g_dtu += ght[n] * Bt[n];
-              const T g_decay = ght[n] * h_prev[n] * at[n];  // dL/d(dt A) through exp
-              g_dt += g_decay * A[n];
-              dA[n] += g_decay * dt[t];
-            }
-            g_dt += g_dtu * u[t];
-            const T g_delta = g_dt * dt_grad[t];
-            dD += gs[j] * u[t];
-            du[t] = gs[j] * skip + g_dtu * dt[t];
-            ddelta[t] = g_delta;
-            dbias += g_delta;
-          }
+    for (int64_t i = 0; i < K * W; ++i) tile[i] = s[i] * silu(tile[i]);
+    scatter(tile, b, lg, i0, K, out);
+  }
+
+  // gs = dout silu(z) (or dout); dz = dout s silu'(z).
+  void gate(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, const T* s, T* gs) const {
+    gather(dout, b, lg, i0, K, gs);
+    if (!z) return;
+    alignas(64) T zt[kChunk * W];
+    gather(z, b, lg, i0, K, zt);
+#pragma omp simd
+    for (int64_t i = 0; i < K * W; ++i) {
+      const T sig = sigmoid(zt[i]), g = gs[i];
+      gs[i] = g * zt[i] * sig;
+      zt[i] = g * s[i] * sig * (T(1) + zt[i] * (T(1) - sig));  // now dL/dz
+    }
+    scatter(zt, b, lg, i0, K, dz);
+  }
+
+  void store_grads(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, const T* dut,
+                   const T* ddt) const {
+    scatter(dut, b, lg, i0, K, du);
+    scatter(ddt, b, lg, i0, K, ddelta);
+  }
+
+  // Where dL/dM for channel d at step t, state n accumulates.
+  T* grad_at(const InputMatrix<T>& M, T* dM, int64_t b, int64_t part, int64_t d, int64_t t,
+             int64_t n) const {
+    return M.var ? dM + (((b * tpb + part) * M.groups + M.group(d, dim)) * L + t) * N + n
+                 : dM + (b * dim + d) * N + n;
+  }
+
+  template <bool kBcast>
+  void add_dbc(int64_t b, int64_t part, const LaneGroup& lg, int64_t i0, int64_t K,
+               const T* dbc) const {
+    for (int w = 0; w < 2; ++w) {
+      const InputMatrix<T>& M = w == 0 ? B : C;
+      T* dM = w == 0 ? dB : dC;
+      if constexpr (kBcast) {  // one group for the whole lane group: rows of N per step
+        T* __restrict__ dst = grad_at(M, dM, b, part, lg.d0, i0, 0);
+        for (int64_t j = 0; j < K; ++j) {
+          const T* __restrict__ g = dbc + (j * 2 + w) * N;
+#pragma omp simd
+          for (int64_t n = 0; n < N; ++n) dst[j * N + n] += g[n];
         }
-        std::copy(dA, dA + N, g.dA + row * N);
-        if (g.dD) g.dD[row] = dD;
-        if (g.dbias) g.dbias[row] = dbias;
-        if (!s.B.var) std::copy(dB_shared.begin(), dB_shared.end(), g.dB + row * N);
-        if (!s.C.var) std::copy(dC_shared.begin(), dC_shared.end(), g.dC + row * N);
+      } else {
+        for (int64_t l = 0; l < lg.nl; ++l) {
+          T* __restrict__ dst = grad_at(M, dM, b, part, lg.d0 + l, i0, 0);
+          const int64_t step = M.var ? N : 0;  // a shared M sums over the steps
+          for (int64_t j = 0; j < K; ++j)
+            for (int64_t n = 0; n < N; ++n) dst[j * step + n] += dbc[((j * 2 + w) * N + n) * W + l];
+        }
       }
     }
-  });
-}
+  }
+};
 
 void check_row_tensor(const at::Tensor& t, const at::Tensor& u, const char* name) {
   TORCH_CHECK(t.sizes() == u.sizes(), name, " must have the shape of u ", u.sizes(), ", got ",
@@ -293,28 +190,6 @@ void check_matrix(const at::Tensor& M, const at::Tensor& u, int64_t nstate, cons
                     M.size(3) == nstate && u.size(1) % M.size(1) == 0,
                 name, " must be (batch, groups, len, nstate) with groups dividing dim");
   }
-}
-
-template <typename T>
-ScanInputs<T> make_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                          const at::Tensor& B, const at::Tensor& C,
-                          const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
-                          const c10::optional<at::Tensor>& bias, bool softplus) {
-  ScanInputs<T> s;
-  s.u = u.data_ptr<T>();
-  s.delta = delta.data_ptr<T>();
-  s.A = A.data_ptr<T>();
-  s.B = {B.data_ptr<T>(), B.dim() == 4, B.dim() == 4 ? B.size(1) : 1};
-  s.C = {C.data_ptr<T>(), C.dim() == 4, C.dim() == 4 ? C.size(1) : 1};
-  s.D = D ? D->data_ptr<T>() : nullptr;
-  s.z = z ? z->data_ptr<T>() : nullptr;
-  s.bias = bias ? bias->data_ptr<T>() : nullptr;
-  s.batch = u.size(0);
-  s.dim = u.size(1);
-  s.len = u.size(2);
-  s.nstate = A.size(1);
-  s.softplus = softplus;
-  return s;
 }
 
 void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
@@ -340,64 +215,126 @@ void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
   }
 }
 
+
+int64_t num_chunks(int64_t len) { return ceil_div(len, kChunk); }
+
+template <typename T>
+ChannelMajorIO<T> make_io(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                          const at::Tensor& B, const at::Tensor& C,
+                          const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
+                          const c10::optional<at::Tensor>& bias, bool softplus,
+                          const at::Tensor& checkpoints) {
+  ChannelMajorIO<T> io{};
+  io.u = u.data_ptr<T>();
+  io.delta = delta.data_ptr<T>();
+  io.z = z ? z->data_ptr<T>() : nullptr;
+  io.B = input_matrix<T>(B);
+  io.C = input_matrix<T>(C);
+  io.params = {A.data_ptr<T>(), D ? D->data_ptr<T>() : nullptr,
+               bias ? bias->data_ptr<T>() : nullptr, softplus};
+  io.L = u.size(2);
+  io.dim = u.size(1);
+  io.N = A.size(1);
+  io.ckpt = checkpoints.data_ptr<T>();
+  return io;
+}
+
+// Broadcast B and C when both vary in time; lane groups then stay inside one group of
+// channels of each.
+struct Plan {
+  bool bcast;
+  int64_t segment;
+};
+
+Plan plan_for(const at::Tensor& u, const at::Tensor& B, const at::Tensor& C) {
+  const int64_t dim = u.size(1);
+  if (B.dim() == 4 && C.dim() == 4)
+    return {true, std::gcd(dim / B.size(1), dim / C.size(1))};
+  return {false, dim};
+}
+
+// Runs f.template operator()<kN, kBcast>() for the plan and the state size.
+template <typename F>
+void with_variant(int64_t nstate, bool bcast, F&& f) {
+  if (bcast) {
+    if (nstate == 16) f.template operator()<16, true>();
+    else f.template operator()<0, true>();
+  } else {
+    if (nstate == 16) f.template operator()<16, false>();
+    else f.template operator()<0, false>();
+  }
+}
+
+}  // namespace
+
 // Returns (out, checkpoints).
-std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                                const at::Tensor& B, const at::Tensor& C,
-                                const c10::optional<at::Tensor>& D,
-                                const c10::optional<at::Tensor>& z,
-                                const c10::optional<at::Tensor>& bias, bool softplus) {
+std::vector<at::Tensor> selective_scan_forward(const at::Tensor& u, const at::Tensor& delta,
+                                               const at::Tensor& A, const at::Tensor& B,
+                                               const at::Tensor& C,
+                                               const c10::optional<at::Tensor>& D,
+                                               const c10::optional<at::Tensor>& z,
+                                               const c10::optional<at::Tensor>& bias,
+                                               bool softplus) {
   check_inputs(u, delta, A, B, C, D, z, bias);
+  const int64_t batch = u.size(0), dim = u.size(1), len = u.size(2), nstate = A.size(1);
   auto out = at::empty_like(u);
-  auto checkpoints = at::empty({u.size(0), u.size(1), num_chunks(u.size(2)), A.size(1)},
-                               u.options());
+  auto checkpoints = at::empty({batch, num_chunks(len), nstate, dim}, u.options());
+  const Plan plan = plan_for(u, B, C);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward", [&] {
-    const auto s = make_inputs<scalar_t>(u, delta, A, B, C, D, z, bias, softplus);
-    if (s.nstate == 16)
-      scan_forward<scalar_t, 16>(s, out.data_ptr<scalar_t>(), checkpoints.data_ptr<scalar_t>());
-    else
-      scan_forward<scalar_t, 0>(s, out.data_ptr<scalar_t>(), checkpoints.data_ptr<scalar_t>());
+    auto io = make_io<scalar_t>(u, delta, A, B, C, D, z, bias, softplus, checkpoints);
+    io.out = out.data_ptr<scalar_t>();
+    const auto groups = lane_groups<scalar_t>(dim, plan.segment);
+    const int64_t tpb = tasks_per_batch(groups.size(), batch);
+    with_variant(nstate, plan.bcast, [&]<int kN, bool kBcast>() {
+      scan_forward<scalar_t, kN, kBcast>(&io, 1, groups, batch, len, nstate, dim, tpb);
+    });
   });
   return {out, checkpoints};
 }
 
 // Returns gradients of (u, delta, A, B, C, D, z, delta_bias); undefined (None) where the
 // input was not given. dB and dC have the layout of B and C as passed to forward.
-std::vector<at::Tensor> backward(const at::Tensor& dout, const at::Tensor& u,
-                                 const at::Tensor& delta, const at::Tensor& A,
-                                 const at::Tensor& B, const at::Tensor& C,
-                                 const c10::optional<at::Tensor>& D,
-                                 const c10::optional<at::Tensor>& z,
-                                 const c10::optional<at::Tensor>& bias, bool softplus,
-                                 const at::Tensor& checkpoints) {
+std::vector<at::Tensor> selective_scan_backward(const at::Tensor& dout, const at::Tensor& u,
+                                                const at::Tensor& delta, const at::Tensor& A,
+                                                const at::Tensor& B, const at::Tensor& C,
+                                                const c10::optional<at::Tensor>& D,
+                                                const c10::optional<at::Tensor>& z,
+                                                const c10::optional<at::Tensor>& bias,
+                                                bool softplus, const at::Tensor& checkpoints) {
   check_inputs(u, delta, A, B, C, D, z, bias);
   check_row_tensor(dout, u, "the output gradient");
   const int64_t batch = u.size(0), dim = u.size(1), len = u.size(2), nstate = A.size(1);
   TORCH_CHECK(checkpoints.is_contiguous() &&
-                  checkpoints.sizes() == at::IntArrayRef({batch, dim, num_chunks(len), nstate}),
+                  checkpoints.sizes() == at::IntArrayRef({batch, num_chunks(len), nstate, dim}),
               "checkpoints do not match the inputs");
-  const BlockPlan plan = plan_blocks(batch, dim);
+  const Plan plan = plan_for(u, B, C);
   auto opts = u.options();
   auto du = at::empty_like(u), ddelta = at::empty_like(u);
   auto dz = z ? at::empty_like(u) : at::Tensor();
   auto dA = at::empty({batch, dim, nstate}, opts);
-  auto dD = D ? at::empty({batch, dim}, opts) : at::Tensor();
-  auto dbias = bias ? at::empty({batch, dim}, opts) : at::Tensor();
-  auto partial = [&](const at::Tensor& M) {
-    return M.dim() == 4 ? at::zeros({batch, plan.blocks, M.size(1), len, nstate}, opts)
-                        : at::empty({batch, dim, nstate}, opts);
-  };
-  auto dB = partial(B), dC = partial(C);
+  auto dD = at::empty({batch, dim}, opts), dbias = at::empty({batch, dim}, opts);
+  at::Tensor dB, dC;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
-    const auto s = make_inputs<scalar_t>(u, delta, A, B, C, D, z, bias, softplus);
-    auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
-    const ScanGrads<scalar_t> g{ptr(du), ptr(ddelta), ptr(dz), ptr(dA),
-                                ptr(dD), ptr(dbias), ptr(dB),  ptr(dC)};
-    const scalar_t* gy = dout.data_ptr<scalar_t>();
-    const scalar_t* ck = checkpoints.data_ptr<scalar_t>();
-    if (s.nstate == 16)
-      scan_backward<scalar_t, 16>(s, gy, ck, plan, g);
-    else
-      scan_backward<scalar_t, 0>(s, gy, ck, plan, g);
+    const auto groups = lane_groups<scalar_t>(dim, plan.segment);
+    const int64_t tpb = tasks_per_batch(groups.size(), batch);
+    auto partial = [&](const at::Tensor& M) {
+      return M.dim() == 4 ? at::zeros({batch, tpb, M.size(1), len, nstate}, opts)
+                          : at::zeros({batch, dim, nstate}, opts);
+    };
+    dB = partial(B);
+    dC = partial(C);
+    auto io = make_io<scalar_t>(u, delta, A, B, C, D, z, bias, softplus, checkpoints);
+    io.dout = dout.data_ptr<scalar_t>();
+    io.du = du.data_ptr<scalar_t>();
+    io.ddelta = ddelta.data_ptr<scalar_t>();
+    io.dz = z ? dz.data_ptr<scalar_t>() : nullptr;
+    io.dB = dB.data_ptr<scalar_t>();
+    io.dC = dC.data_ptr<scalar_t>();
+    io.grads = {dA.data_ptr<scalar_t>(), dD.data_ptr<scalar_t>(), dbias.data_ptr<scalar_t>()};
+    io.tpb = tpb;
+    with_variant(nstate, plan.bcast, [&]<int kN, bool kBcast>() {
+      scan_backward<scalar_t, kN, kBcast>(&io, 1, groups, batch, len, nstate, dim, tpb);
+    });
   });
   return {du,
           ddelta,
@@ -408,27 +345,5 @@ std::vector<at::Tensor> backward(const at::Tensor& dout, const at::Tensor& u,
           dz,
           bias ? dbias.sum(0) : at::Tensor()};
 }
-
-}  // namespace
-
-std::vector<at::Tensor> scan_forward_entry(const at::Tensor& u, const at::Tensor& delta,
-                                           const at::Tensor& A, const at::Tensor& B,
-                                           const at::Tensor& C, const c10::optional<at::Tensor>& D,
-                                           const c10::optional<at::Tensor>& z,
-                                           const c10::optional<at::Tensor>& bias, bool softplus) {
-  return forward(u, delta, A, B, C, D, z, bias, softplus);
-}
-
-std::vector<at::Tensor> scan_backward_entry(const at::Tensor& dout, const at::Tensor& u,
-                                            const at::Tensor& delta, const at::Tensor& A,
-                                            const at::Tensor& B, const at::Tensor& C,
-                                            const c10::optional<at::Tensor>& D,
-                                            const c10::optional<at::Tensor>& z,
-                                            const c10::optional<at::Tensor>& bias, bool softplus,
-                                            const at::Tensor& checkpoints) {
-  return backward(dout, u, delta, A, B, C, D, z, bias, softplus, checkpoints);
-}
-
-int64_t scan_chunk() { return kChunk; }
 
 }  // namespace mmshufflemamba_cpu

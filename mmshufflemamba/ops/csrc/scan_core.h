@@ -1,0 +1,435 @@
+// The CPU selective scan, forward and backward: the one implementation behind both entry
+// points (selective_scan_cpu.cpp: one direction, channel-major; bimamba_cpu.cpp: the fused
+// bidirectional mixer, token-major).
+//
+// For one channel d and state n, with dt_t = softplus(delta_t + bias_d) (or delta + bias):
+//   h_t[n] = exp(dt_t A[d,n]) h_{t-1}[n] + dt_t u_t B_t[n],   s_t = sum_n C_t[n] h_t[n] + D_d u_t
+// ("t - 1" is the previous step in the direction of the scan). What happens to s (the z
+// gate, combining two directions) and where the rows live is the entry's business: an
+// entry hands the drivers an IO object that stages one chunk of one lane group into
+// contiguous tiles and takes the results back (see ChannelMajorIO, TokenMajorIO).
+//
+// Layout of the work: the lanes of a vector are kLanes channels (16 in float32, 8 in
+// float64), so every step is vertical vector work over the states n, with no horizontal
+// sums in the forward pass: per step and state one vector exp2_decay and two FMAs. B_t and
+// C_t are broadcast to the lanes when all of a lane group's channels share them (the
+// mixer, and any time-varying B/C: lane groups never straddle a group of channels), or
+// read per lane ("per-lane" mode, for B or C shared over time: (dim, N)).
+//
+// Steps go in chunks of kChunk. The forward pass stores the state before each chunk
+// (checkpoints: (batch, nchunks, N, dim)); the backward pass recomputes each chunk's
+// states from its checkpoint, then runs the adjoint recurrence backwards through it. One
+// task is (batch entry, a run of lane groups); the gradients of B and C (sums over
+// channels) are kept per task and reduced by the entry afterwards, so no two tasks write
+// the same memory.
+//
+// Speed: the scan is bound by the exponentials (about 14 vector instructions each for the
+// clamp, rounding, polynomial and exponent bits) against two FMAs.
+// benchmarks/bench_scan_ceiling.py times that bare arithmetic (in L1, all threads, this
+// exp2_decay and these flags) alternately with the fused forward scan in a ShuffleMamba-S
+// mixer at L = 4097. On the 2-core AVX-512 VM (2026-11-22) the bare arithmetic ran at
+// 6.8-8.3 G state updates/s and the fused scan at 2.8-2.9 G/s: 36% and 44% of it (medians
+// of two runs; measured with the fused kernel's own scan before the two kernels' scans
+// became this one, with the same inner loop). The difference is what the bare loop leaves out (softplus per step,
+// staging the rows, broadcasting B and C, writing y, the checkpoints).
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "cpu_math.h"
+
+namespace mmshufflemamba_cpu {
+
+template <typename T>
+constexpr int64_t kLanes = 64 / sizeof(T);  // channels per vector: one 512-bit register
+constexpr int64_t kChunk = 32;              // steps per checkpoint / recomputation
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Channels d0 .. d0 + nl (nl <= kLanes) scanned together, one per lane.
+struct LaneGroup {
+  int64_t d0, nl;
+};
+
+// Lane groups over `dim` channels, none crossing a multiple of `segment` (which divides dim).
+template <typename T>
+std::vector<LaneGroup> lane_groups(int64_t dim, int64_t segment) {
+  std::vector<LaneGroup> groups;
+  for (int64_t s0 = 0; s0 < dim; s0 += segment)
+    for (int64_t d0 = s0; d0 < s0 + segment; d0 += kLanes<T>)
+      groups.push_back({d0, std::min(kLanes<T>, s0 + segment - d0)});
+  return groups;
+}
+
+// Tasks per batch entry: enough for every thread, few partial buffers.
+inline int64_t tasks_per_batch(int64_t groups, int64_t batch) {
+  const int64_t wanted = 4 * static_cast<int64_t>(at::get_num_threads());
+  return std::min(groups, std::max<int64_t>(1, ceil_div(wanted, batch)));
+}
+
+// One direction's per-channel parameters.
+template <typename T>
+struct ScanParams {
+  const T* A;     // (dim, N)
+  const T* skip;  // D: (dim,), or null
+  const T* bias;  // delta_bias: (dim,), or null
+  bool softplus;
+};
+
+// The saved outputs of the backward pass for one direction, summed over batch by the entry.
+template <typename T>
+struct ParamGrads {
+  T* dA;     // (batch, dim, N)
+  T* dskip;  // (batch, dim)
+  T* dbias;  // (batch, dim)
+};
+
+// One lane group's constants, lanes past nl zero: A and A log2 e (N, W), D and bias (W).
+template <typename T>
+struct LaneConsts {
+  T *A, *A2, *skip, *bias;
+
+  static int64_t size(int64_t N) { return (2 * N + 2) * kLanes<T>; }
+
+  LaneConsts(const ScanParams<T>& p, LaneGroup g, int64_t N, T* space)
+      : A(space), A2(space + N * kLanes<T>), skip(space + 2 * N * kLanes<T>),
+        bias(skip + kLanes<T>) {
+    constexpr int64_t W = kLanes<T>;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t l = 0; l < W; ++l) {
+        A[n * W + l] = l < g.nl ? p.A[(g.d0 + l) * N + n] : T(0);
+        A2[n * W + l] = A[n * W + l] * T(kLog2e);
+      }
+    for (int64_t l = 0; l < W; ++l) {
+      skip[l] = l < g.nl && p.skip ? p.skip[g.d0 + l] : T(0);
+      bias[l] = l < g.nl && p.bias ? p.bias[g.d0 + l] : T(0);
+    }
+  }
+};
+
+// Copies nl values and zero-fills the rest of a vector's lanes.
+template <typename T>
+inline void load_lanes(const T* src, int64_t nl, T* dst) {
+  std::copy(src, src + nl, dst);
+  std::fill(dst + nl, dst + kLanes<T>, T(0));
+}
+
+// A chunk's B and C as the scan reads them: step j's B_j[n] at B + j * step + n * bw
+// (bw = 1 broadcast to the lanes, W per lane), C_j likewise. Broadcast B and C are read
+// in place from the entry's rows (step may be negative: a scan walking t down).
+template <typename T>
+struct BCView {
+  const T* B;
+  const T* C;
+  int64_t step;
+};
+
+// ------------------------------------------------------------------------- chunk math
+// Tiles: (K, W) per-step vectors; bc: the chunk's B and C (broadcast: kBcast, or per lane).
+
+template <bool kBcast, typename T>
+inline T lane_value(const T* __restrict__ v, int64_t l) {
+  if constexpr (kBcast) return v[0];
+  else return v[l];
+}
+
+// Step sizes in place: delta -> dt = softplus(delta + bias) (or delta + bias), and their
+// slopes ddt/ddelta into dtg when given.
+template <typename T>
+inline void step_tile(T* __restrict__ dt, T* __restrict__ dtg, const T* __restrict__ bias,
+                      bool use_softplus, int64_t K) {
+  constexpr int64_t W = kLanes<T>;
+  for (int64_t j = 0; j < K; ++j) {
+    T* __restrict__ x = dt + j * W;
+    T* __restrict__ g = dtg ? dtg + j * W : nullptr;
+    if (use_softplus) {
+      alignas(64) T slope[W];
+#pragma omp simd
+      for (int64_t l = 0; l < W; ++l) x[l] = softplus(x[l] + bias[l], &slope[l]);
+      if (g) std::copy(slope, slope + W, g);
+    } else {
+#pragma omp simd
+      for (int64_t l = 0; l < W; ++l) x[l] += bias[l];
+      if (g) std::fill(g, g + W, T(1));
+    }
+  }
+}
+
+// The chunk's outputs s (K, W), advancing the state h (N, W) through it.
+template <typename T, int kN, bool kBcast>
+inline void chunk_forward(int64_t nstate, int64_t K, const LaneConsts<T>& g,
+                          const T* __restrict__ u, const T* __restrict__ dt,
+                          const BCView<T>& bc, T* __restrict__ h, T* __restrict__ s) {
+  constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
+  const int64_t N = kN > 0 ? kN : nstate;
+  alignas(64) T dtu[W], sv[W];
+  for (int64_t j = 0; j < K; ++j) {
+    const T* __restrict__ uj = u + j * W;
+    const T* __restrict__ dtj = dt + j * W;
+#pragma omp simd
+    for (int64_t l = 0; l < W; ++l) {
+      dtu[l] = dtj[l] * uj[l];
+      sv[l] = g.skip[l] * uj[l];
+    }
+    const T* __restrict__ Bt = bc.B + j * bc.step;
+    const T* __restrict__ Ct = bc.C + j * bc.step;
+    for (int64_t n = 0; n < N; ++n) {
+      const T* __restrict__ bn = Bt + n * bw;
+      const T* __restrict__ cn = Ct + n * bw;
+      const T* __restrict__ a2 = g.A2 + n * W;
+      T* __restrict__ hn = h + n * W;
+#pragma omp simd
+      for (int64_t l = 0; l < W; ++l) {
+        hn[l] = exp2_decay(dtj[l] * a2[l]) * hn[l] + dtu[l] * lane_value<kBcast>(bn, l);
+        sv[l] += lane_value<kBcast>(cn, l) * hn[l];
+      }
+    }
+    std::copy(sv, sv + W, s + j * W);
+  }
+}
+
+// The chunk's states recomputed: h (K + 1, N, W) from h[0] (the checkpoint), decays
+// a (K, N, W), outputs s (K, W).
+template <typename T, int kN, bool kBcast>
+inline void chunk_recompute(int64_t nstate, int64_t K, const LaneConsts<T>& g,
+                            const T* __restrict__ u, const T* __restrict__ dt,
+                            const BCView<T>& bc, T* __restrict__ h, T* __restrict__ a,
+                            T* __restrict__ s) {
+  constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
+  const int64_t N = kN > 0 ? kN : nstate;
+  for (int64_t j = 0; j < K; ++j) {
+    const T* __restrict__ uj = u + j * W;
+    const T* __restrict__ dtj = dt + j * W;
+    T* __restrict__ sj = s + j * W;
+#pragma omp simd
+    for (int64_t l = 0; l < W; ++l) sj[l] = g.skip[l] * uj[l];
+    const T* __restrict__ Bt = bc.B + j * bc.step;
+    const T* __restrict__ Ct = bc.C + j * bc.step;
+    for (int64_t n = 0; n < N; ++n) {
+      const T* __restrict__ bn = Bt + n * bw;
+      const T* __restrict__ cn = Ct + n * bw;
+      const T* __restrict__ a2 = g.A2 + n * W;
+      const T* __restrict__ hp = h + (j * N + n) * W;
+      T* __restrict__ hn = h + ((j + 1) * N + n) * W;
+      T* __restrict__ an = a + (j * N + n) * W;
+#pragma omp simd
+      for (int64_t l = 0; l < W; ++l) {
+        an[l] = exp2_decay(dtj[l] * a2[l]);
+        hn[l] = an[l] * hp[l] + dtj[l] * uj[l] * lane_value<kBcast>(bn, l);
+        sj[l] += lane_value<kBcast>(cn, l) * hn[l];
+      }
+    }
+  }
+}
+
+// Running sums of one lane group's backward pass over its chunks.
+template <typename T>
+struct Adjoint {
+  T *carry, *dA, *dskip, *dbias;  // exp(dt_{t+1} A) dL/dh_{t+1} (N, W); dA (N, W); (W); (W)
+
+  static int64_t size(int64_t N) { return (2 * N + 2) * kLanes<T>; }
+  Adjoint(int64_t N, T* space)
+      : carry(space), dA(space + N * kLanes<T>), dskip(space + 2 * N * kLanes<T>),
+        dbias(dskip + kLanes<T>) {
+    std::fill(space, space + size(N), T(0));
+  }
+};
+
+// The adjoint recurrence backwards through a chunk, from gs = dL/ds (K, W): writes
+// du, ddelta (K, W) and dbc (the chunk's dL/dB, dL/dC: a (K, 2, N) tile summed over the
+// lanes, or (K, 2, N, W) per lane), and adds to the running sums.
+template <typename T, int kN, bool kBcast>
+inline void chunk_adjoint(int64_t nstate, int64_t K, const LaneConsts<T>& g,
+                          const T* __restrict__ u, const T* __restrict__ dt,
+                          const T* __restrict__ dtg, const BCView<T>& bc,
+                          const T* __restrict__ h, const T* __restrict__ a,
+                          const T* __restrict__ gs_tile, const Adjoint<T>& acc,
+                          T* __restrict__ du, T* __restrict__ ddelta, T* __restrict__ dbc) {
+  constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
+  const int64_t N = kN > 0 ? kN : nstate;
+  T* __restrict__ carry = acc.carry;
+  T* __restrict__ dA = acc.dA;
+  alignas(64) T gdtu[W], gdt[W];
+  for (int64_t j = K - 1; j >= 0; --j) {
+    const T* __restrict__ uj = u + j * W;
+    const T* __restrict__ dtj = dt + j * W;
+    const T* __restrict__ gs = gs_tile + j * W;
+    std::fill(gdtu, gdtu + W, T(0));
+    std::fill(gdt, gdt + W, T(0));
+    const T* __restrict__ Bt = bc.B + j * bc.step;
+    const T* __restrict__ Ct = bc.C + j * bc.step;
+    T* __restrict__ dBt = dbc + j * 2 * N * bw;  // the tile (K, 2, N, bw)
+    T* __restrict__ dCt = dBt + N * bw;
+    for (int64_t n = 0; n < N; ++n) {
+      const T* __restrict__ bn = Bt + n * bw;
+      const T* __restrict__ cn = Ct + n * bw;
+      const T* __restrict__ hp = h + (j * N + n) * W;
+      const T* __restrict__ hn = h + ((j + 1) * N + n) * W;
+      const T* __restrict__ an = a + (j * N + n) * W;
+      const T* __restrict__ An = g.A + n * W;
+      T* __restrict__ cr = carry + n * W;
+      T* __restrict__ dAn = dA + n * W;
+      if constexpr (kBcast) {
+        const T b_n = bn[0], c_n = cn[0];
+        T acc_b = T(0), acc_c = T(0);
+#pragma omp simd reduction(+ : acc_b, acc_c)
+        for (int64_t l = 0; l < W; ++l) {
+          const T gh = c_n * gs[l] + cr[l];  // dL/dh_t
+          acc_c += gs[l] * hn[l];
+          acc_b += gh * dtj[l] * uj[l];
+          gdtu[l] += gh * b_n;
+          const T gdec = gh * hp[l] * an[l];  // dL/d(dt A) through the exp
+          gdt[l] += gdec * An[l];
+          dAn[l] += gdec * dtj[l];
+          cr[l] = an[l] * gh;
+        }
+        dBt[n] = acc_b;
+        dCt[n] = acc_c;
+      } else {
+        T* __restrict__ dbn = dBt + n * W;
+        T* __restrict__ dcn = dCt + n * W;
+#pragma omp simd
+        for (int64_t l = 0; l < W; ++l) {
+          const T gh = cn[l] * gs[l] + cr[l];
+          dcn[l] = gs[l] * hn[l];
+          dbn[l] = gh * dtj[l] * uj[l];
+          gdtu[l] += gh * bn[l];
+          const T gdec = gh * hp[l] * an[l];
+          gdt[l] += gdec * An[l];
+          dAn[l] += gdec * dtj[l];
+          cr[l] = an[l] * gh;
+        }
+      }
+    }
+    const T* __restrict__ dtgj = dtg + j * W;
+    T* __restrict__ duj = du + j * W;
+    T* __restrict__ ddj = ddelta + j * W;
+#pragma omp simd
+    for (int64_t l = 0; l < W; ++l) {
+      const T g_delta = (gdt[l] + gdtu[l] * uj[l]) * dtgj[l];
+      acc.dskip[l] += gs[l] * uj[l];
+      acc.dbias[l] += g_delta;
+      ddj[l] = g_delta;
+      duj[l] = gs[l] * g.skip[l] + gdtu[l] * dtj[l];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------- drivers
+// IO (one per direction; the drivers call, for lane group lg and the chunk of scan steps
+// i0 .. i0 + K):
+//   ScanParams<T> params; ParamGrads<T> grads; T* ckpt;
+//   load_inputs(b, lg, i0, K, u, delta)   u and delta tiles (K, W), zero past nl
+//   load_bc<kBcast>(b, lg, i0, K, tile)   the chunk's B and C: a view of the entry's rows
+//                                         (broadcast) or of `tile` filled per lane
+//   prefetch(b, lg, i0, backward)         a hint for the chunk the pass visits next
+//   store_out(b, lg, i0, K, s)            forward: the outputs s (K, W)
+//   gate(b, lg, i0, K, s, gs)             backward: gs = dL/ds from s; also writes dL/dz
+//   store_grads(b, lg, i0, K, du, ddelta) backward
+//   add_dbc<kBcast>(b, part, lg, i0, K, dbc) backward: adds dL/dB, dL/dC into task part's
+// Directions run one after the other inside a task, on the same lanes, so a second
+// direction's store_out may read what the first one stored.
+
+template <typename T>
+inline T* checkpoint_at(T* ckpt, int64_t b, int64_t c, int64_t nchunks, int64_t N, int64_t dim,
+                        const LaneGroup& lg) {
+  return ckpt + (b * nchunks + c) * N * dim + lg.d0;
+}
+
+template <typename T, int kN, bool kBcast, typename IO>
+void scan_forward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& groups, int64_t batch,
+                  int64_t len, int64_t nstate, int64_t dim, int64_t tpb) {
+  constexpr int64_t W = kLanes<T>;
+  const int64_t N = kN > 0 ? kN : nstate, G = static_cast<int64_t>(groups.size());
+  const int64_t nchunks = ceil_div(len, kChunk), per_task = ceil_div(G, tpb);
+  at::parallel_for(0, batch * tpb, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals ftz;
+    std::vector<T> h_buf(per_task * N * W), c_buf(per_task * LaneConsts<T>::size(N));
+    std::vector<T> u(kChunk * W), dt(kChunk * W), s(kChunk * W), bc(kBcast ? 0 : kChunk * 2 * N * W);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / tpb, g0 = task % tpb * per_task, g1 = std::min(G, g0 + per_task);
+      for (int dir = 0; dir < ndirs; ++dir) {
+        const IO& io = dirs[dir];
+        std::vector<LaneConsts<T>> consts;
+        consts.reserve(std::max<int64_t>(0, g1 - g0));
+        for (int64_t grp = g0; grp < g1; ++grp)
+          consts.emplace_back(io.params, groups[grp], N,
+                              c_buf.data() + (grp - g0) * LaneConsts<T>::size(N));
+        std::fill(h_buf.begin(), h_buf.end(), T(0));
+        for (int64_t c = 0; c < nchunks; ++c) {
+          const int64_t i0 = c * kChunk, K = std::min(len, i0 + kChunk) - i0;
+          for (int64_t grp = g0; grp < g1; ++grp) {
+            const LaneGroup& lg = groups[grp];
+            T* h = h_buf.data() + (grp - g0) * N * W;
+            T* ck = checkpoint_at(io.ckpt, b, c, nchunks, N, dim, lg);
+            for (int64_t n = 0; n < N; ++n) std::copy(h + n * W, h + n * W + lg.nl, ck + n * dim);
+            const BCView<T> bcv = io.template load_bc<kBcast>(b, lg, i0, K, bc.data());
+            io.load_inputs(b, lg, i0, K, u.data(), dt.data());
+            if (i0 + kChunk < len) io.prefetch(b, lg, i0 + kChunk, false);
+            step_tile(dt.data(), static_cast<T*>(nullptr), consts[grp - g0].bias,
+                      io.params.softplus, K);
+            chunk_forward<T, kN, kBcast>(N, K, consts[grp - g0], u.data(), dt.data(), bcv, h,
+                                         s.data());
+            io.store_out(b, lg, i0, K, s.data());
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T, int kN, bool kBcast, typename IO>
+void scan_backward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& groups,
+                   int64_t batch, int64_t len, int64_t nstate, int64_t dim, int64_t tpb) {
+  constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
+  const int64_t N = kN > 0 ? kN : nstate, G = static_cast<int64_t>(groups.size());
+  const int64_t nchunks = ceil_div(len, kChunk), per_task = ceil_div(G, tpb);
+  at::parallel_for(0, batch * tpb, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals ftz;
+    std::vector<T> h((kChunk + 1) * N * W), a(kChunk * N * W), bc(kBcast ? 0 : kChunk * 2 * N * W),
+        dbc(kChunk * 2 * N * bw), c_buf(LaneConsts<T>::size(N)), acc_buf(Adjoint<T>::size(N));
+    std::vector<T> u(kChunk * W), dt(kChunk * W), dtg(kChunk * W), s(kChunk * W),
+        gs(kChunk * W), du(kChunk * W), ddelta(kChunk * W);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / tpb, part = task % tpb;
+      const int64_t g0 = part * per_task, g1 = std::min(G, g0 + per_task);
+      for (int64_t grp = g0; grp < g1; ++grp) {
+        const LaneGroup& lg = groups[grp];
+        for (int dir = 0; dir < ndirs; ++dir) {
+          const IO& io = dirs[dir];
+          const LaneConsts<T> g(io.params, lg, N, c_buf.data());
+          const Adjoint<T> acc(N, acc_buf.data());
+          for (int64_t c = nchunks - 1; c >= 0; --c) {
+            const int64_t i0 = c * kChunk, K = std::min(len, i0 + kChunk) - i0;
+            const T* ck = checkpoint_at(io.ckpt, b, c, nchunks, N, dim, lg);
+            for (int64_t n = 0; n < N; ++n) load_lanes(ck + n * dim, lg.nl, h.data() + n * W);
+            if (c > 0) io.prefetch(b, lg, i0 - kChunk, true);
+            io.load_inputs(b, lg, i0, K, u.data(), dt.data());
+            step_tile(dt.data(), dtg.data(), g.bias, io.params.softplus, K);
+            const BCView<T> bcv = io.template load_bc<kBcast>(b, lg, i0, K, bc.data());
+            chunk_recompute<T, kN, kBcast>(N, K, g, u.data(), dt.data(), bcv, h.data(), a.data(),
+                                           s.data());
+            io.gate(b, lg, i0, K, s.data(), gs.data());
+            chunk_adjoint<T, kN, kBcast>(N, K, g, u.data(), dt.data(), dtg.data(), bcv,
+                                         h.data(), a.data(), gs.data(), acc, du.data(),
+                                         ddelta.data(), dbc.data());
+            io.store_grads(b, lg, i0, K, du.data(), ddelta.data());
+            io.template add_dbc<kBcast>(b, part, lg, i0, K, dbc.data());
+          }
+          for (int64_t l = 0; l < lg.nl; ++l) {
+            const int64_t row = b * dim + lg.d0 + l;
+            for (int64_t n = 0; n < N; ++n) io.grads.dA[row * N + n] = acc.dA[n * W + l];
+            io.grads.dskip[row] = acc.dskip[l];
+            io.grads.dbias[row] = acc.dbias[l];
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace mmshufflemamba_cpu
