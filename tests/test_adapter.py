@@ -565,13 +565,14 @@ def train_toy(tmp_path, config: str, overrides: str, iters: int):
 
 
 @pytest.mark.slow
-def test_toy_adapter_mask_rcnn_trains_and_its_loss_falls(tmp_path):
-    """The adapter detector trains through tools/train.py and evaluates (its validation at
+def test_toy_adapter_mask_rcnn_learns_to_detect(tmp_path):
+    """The adapter detector trains through tools/train.py and detects (its validation at
     the end; tools/test.py on a Mask R-CNN checkpoint is test_demo's and test_stability's).
 
-    It learns far more slowly than the plain toy detector: in this session's runs its
-    loss fell from 3.1 to about 1.0 in 150 iterations (the plain toy: 3.9 to 0.3) and its
-    box mAP stayed near 0 (plain: 0.58). The bar here is the loss, not the mAP.
+    Box / mask mAP 0.629 / 0.695 after these 100 iterations in this session's run (0.745 /
+    0.775 after the config's 150; the plain toy detector: about 0.6 / 0.7). Before the
+    adapter's maps were made contiguous (test_dense_outputs_are_contiguous_...), its RoI
+    heads read scrambled features and it stayed near 0.
     """
     from helpers import data_overrides
 
@@ -584,11 +585,8 @@ def test_toy_adapter_mask_rcnn_trains_and_its_loss_falls(tmp_path):
         'test_evaluator = val_evaluator\n', iters=100)
     first, last = losses[0], losses[-1]
     print('losses', [(r['iter'], round(r['loss'], 3)) for r in losses], '\ntrained', after)
-    assert last['loss'] < 0.5 * first['loss'], (first, last)
-    assert last['loss_mask'] < 0.8 * first['loss_mask'] and last['loss_rpn_cls'] < 0.2, last
-    for task in ('bbox', 'segm'):
-        value = after[f'coco/{task}_mAP']
-        assert math.isfinite(value) and 0.0 <= value <= 1.0, (task, value)
+    assert last['loss'] < 0.3 * first['loss'], (first, last)
+    assert after['coco/bbox_mAP'] > 0.3 and after['coco/segm_mAP'] > 0.25, after
 
 
 @pytest.mark.slow
