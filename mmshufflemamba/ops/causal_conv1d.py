@@ -12,7 +12,6 @@ installed versions, what failed and the fix, and torch's conv1d runs;
 error instead.
 """
 import functools
-import os
 import warnings
 from typing import Callable, Optional, Tuple
 
@@ -21,8 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .scan_contract import BrokenInstall
-from .selective_scan import BACKEND_ENV
-from .upstream_kernels import check_kernel, installed_version, reinstall_command, versions
+from .selective_scan import BACKEND_ENV, env_backend
+from .upstream_kernels import (check_kernel, import_kernel, installed_version, reinstall_command,
+                               versions)
 
 __all__ = ['causal_conv1d', 'load_causal_conv1d', 'usable_kernel', 'verify']
 
@@ -32,11 +32,7 @@ _warn_once = functools.lru_cache(maxsize=None)(warnings.warn)  # warnings.warn, 
 @functools.lru_cache(maxsize=None)
 def _imported() -> Tuple[Optional[Callable], str]:
     """``(causal_conv1d_fn, '')``, or ``(None, what the import raised)``."""
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except Exception as error:  # ImportError, or a CUDA extension that fails to load
-        return None, f'{type(error).__name__}: {(str(error).splitlines() or [""])[0]}'
-    return causal_conv1d_fn, ''
+    return import_kernel('causal_conv1d', 'causal_conv1d_fn')
 
 
 def load_causal_conv1d() -> Optional[Callable]:
@@ -91,7 +87,7 @@ def usable_kernel(device: torch.device) -> Optional[Callable]:
                _broken(f'causal_conv1d does not import ({_imported()[1]})'))
     if failure is None:
         return kernel
-    if os.environ.get(BACKEND_ENV, '').strip().lower() == 'mamba_ssm':
+    if env_backend() == 'mamba_ssm':
         raise RuntimeError(f'{BACKEND_ENV}=mamba_ssm asks for the upstream CUDA kernels, and '
                            f'{failure}. Or unset {BACKEND_ENV} (auto).')
     _warn_once(f"mmshufflemamba: {failure}. torch's conv1d runs instead "

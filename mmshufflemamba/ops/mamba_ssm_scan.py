@@ -22,7 +22,8 @@ from torch import Tensor
 
 from .reference_scan import selective_scan_reference
 from .scan_contract import BrokenInstall, ScanCall, ScanOutput
-from .upstream_kernels import check_kernel, installed_version, reinstall_command, versions
+from .upstream_kernels import (check_kernel, import_kernel, installed_version, reinstall_command,
+                               versions)
 
 __all__ = ['load_mamba_ssm_scan', 'selective_scan_mamba_ssm', 'verify', 'why_not']
 
@@ -30,11 +31,7 @@ __all__ = ['load_mamba_ssm_scan', 'selective_scan_mamba_ssm', 'verify', 'why_not
 @functools.lru_cache(maxsize=None)
 def _imported() -> Tuple[Optional[Callable], str]:
     """``(selective_scan_fn, '')``, or ``(None, what the import raised)``."""
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception as error:  # ImportError, or OSError/RuntimeError from a broken build
-        return None, f'{type(error).__name__}: {(str(error).splitlines() or [""])[0]}'
-    return selective_scan_fn, ''
+    return import_kernel('mamba_ssm.ops.selective_scan_interface', 'selective_scan_fn')
 
 
 def load_mamba_ssm_scan() -> Optional[Callable]:

@@ -73,7 +73,7 @@ _SLOW_CUDA_WARNING = (
     'install triton) or mamba-ssm (pip install mamba-ssm, built against your torch).')
 
 
-def _env_backend() -> Optional[str]:
+def env_backend() -> Optional[str]:
     """The backend :data:`BACKEND_ENV` names, or None for ``auto`` (or unset)."""
     value = os.environ.get(BACKEND_ENV, 'auto').strip().lower()
     if value in ('', 'auto'):
@@ -98,7 +98,7 @@ def scan_backend(u: Tensor, return_last_state: bool = False,
 
 def _choose(call: ScanCall, requested: Optional[str]) -> str:
     if requested is None:
-        requested = _env_backend()
+        requested = env_backend()
         source, fix = f'{BACKEND_ENV}={requested}', f'unset {BACKEND_ENV} (auto)'
     else:
         source, fix = f'the requested scan backend {requested!r}', 'request None (auto)'
@@ -145,7 +145,7 @@ def _announce(device: str, backend: str, requested: Optional[str] = None) -> Non
               f'{BACKEND_ENV}={os.environ.get(BACKEND_ENV, "auto")}')
     print_log(f'mmshufflemamba: the selective scan runs {BACKENDS[backend].description} for '
               f'{device} tensors ({source}).', logger='current')
-    if device == 'cuda' and backend == 'torch' and requested is None and _env_backend() is None:
+    if device == 'cuda' and backend == 'torch' and requested is None and env_backend() is None:
         warnings.warn(_SLOW_CUDA_WARNING, RuntimeWarning, stacklevel=3)
 
 

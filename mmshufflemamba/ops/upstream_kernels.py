@@ -13,6 +13,7 @@ worse, nothing at all. So each kernel runs once per process and device on a tiny
 forward and backward, against the package's own PyTorch definition before it is trusted.
 """
 import functools
+import importlib
 import importlib.metadata
 import re
 from typing import Callable, Dict, Optional, Tuple
@@ -20,7 +21,10 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ['installed_version', 'versions', 'reinstall_command', 'check_kernel']
+__all__ = [
+    'installed_version', 'versions', 'reinstall_command', 'import_kernel', 'describe_error',
+    'check_kernel'
+]
 
 # The causal-conv1d releases whose compiled ``causal_conv1d_fwd`` a mamba-ssm release's own
 # ``mamba_inner_fn`` calls with the right arguments (read from both packages' sources): from
@@ -68,6 +72,20 @@ def reinstall_command() -> str:
             + ' '.join(specs))
 
 
+def describe_error(error: BaseException) -> str:
+    """``'TypeError: <the first line of its message>'``."""
+    return f'{type(error).__name__}: {(str(error).strip().splitlines() or [""])[0]}'
+
+
+def import_kernel(module: str, name: str) -> Tuple[Optional[Callable], str]:
+    """``(module.name, '')``, or ``(None, what the import raised)``: an ImportError, or an
+    OSError/RuntimeError from a CUDA extension that fails to load."""
+    try:
+        return getattr(importlib.import_module(module), name), ''
+    except Exception as error:
+        return None, describe_error(error)
+
+
 def check_kernel(kernel: Callable[..., Tensor], reference: Callable[..., Tensor],
                  inputs: Dict[str, Tensor]) -> Optional[str]:
     """Run ``kernel`` and ``reference`` on ``inputs`` (float32 tensors, passed in order),
@@ -91,8 +109,7 @@ def check_kernel(kernel: Callable[..., Tensor], reference: Callable[..., Tensor]
         except Exception as error:  # whatever the kernel raises is the verdict
             if fn is reference:
                 raise
-            first = (str(error).strip().splitlines() or [''])[0]
-            return f'it raised {type(error).__name__}: {first}'
+            return f'it raised {describe_error(error)}'
         results.append([out] + list(grads))
     names = ['the output'] + [f'the gradient of {name}' for name in inputs]
     for name, got, want in zip(names, *results):
