@@ -1,5 +1,6 @@
 """Running the tools as users do, and reading what they write."""
 import ast
+import copy
 import functools
 import glob
 import json
@@ -61,6 +62,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed_config(path: str):
+    from mmengine.config import Config
+    return Config.fromfile(path)
+
+
+def load_config(path: str):
+    """``Config.fromfile`` of a config under configs/ (a path relative to ROOT, or
+    absolute), parsed once per test process: each ``mmseg::``/``mmdet::`` base costs
+    mmengine a scan of the codebase's ~200 metafiles. The caller gets its own copy."""
+    return copy.deepcopy(_parsed_config(osp.join(ROOT, path)))
 
 
 def write_child_config(path, base: str, body: str) -> str:

@@ -32,6 +32,7 @@ from typing import Dict, List, Sequence, Tuple
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import load_config
 from test_upstream_parity import upstream_mixer, upstream_norm
 
 from mmshufflemamba.models import ShuffleMambaAdapter
@@ -398,12 +399,6 @@ UPSTREAM_COCO = {
 UPSTREAM_COMMON = dict(img_size=224, patch_size=16, drop_rate=0.0, shuffle_rate=0.0,
                        residual_in_fp32=True, rms_norm=False, conv_inplane=64, n_points=4,
                        cffn_ratio=0.25, deform_ratio=0.5)
-
-
-def load_config(path: str):
-    from helpers import ROOT
-    from mmengine.config import Config
-    return Config.fromfile(f'{ROOT}/{path}')
 
 
 def assert_backbone_is_upstreams(backbone, upstream: dict) -> None:

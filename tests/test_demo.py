@@ -8,8 +8,8 @@ import os.path as osp
 import re
 
 import pytest
-from helpers import CLS, MASK_RCNN, ROOT, UPERNET, data_overrides, run_tool, write_child_config
-from mmengine.config import Config
+from helpers import (CLS, MASK_RCNN, ROOT, UPERNET, data_overrides, load_config, run_tool,
+                     write_child_config)
 from PIL import Image
 
 from mmshufflemamba.datasets import (TOY_ADE_CLASSES, TOY_ADE_PALETTE, TOY_COCO_CLASSES,
@@ -21,7 +21,6 @@ REAL_UPERNET = sorted(
     if 'toy' not in p)
 
 
-
 def as_lists(palette):
     return [list(color) for color in palette]
 
@@ -29,21 +28,21 @@ def as_lists(palette):
 def test_toy_configs_declare_the_toy_datasets_classes():
     for config, classes, palette in ((UPERNET, TOY_ADE_CLASSES, TOY_ADE_PALETTE),
                                      (MASK_RCNN, TOY_COCO_CLASSES, TOY_COCO_PALETTE)):
-        cfg = Config.fromfile(osp.join(ROOT, config))
+        cfg = load_config(config)
         for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
             meta = cfg[loader].dataset.metainfo
             assert tuple(meta['classes']) == classes, (config, loader, meta)
             assert as_lists(meta['palette']) == as_lists(palette), (config, loader, meta)
-    cfg = Config.fromfile(osp.join(ROOT, UPERNET))
+    cfg = load_config(UPERNET)
     assert cfg.model.decode_head.num_classes == len(TOY_ADE_CLASSES)
     assert cfg.model.auxiliary_head.num_classes == len(TOY_ADE_CLASSES)
-    cfg = Config.fromfile(osp.join(ROOT, CLS))
+    cfg = load_config(CLS)
     assert tuple(cfg.test_dataloader.dataset.metainfo['classes']) == TOY_SHAPES[:4]
 
 
 @pytest.mark.parametrize('config', REAL_UPERNET)
 def test_real_ade20k_configs_keep_the_150_classes(config):
-    cfg = Config.fromfile(osp.join(ROOT, config))
+    cfg = load_config(config)
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         dataset = cfg[loader].dataset
         assert dataset.type == 'ADE20KDataset' and 'metainfo' not in dataset, dataset
@@ -58,7 +57,7 @@ def test_toy_ade_labels_map_onto_its_own_classes(tmp_path):
 
     import mmseg.datasets  # noqa: F401  (registers BaseSegDataset)
     make_toy_ade20k(str(tmp_path), num_train=1, num_val=12)
-    cfg = Config.fromfile(osp.join(ROOT, UPERNET))
+    cfg = load_config(UPERNET)
     cfg.test_dataloader.dataset.data_root = str(tmp_path)
     init_default_scope('mmseg')
     dataset = DATASETS.build(cfg.test_dataloader.dataset)

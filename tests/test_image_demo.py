@@ -8,7 +8,7 @@ import os.path as osp
 
 import matplotlib
 import pytest
-from helpers import CLS, MASK_RCNN, ROOT, UPERNET, run_tool
+from helpers import CLS, MASK_RCNN, ROOT, UPERNET, load_config, run_tool
 from PIL import Image
 
 from mmshufflemamba.datasets import TOY_ADE_CLASSES, TOY_COCO_CLASSES, TOY_SHAPES
@@ -105,7 +105,6 @@ def test_classes_for_checkpoints_without_them_come_from_the_config():
     their classes in metainfo; the demo draws with those, not the inferencers' defaults."""
     import importlib.util
 
-    from mmengine.config import Config
     spec = importlib.util.spec_from_file_location(
         'image_demo', osp.join(ROOT, 'demo', 'image_demo.py'))
     image_demo_module = importlib.util.module_from_spec(spec)
@@ -118,7 +117,7 @@ def test_classes_for_checkpoints_without_them_come_from_the_config():
     }
     for config, (count, first) in expected.items():
         meta = image_demo_module.dataset_meta_from_config(
-            Config.fromfile(osp.join(ROOT, config)))
+            load_config(config))
         assert len(meta['classes']) == len(meta['palette']) == count, config
         assert meta['classes'][0] == first, (config, meta['classes'][:3])
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from helpers import CLS, ROOT, free_port, run_tool, write_child_config
+from helpers import CLS, ROOT, free_port, load_config, run_tool, write_child_config
 
 from mmshufflemamba.datasets import make_toy_classification
 
@@ -31,8 +31,7 @@ def expected_seed(config):
 
 @pytest.fixture(scope='module')
 def loaded():
-    from mmengine.config import Config
-    return {config: Config.fromfile(osp.join(ROOT, config)) for config in CONFIGS}
+    return {config: load_config(config) for config in CONFIGS}
 
 
 def test_every_config_seeds_each_rank_and_keeps_its_seed(loaded):

@@ -10,6 +10,7 @@ import os.path as osp
 
 import pytest
 import torch
+from helpers import load_config
 from mmengine.config import Config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -18,7 +19,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 def load(name: str) -> Config:
     folder = name.split('_')[0].split('-')[0]
     folder = {'upernet': 'upernet', 'vim': 'vim'}.get(folder, 'shufflemamba')
-    return Config.fromfile(osp.join(ROOT, 'configs', folder, name + '.py'))
+    return load_config(osp.join('configs', folder, name + '.py'))
 
 
 def total_batch(cfg: Config) -> int:

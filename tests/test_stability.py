@@ -14,8 +14,8 @@ import math
 import os.path as osp
 
 import pytest
-from helpers import (CLS, MASK_RCNN, ROOT, UPERNET, data_overrides, logged_scalars,
-                     printed_metrics, run_tool, write_child_config)
+from helpers import (CLS, MASK_RCNN, ROOT, UPERNET, data_overrides, load_config,
+                     logged_scalars, printed_metrics, run_tool, write_child_config)
 from mmengine.config import Config
 
 from mmshufflemamba.datasets import make_toy_ade20k, make_toy_classification, make_toy_coco
@@ -65,7 +65,7 @@ def train_past_the_demo(tmp_path, toy_config: str, overrides: str, warmup: int,
 
     Returns the written config, the work dir, the iterations and the validation records.
     """
-    cfg = Config.fromfile(osp.join(ROOT, toy_config))
+    cfg = load_config(toy_config)
     demo = cfg.train_cfg.max_iters
     iters = factor * demo
     config = write_child_config(tmp_path / 'stretched.py', toy_config,
@@ -136,7 +136,7 @@ FULL_SIZE_DETECTION = sorted(
 def test_full_size_detection_recipes_keep_upstreams_guards(config):
     """Upstream's COCO template: linear warm-up from 0.001 x lr over 1000 iterations, no
     gradient clipping; every pyramid level normalised (upstream: SyncBN per level)."""
-    cfg = Config.fromfile(osp.join(ROOT, config))
+    cfg = load_config(config)
     warmup = cfg.param_scheduler[0]
     assert warmup.type == 'LinearLR' and not warmup.by_epoch, warmup
     assert (warmup.begin, warmup.end, warmup.start_factor) == (0, 1000, 0.001), warmup
