@@ -1,8 +1,21 @@
-"""Fixtures shared by the test files."""
+"""Fixtures shared by the test files, and the threads of parallel test workers."""
 import copy
+import os
 from typing import Dict
 
 import pytest
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n``, setup.cfg), the workers share the cores: each worker and
+    the tools it starts get ``cores // workers`` threads (OMP_NUM_THREADS, when not set),
+    instead of every process using every core at once."""
+    workers = os.environ.get('PYTEST_XDIST_WORKER_COUNT')
+    if workers and 'OMP_NUM_THREADS' not in os.environ:
+        import torch
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        os.environ['OMP_NUM_THREADS'] = str(threads)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -48,12 +61,23 @@ def kernel_packages(monkeypatch, tmp_path):
 
 @pytest.fixture(scope='session')
 def untrained_checkpoints(tmp_path_factory) -> Dict[str, str]:
-    """Initialised, untrained checkpoints of the toy configs, written once per session in
-    one subprocess: ``{'seg': path, 'det': path, 'cls': path}`` (UperNet, Mask R-CNN,
-    classifier). A child config that changes only data or schedule loads them as well."""
+    """Initialised, untrained checkpoints of the toy configs, written once per test run in
+    one subprocess (the first worker that needs them writes them, under a lock, for all):
+    ``{'seg': path, 'det': path, 'cls': path}`` (UperNet, Mask R-CNN, classifier). A child
+    config that changes only data or schedule loads them as well."""
+    from filelock import FileLock
     from helpers import CLS, MASK_RCNN, UPERNET, save_untrained_checkpoints
-    root = tmp_path_factory.mktemp('untrained')
+    # the run's base directory, shared by the xdist workers (each has its own below it)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        root = root.parent
+    root = root / 'untrained'
     configs = {'seg': UPERNET, 'det': MASK_RCNN, 'cls': CLS}
     paths = {task: str(root / f'{task}.pth') for task in configs}
-    save_untrained_checkpoints(*[v for task in configs for v in (configs[task], paths[task])])
+    root.mkdir(exist_ok=True)
+    with FileLock(str(root / '.lock')):
+        if not (root / 'done').exists():
+            save_untrained_checkpoints(
+                *[v for task in configs for v in (configs[task], paths[task])])
+            (root / 'done').touch()
     return paths

@@ -8,7 +8,6 @@ from helpers import CLS, UPERNET, free_port, logged_scalars, run_tool, write_chi
 from mmshufflemamba.datasets import make_toy_classification
 
 
-
 @pytest.mark.slow
 def test_dist_train_two_cpu_processes_then_resume(tmp_path):
     data = str(tmp_path / 'toy_cls')

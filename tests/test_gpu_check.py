@@ -71,4 +71,3 @@ def test_a_part_that_raises_is_a_failed_row_and_the_run_goes_on():
     assert rows[1] == ['scan time', 'raised', '-',
                        'RuntimeError: no kernel image / for sm_90', '', 'FAIL']
     assert table.failed and rows[2][0] == 'throughput'
-

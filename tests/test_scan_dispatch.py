@@ -238,4 +238,3 @@ def test_triton_branch_runs_the_mixer_under_the_interpreter(monkeypatch):
     torch.testing.assert_close(triton_out, native, rtol=1e-4, atol=1e-5)
     for a, b in zip(triton_grads, native_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-

@@ -305,7 +305,6 @@ def test_conversion_misses_nothing_upstream_has():
         assert set(model.state_dict()) == set(converted), name
 
 
-
 def upstream_segmentation_features(ref, x, out_indices):
     """ShuffleMamba's segmentation backbone (``models_openmm.Backbone_VideoMamba``): the
     class slot (index 0) dropped from ``pos_embed`` at load, the 14x14 patch embedding
