@@ -15,13 +15,15 @@ both built for the input size (``img_size``) with ``out_type='cls_token'``, from
    below 1: ours is faster). ``forward``: ``eval()`` under ``no_grad``; ``train``:
    ``train()`` mode (the shuffle on), forward + backward of the summed outputs. ``bf16``:
    the fp32 weights under ``torch.autocast('cpu', dtype=torch.bfloat16)``, as
-   ``tools/train.py --amp`` runs on CPU. A cell that would take longer than
-   ``--max-cell-seconds`` (estimated from the last cell measured, linear in the batch, in
-   the tokens for ShuffleMamba and quadratic for DeiT), or whose training memory would not
-   fit (estimated from table 2), is skipped and its row says why.
+   ``tools/train.py --amp`` runs on CPU; its forward rows also give how far the bf16 output
+   is from the fp32 one (same weights and input). A cell that would take longer than
+   ``--max-cell-seconds`` (a train step: table 2's step at that size times the batch; else
+   the last cell measured, scaled linearly in the batch, and in the tokens linearly for
+   ShuffleMamba and quadratically for DeiT), or whose training memory would not fit (from
+   table 2, scaled the same way), is skipped and its row says why.
 2. **Peak training memory** (``--memory-sizes``): one child process per (model, size), one
    fp32 batch-1 train step, its high-water RSS (``ru_maxrss``) above the RSS once model and
-   input exist. Runs first: table 1 uses it to skip cells that would not fit.
+   input exist. Runs first: table 1 uses it to skip cells that would not fit or take too long.
 3. **Where a train step spends its time** (``--breakdown-sizes``): torch profiler, self CPU
    time of one fp32 batch-1 train step of each model by kind of op (GEMMs, ShuffleMamba's
    scans and convolutions, DeiT's attention, everything else).
@@ -170,17 +172,29 @@ def memory_table(sizes: List[int]) -> Dict[Tuple[str, int], dict]:
 
 # ------------------------------------------------------------------ 1. speed (this process)
 class Estimates:
-    """What the next cell will cost, from what was measured: time per (model, mode) from
-    the last cell run, training memory from table 2."""
+    """What the next cell will cost, from what was measured: a train step from table 2's
+    step at that size, else time per (model, mode) from the last cell run (of the same dtype
+    if there was one); training memory from table 2."""
 
     def __init__(self, memory: Dict[Tuple[str, int], dict]):
         self.memory = {key: r['peak_mib'] for key, r in memory.items() if 'peak_mib' in r}
-        self.last: Dict[Tuple[str, str], Tuple[float, int, int]] = {}
+        self.train_step = {key: r['seconds'] for key, r in memory.items() if 'seconds' in r}
+        self.last: Dict[Tuple[str, str, str], Tuple[float, int, int]] = {}
 
-    def seconds(self, name: str, mode: str, batch: int, tokens: int) -> Optional[float]:
-        if (name, mode) not in self.last:
+    def measured(self, name: str, mode: str, dtype: str, seconds: float, batch: int,
+                 size: int) -> None:
+        self.last[(name, mode, dtype)] = self.last[(name, mode, '')] = (
+            seconds, batch, (size // 16) ** 2)
+
+    def seconds(self, name: str, mode: str, dtype: str, batch: int,
+                size: int) -> Optional[float]:
+        tokens = (size // 16) ** 2
+        if mode == 'train' and (name, size) in self.train_step:
+            return self.train_step[(name, size)] * batch
+        ref = self.last.get((name, mode, dtype)) or self.last.get((name, mode, ''))
+        if ref is None:
             return None
-        value, ref_batch, ref_tokens = self.last[(name, mode)]
+        value, ref_batch, ref_tokens = ref
         return scaled(value, name, batch, tokens, ref_batch, ref_tokens)
 
     def train_mib(self, name: str, batch: int, size: int) -> Optional[float]:
@@ -192,16 +206,15 @@ class Estimates:
                       (ref // 16) ** 2)
 
 
-def skip_reason(est: Estimates, size: int, batch: int, mode: str, repeats: int,
+def skip_reason(est: Estimates, size: int, batch: int, dtype: str, mode: str, repeats: int,
                 max_seconds: float, limit_mib: float) -> Optional[str]:
-    tokens = (size // 16) ** 2
     if mode == 'train':
         for name in MODELS:
             mib = est.train_mib(name, batch, size)
             if mib is not None and mib > limit_mib:
                 return (f'skipped: {name} would need about {mib / 1024:.0f} GiB to train, '
                         f'{limit_mib / 1024:.0f} GiB available')
-    step = [est.seconds(name, mode, batch, tokens) for name in MODELS]
+    step = [est.seconds(name, mode, dtype, batch, size) for name in MODELS]
     if None not in step and (1 + repeats) * sum(step) > max_seconds:
         return (f'skipped: about {(1 + repeats) * sum(step):.0f} s of runs estimated '
                 f'(--max-cell-seconds {max_seconds:.0f})')
@@ -224,7 +237,7 @@ def speed_table(args, memory: Dict[Tuple[str, int], dict]) -> None:
             for dtype in args.dtypes:
                 for mode in args.modes:
                     row = f'| {size} | {batch} | {dtype} | {mode} |'
-                    reason = skip_reason(est, size, batch, mode, args.repeats,
+                    reason = skip_reason(est, size, batch, dtype, mode, args.repeats,
                                          args.max_cell_seconds, limit_mib)
                     if reason:
                         print(f'{row} {reason} | | | | |', flush=True)
@@ -232,8 +245,7 @@ def speed_table(args, memory: Dict[Tuple[str, int], dict]) -> None:
                     res = side_by_side({name: step_fn(m, images, dtype, mode)
                                         for name, m in models.items()}, args.repeats)
                     for name in MODELS:
-                        est.last[(name, mode)] = (res[name]['median'], batch,
-                                                  (size // 16) ** 2)
+                        est.measured(name, mode, dtype, res[name]['median'], batch, size)
                     ours, theirs = (res[name]['median'] for name in MODELS)
                     diff = ''
                     if dtype == 'bf16' and mode == 'forward':
@@ -253,7 +265,7 @@ def speed_table(args, memory: Dict[Tuple[str, int], dict]) -> None:
 # ------------------------------------------------------------------ 3. time split (children)
 KINDS = {  # profiler event -> kind; anything else is 'other'
     'aten::mm': 'GEMM', 'aten::addmm': 'GEMM', 'aten::bmm': 'GEMM', 'aten::baddbmm': 'GEMM',
-    'aten::_addmm_activation': 'GEMM',
+    'aten::addmm_': 'GEMM', 'aten::_addmm_activation': 'GEMM',
     'mmshufflemamba::scan': 'scan fwd', 'mmshufflemamba::scan_backward': 'scan bwd',
     'mmshufflemamba::conv': 'conv', 'mmshufflemamba::conv_backward': 'conv',
     'aten::_scaled_dot_product_flash_attention_for_cpu': 'attention',
