@@ -251,7 +251,7 @@ def speed_table(args, memory: Dict[Tuple[str, int], dict]) -> None:
                     if dtype == 'bf16' and mode == 'forward':
                         diff = '; '.join(f'{d:.3g} ({r:.2%})' for d, r in (
                             bf16_difference(models[name], images) for name in MODELS))
-                    print(f'{row} {batch / ours:.2f} | {batch / theirs:.2f} | '
+                    print(f'{row} {batch / ours:.3g} | {batch / theirs:.3g} | '
                           f'{ours / theirs:.2f}x | {os.getloadavg()[0]:.1f} | {diff} |',
                           flush=True)
                     if args.verbose:
