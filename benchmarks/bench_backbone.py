@@ -13,7 +13,8 @@ both built for the input size (``img_size``) with ``out_type='cls_token'``, from
    order flipped every round, so that both see the same machine state; each model's median
    is reported as images/s, with the ratio of the medians' times (ShuffleMamba-S / DeiT-S;
    below 1: ours is faster). ``forward``: ``eval()`` under ``no_grad``; ``train``:
-   ``train()`` mode (the shuffle on), forward + backward of the summed outputs. ``bf16``:
+   ``train()`` mode, forward + backward of the summed outputs (both models at their
+   constructors' defaults: no drop path, ShuffleMamba's ``shuffle_rate`` 0). ``bf16``:
    the fp32 weights under ``torch.autocast('cpu', dtype=torch.bfloat16)``, as
    ``tools/train.py --amp`` runs on CPU; its forward rows also give how far the bf16 output
    is from the fp32 one (same weights and input). A cell that would take longer than

@@ -1,5 +1,6 @@
-"""bfloat16 autocast: the scan keeps fp32 state, the residual stream honours
-residual_in_fp32, and training through the tools gives finite losses and gradients."""
+"""bfloat16 autocast: the projections' GEMMs run in bf16, the scan keeps fp32 state, the
+residual stream honours residual_in_fp32, and training through the tools gives finite
+losses and gradients."""
 import math
 
 import pytest
