@@ -1,259 +1,354 @@
-"""Backbone speed on CPU: ShuffleMamba-T/S against mmpretrain's DeiT-T/S, side by side.
+"""ShuffleMamba-S against mmpretrain's DeiT-S on CPU, measured side by side in one process.
 
-    python benchmarks/bench_backbone.py [--sizes 224 256 512 1024 2048] [--repeats 2]
-                                        [--compiled-sizes 224 1024] [--breakdown-size 1024]
+    python benchmarks/bench_backbone.py [--sizes 224 512 1024 2048] [--batches 1 8]
+        [--dtypes fp32 bf16] [--modes forward train] [--repeats 3] [--threads N]
+        [--memory-sizes 1024 2048] [--breakdown-sizes 512 1024] [--max-cell-seconds 300]
 
-Four tables, every number measured in this run:
+The comparison a user of mmpretrain would make: DeiT-S is mmpretrain's
+``VisionTransformer(arch='deit-small')`` (patch 16), ShuffleMamba-S is ours (``arch='small'``),
+both built for the input size (``img_size``) with ``out_type='cls_token'``, from seed 0.
 
-1. Forward (inference, ``no_grad``) and train-step (forward + backward of the summed
-   outputs, ``train()`` mode) seconds per image at each input size, batch 1, and the
-   ratio ShuffleMamba / DeiT, eager; at ``--compiled-sizes`` also the forward of
-   ``torch.compile(model)`` (after its warm-up compilation). Each (model, size) runs in
-   its own subprocess; a run that does not fit in memory is reported as such.
-2. Scaling: train-step time when the token count grows 4x (256 -> 512 px) and 16x
-   (256 -> 1024 px). Linear scaling means a ratio of about 4 and 16.
-3. Shuffle overhead: ShuffleMamba-S train steps with shuffle_rate 0.5 and 0.0 in one
-   process, alternating (median of --shuffle-repeats each); and the peak memory of a
-   train step with and without activation checkpointing (``with_cp``), each in its own
-   process (high-water RSS above the RSS once model and input exist).
-4. Where one ShuffleMamba-S forward at ``--breakdown-size`` spends its time (torch
-   profiler, self CPU time): the scans, the GEMMs, the fused convolutions and everything
-   else, so that the next bottleneck is visible.
+1. **Speed.** Both models live in this one process. Per cell (size, batch, dtype, mode):
+   one warm-up run of each model, then ``--repeats`` rounds in which each runs once, the
+   order flipped every round, so that both see the same machine state; each model's median
+   is reported as images/s, with the ratio of the medians' times (ShuffleMamba-S / DeiT-S;
+   below 1: ours is faster). ``forward``: ``eval()`` under ``no_grad``; ``train``:
+   ``train()`` mode, forward + backward of the summed outputs (both models at their
+   constructors' defaults: no drop path, ShuffleMamba's ``shuffle_rate`` 0). ``bf16``:
+   the fp32 weights under ``torch.autocast('cpu', dtype=torch.bfloat16)``, as
+   ``tools/train.py --amp`` runs on CPU; its forward rows also give how far the bf16 output
+   is from the fp32 one (same weights and input). A cell that would take longer than
+   ``--max-cell-seconds`` (a train step: table 2's step at that size times the batch; else
+   the last cell measured, scaled linearly in the batch, and in the tokens linearly for
+   ShuffleMamba and quadratically for DeiT), or whose training memory would not fit (from
+   table 2, scaled the same way), is skipped and its row says why.
+2. **Peak training memory** (``--memory-sizes``): one child process per (model, size), one
+   fp32 batch-1 train step, its high-water RSS (``ru_maxrss``) above the RSS once model and
+   input exist. Runs first: table 1 uses it to skip cells that would not fit or take too long.
+3. **Where a train step spends its time** (``--breakdown-sizes``): torch profiler, self CPU
+   time of one fp32 batch-1 train step of each model by kind of op (GEMMs, ShuffleMamba's
+   scans and convolutions, DeiT's attention, everything else).
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
+from typing import Callable, Dict, List, Optional, Tuple
 
-from mmshufflemamba.utils import PeakResidentMemory, outputs_sum
-
-MODELS = {  # name -> (builder, arch)
-    'ShuffleMamba-T': ('shufflemamba', 'tiny'),
-    'ShuffleMamba-S': ('shufflemamba', 'small'),
-    'DeiT-T': ('deit', 'deit-tiny'),
-    'DeiT-S': ('deit', 'deit-small'),
-}
+MODELS = ('ShuffleMamba-S', 'DeiT-S')
+TOKEN_EXPONENT = {'ShuffleMamba-S': 1, 'DeiT-S': 2}  # time and memory vs tokens, at most
+DTYPES = ('fp32', 'bf16')
+MODES = ('forward', 'train')
 
 
-def build(name: str, size: int, **kwargs):
-    kind, arch = MODELS[name]
-    if kind == 'shufflemamba':
-        from mmshufflemamba.models import ShuffleMamba
-        return ShuffleMamba(arch=arch, img_size=size, out_type='cls_token', **kwargs)
-    from mmpretrain.models import VisionTransformer
-    return VisionTransformer(arch=arch, img_size=size, patch_size=16, out_type='cls_token',
-                             **kwargs)
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def worker_speed(name: str, size: int, repeats: int, compiled: bool) -> dict:
+def build(name: str, size: int):
+    """The model ``name`` for ``size`` px inputs, seed 0, fp32."""
     import torch
     torch.manual_seed(0)
-    model = build(name, size)
-    images = torch.randn(1, 3, size, size)
-    run = torch.compile(model) if compiled else model
+    if name == 'ShuffleMamba-S':
+        from mmshufflemamba.models import ShuffleMamba
+        return ShuffleMamba(arch='small', img_size=size, out_type='cls_token')
+    from mmpretrain.models import VisionTransformer
+    return VisionTransformer(arch='deit-small', img_size=size, patch_size=16,
+                             out_type='cls_token')
+
+
+def step_fn(model, images, dtype: str, mode: str) -> Callable[[], None]:
+    """One forward (``eval``, ``no_grad``) or train step (``train``, forward + backward)."""
+    import torch
+
+    from mmshufflemamba.utils import outputs_sum
+
+    def cast():
+        return (torch.autocast('cpu', dtype=torch.bfloat16) if dtype == 'bf16'
+                else nullcontext())
 
     def forward():
-        model.eval()
-        with torch.no_grad():
-            run(images)
+        with torch.no_grad(), cast():
+            model(images)
 
-    def train_step():
-        model.train()
-        outputs_sum(model(images)).backward()
+    def train():
+        with cast():
+            loss = outputs_sum(model(images))
+        loss.backward()
         model.zero_grad(set_to_none=True)
 
-    result = dict(forward=timed(forward, repeats), threads=torch.get_num_threads())
-    if not compiled:
-        result['train'] = timed(train_step, repeats)
-    return result
+    model.train(mode == 'train')
+    return train if mode == 'train' else forward
 
 
-GEMMS = ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::matmul', 'aten::linear',
-         'aten::_addmm_activation')
-
-
-def worker_breakdown(size: int) -> dict:
-    """Self CPU time of one ShuffleMamba-S forward, by kind of op."""
+def bf16_difference(model, images) -> Tuple[float, float]:
+    """The eval forward under bf16 autocast against fp32, same weights and input:
+    max |difference| and that over max |fp32 output|."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
-    torch.manual_seed(0)
-    model = build('ShuffleMamba-S', size).eval()
-    images = torch.randn(1, 3, size, size)
+    model.eval()
     with torch.no_grad():
-        model(images)  # warm-up
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            model(images)
-    kinds = dict(scan=0.0, gemm=0.0, conv=0.0, other=0.0)
-    top_other = {}
-    for event in prof.key_averages():
-        t = event.self_cpu_time_total / 1e6
-        if event.key == 'mmshufflemamba::scan':
-            kinds['scan'] += t
-        elif event.key == 'mmshufflemamba::conv':
-            kinds['conv'] += t
-        elif event.key in GEMMS:
-            kinds['gemm'] += t
-        else:
-            kinds['other'] += t
-            top_other[event.key] = t
-    kinds['top_other'] = sorted(top_other.items(), key=lambda kv: -kv[1])[:5]
-    return kinds
+        ref = torch.cat([t.flatten() for t in model(images)])
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = torch.cat([t.float().flatten() for t in model(images)])
+    diff = (out - ref).abs().max().item()
+    return diff, diff / ref.abs().max().item()
 
 
-def worker_memory(name: str, size: int, with_cp: bool) -> dict:
+def timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def side_by_side(steps: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, dict]:
+    """Warm-up, then ``repeats`` alternating rounds; per model the median and the runs."""
+    warmup = {name: timed(fn) for name, fn in steps.items()}
+    runs = {name: [] for name in steps}
+    names = list(steps)
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            runs[name].append(timed(steps[name]))
+    return {name: dict(median=statistics.median(runs[name]), runs=runs[name],
+                       warmup=warmup[name]) for name in steps}
+
+
+def load() -> str:
+    return 'load average {:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())
+
+
+def available_mib() -> float:
+    with open('/proc/meminfo') as f:
+        info = dict(line.split(':', 1) for line in f)
+    return int(info['MemAvailable'].split()[0]) / 1024
+
+
+def scaled(value: float, name: str, batch: int, tokens: int, ref_batch: int,
+           ref_tokens: int) -> float:
+    """``value`` measured at (ref_batch, ref_tokens), extrapolated as documented above."""
+    return value * batch / ref_batch * (tokens / ref_tokens) ** TOKEN_EXPONENT[name]
+
+
+# ------------------------------------------------------------------ 2. memory (children)
+def worker_memory(name: str, size: int) -> dict:
     import torch
-    torch.manual_seed(0)
-    model = build(name, size, with_cp=with_cp).train()
+
+    from mmshufflemamba.utils import PeakResidentMemory
+    model = build(name, size)
     images = torch.randn(1, 3, size, size)
     memory = PeakResidentMemory()
-    outputs_sum(model(images)).backward()
-    return dict(peak_mib=memory.extra_mib())
+    seconds = timed(step_fn(model, images, 'fp32', 'train'))
+    return dict(peak_mib=memory.extra_mib(), seconds=seconds)
 
 
-def worker_shuffle(size: int, repeats: int) -> dict:
+def run_child(*args) -> dict:
+    """A worker in a fresh process, with this process's thread count."""
     import torch
-    from mmshufflemamba.models.layers import LayerwiseShuffle
-    torch.manual_seed(0)
-    model = build('ShuffleMamba-S', size).train()
-    images = torch.randn(1, 3, size, size)
-    shuffles = {rate: LayerwiseShuffle(model.num_layers, rate) for rate in (0.5, 0.0)}
-    times = {rate: [] for rate in shuffles}
-
-    def step():
-        outputs_sum(model(images)).backward()
-        model.zero_grad(set_to_none=True)
-
-    step()  # warm-up
-    for _ in range(repeats):
-        for rate, shuffle in shuffles.items():
-            model.shuffle = shuffle
-            start = time.perf_counter()
-            step()
-            times[rate].append(time.perf_counter() - start)
-    return {str(rate): statistics.median(t) for rate, t in times.items()}
-
-
-def run(args: list, may_fail: bool = False) -> dict:
-    proc = subprocess.run([sys.executable, __file__, '--worker', *map(str, args)],
+    proc = subprocess.run([sys.executable, __file__, '--threads', str(torch.get_num_threads()),
+                           '--worker', *map(str, args)],
                           capture_output=True, text=True)
     if proc.returncode:
-        if may_fail:  # typically out of memory (DeiT's attention at 2048 px)
-            last = (proc.stderr.strip().splitlines() or ['killed'])[-1]
-            return dict(error=f'failed (exit {proc.returncode}: {last[:60]})')
-        raise SystemExit(f'worker {args} failed:\n{proc.stderr}')
+        last = (proc.stderr.strip().splitlines() or ['killed'])[-1]
+        return dict(error=f'exit {proc.returncode}: {last[:80]}')
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def seconds(result: dict, key: str) -> str:
-    return f'{result[key]:.3f}' if key in result else 'n/a'
+def memory_table(sizes: List[int]) -> Dict[Tuple[str, int], dict]:
+    print('\n## 2. Peak training memory (fp32, batch 1, one train step per child process, '
+          'high-water RSS above model + input)\n')
+    print('| px | tokens | ShuffleMamba-S MiB | DeiT-S MiB | ShuffleMamba-S / DeiT-S |')
+    print('|---|---|---|---|---|')
+    result = {}
+    for size in sizes:
+        for name in MODELS:
+            result[(name, size)] = run_child('memory', name, size)
+        ours, theirs = result[(MODELS[0], size)], result[(MODELS[1], size)]
+        cells = [f'{r["peak_mib"]:.0f}' if 'peak_mib' in r else f'failed ({r["error"]})'
+                 for r in (ours, theirs)]
+        ratio = (f'{ours["peak_mib"] / theirs["peak_mib"]:.2f}x'
+                 if 'peak_mib' in ours and 'peak_mib' in theirs else '-')
+        print(f'| {size} | {(size // 16) ** 2 + 1} | {cells[0]} | {cells[1]} | {ratio} |',
+              flush=True)
+    return result
 
 
-def ratio(ours: dict, theirs: dict, key: str) -> str:
-    if key not in ours or key not in theirs:
-        return '-'
-    return f'{ours[key] / theirs[key]:.2f}x'
+# ------------------------------------------------------------------ 1. speed (this process)
+class Estimates:
+    """What the next cell will cost, from what was measured: a train step from table 2's
+    step at that size, else time per (model, mode) from the last cell run (of the same dtype
+    if there was one); training memory from table 2."""
+
+    def __init__(self, memory: Dict[Tuple[str, int], dict]):
+        self.memory = {key: r['peak_mib'] for key, r in memory.items() if 'peak_mib' in r}
+        self.train_step = {key: r['seconds'] for key, r in memory.items() if 'seconds' in r}
+        self.last: Dict[Tuple[str, str, str], Tuple[float, int, int]] = {}
+
+    def measured(self, name: str, mode: str, dtype: str, seconds: float, batch: int,
+                 size: int) -> None:
+        self.last[(name, mode, dtype)] = self.last[(name, mode, '')] = (
+            seconds, batch, (size // 16) ** 2)
+
+    def seconds(self, name: str, mode: str, dtype: str, batch: int,
+                size: int) -> Optional[float]:
+        tokens = (size // 16) ** 2
+        if mode == 'train' and (name, size) in self.train_step:
+            return self.train_step[(name, size)] * batch
+        ref = self.last.get((name, mode, dtype)) or self.last.get((name, mode, ''))
+        if ref is None:
+            return None
+        value, ref_batch, ref_tokens = ref
+        return scaled(value, name, batch, tokens, ref_batch, ref_tokens)
+
+    def train_mib(self, name: str, batch: int, size: int) -> Optional[float]:
+        known = [s for (n, s) in self.memory if n == name and s <= size]
+        if not known:
+            return None
+        ref = max(known)
+        return scaled(self.memory[(name, ref)], name, batch, (size // 16) ** 2, 1,
+                      (ref // 16) ** 2)
+
+
+def skip_reason(est: Estimates, size: int, batch: int, dtype: str, mode: str, repeats: int,
+                max_seconds: float, limit_mib: float) -> Optional[str]:
+    if mode == 'train':
+        for name in MODELS:
+            mib = est.train_mib(name, batch, size)
+            if mib is not None and mib > limit_mib:
+                return (f'skipped: {name} would need about {mib / 1024:.0f} GiB to train, '
+                        f'{limit_mib / 1024:.0f} GiB available')
+    step = [est.seconds(name, mode, dtype, batch, size) for name in MODELS]
+    if None not in step and (1 + repeats) * sum(step) > max_seconds:
+        return (f'skipped: about {(1 + repeats) * sum(step):.0f} s of runs estimated '
+                f'(--max-cell-seconds {max_seconds:.0f})')
+    return None
+
+
+def speed_table(args, memory: Dict[Tuple[str, int], dict]) -> None:
+    import torch
+    print(f'\n## 1. Speed: images/s, median of {args.repeats} alternating rounds after a '
+          f'warm-up (ratio: ShuffleMamba-S time / DeiT-S time; below 1: ours is faster)\n')
+    print('| px | batch | dtype | mode | ShuffleMamba-S img/s | DeiT-S img/s | ratio | '
+          'load | bf16 vs fp32 output: max abs diff (relative to max abs), S; DeiT |')
+    print('|---|---|---|---|---|---|---|---|---|')
+    est = Estimates(memory)
+    limit_mib = 0.9 * available_mib()
+    for size in args.sizes:
+        models = {name: build(name, size) for name in MODELS}
+        for batch in args.batches:
+            images = torch.randn(batch, 3, size, size)
+            for dtype in args.dtypes:
+                for mode in args.modes:
+                    row = f'| {size} | {batch} | {dtype} | {mode} |'
+                    reason = skip_reason(est, size, batch, dtype, mode, args.repeats,
+                                         args.max_cell_seconds, limit_mib)
+                    if reason:
+                        print(f'{row} {reason} | | | | |', flush=True)
+                        continue
+                    res = side_by_side({name: step_fn(m, images, dtype, mode)
+                                        for name, m in models.items()}, args.repeats)
+                    for name in MODELS:
+                        est.measured(name, mode, dtype, res[name]['median'], batch, size)
+                    ours, theirs = (res[name]['median'] for name in MODELS)
+                    diff = ''
+                    if dtype == 'bf16' and mode == 'forward':
+                        diff = '; '.join(f'{d:.3g} ({r:.2%})' for d, r in (
+                            bf16_difference(models[name], images) for name in MODELS))
+                    print(f'{row} {batch / ours:.3g} | {batch / theirs:.3g} | '
+                          f'{ours / theirs:.2f}x | {os.getloadavg()[0]:.1f} | {diff} |',
+                          flush=True)
+                    if args.verbose:
+                        for name in MODELS:
+                            print(f'<!-- {name}: warm-up {res[name]["warmup"]:.3f} s, runs '
+                                  + ' '.join(f'{t:.3f}' for t in res[name]['runs']) +
+                                  ' -->')
+        del models
+
+
+# ------------------------------------------------------------------ 3. time split (children)
+KINDS = {  # profiler event -> kind; anything else is 'other'
+    'aten::mm': 'GEMM', 'aten::addmm': 'GEMM', 'aten::bmm': 'GEMM', 'aten::baddbmm': 'GEMM',
+    'aten::addmm_': 'GEMM', 'aten::_addmm_activation': 'GEMM',
+    'mmshufflemamba::scan': 'scan fwd', 'mmshufflemamba::scan_backward': 'scan bwd',
+    'mmshufflemamba::conv': 'conv', 'mmshufflemamba::conv_backward': 'conv',
+    'aten::_scaled_dot_product_flash_attention_for_cpu': 'attention',
+    'aten::_scaled_dot_product_flash_attention_for_cpu_backward': 'attention',
+}
+
+
+def worker_breakdown(name: str, size: int) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    model = build(name, size)
+    step = step_fn(model, torch.randn(1, 3, size, size), 'fp32', 'train')
+    step()  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    kinds: Dict[str, float] = {}
+    other: Dict[str, float] = {}
+    for event in prof.key_averages():
+        kind = KINDS.get(event.key, 'other')
+        kinds[kind] = kinds.get(kind, 0.0) + event.self_cpu_time_total / 1e6
+        if kind == 'other':
+            other[event.key] = event.self_cpu_time_total / 1e6
+    return dict(kinds=kinds, top_other=sorted(other.items(), key=lambda kv: -kv[1])[:4])
+
+
+def breakdown_table(sizes: List[int]) -> None:
+    print('\n## 3. One fp32 batch-1 train step, self CPU time by kind of op (torch profiler, '
+          'one child process per model and size)\n')
+    print('| px | model | total s | GEMM | scan fwd | scan bwd | conv | attention | other | '
+          'largest other |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    for size in sizes:
+        for name in MODELS:
+            r = run_child('breakdown', name, size)
+            if 'error' in r:
+                print(f'| {size} | {name} | failed ({r["error"]}) | | | | | | | |')
+                continue
+            total = sum(r['kinds'].values())
+            shares = [f'{100 * r["kinds"].get(k, 0.0) / total:.0f}%'
+                      for k in ('GEMM', 'scan fwd', 'scan bwd', 'conv', 'attention', 'other')]
+            top = ', '.join(f'{k} {100 * t / total:.0f}%' for k, t in r['top_other'])
+            print(f'| {size} | {name} | {total:.3f} | ' + ' | '.join(shares) + f' | {top} |',
+                  flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--sizes', type=int, nargs='+', default=[224, 256, 512, 1024, 2048])
-    parser.add_argument('--compiled-sizes', type=int, nargs='*', default=[224, 1024],
-                        help='sizes that also get a torch.compile column')
-    parser.add_argument('--breakdown-size', type=int, default=1024)
-    parser.add_argument('--repeats', type=int, default=2, help='timed runs (best is kept)')
-    parser.add_argument('--shuffle-size', type=int, default=224)
-    parser.add_argument('--shuffle-repeats', type=int, default=15)
-    parser.add_argument('--memory-size', type=int, default=512)
-    parser.add_argument('--worker', nargs='+', help=argparse.SUPPRESS)
+    parser.add_argument('--sizes', type=int, nargs='+', default=[224, 512, 1024, 2048])
+    parser.add_argument('--batches', type=int, nargs='+', default=[1, 8])
+    parser.add_argument('--dtypes', nargs='+', choices=DTYPES, default=list(DTYPES))
+    parser.add_argument('--modes', nargs='+', choices=MODES, default=list(MODES))
+    parser.add_argument('--repeats', type=int, default=3,
+                        help='alternating rounds after the warm-up (median reported)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch.set_num_threads (default: torch\'s own choice)')
+    parser.add_argument('--max-cell-seconds', type=float, default=300.0)
+    parser.add_argument('--memory-sizes', type=int, nargs='*', default=[1024, 2048])
+    parser.add_argument('--breakdown-sizes', type=int, nargs='*', default=[224, 512, 1024])
+    parser.add_argument('--verbose', action='store_true',
+                        help='also print every run of every cell (as HTML comments)')
+    parser.add_argument('--worker', nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
-        kind, *rest = args.worker
-        if kind == 'speed':
-            result = worker_speed(rest[0], int(rest[1]), int(rest[2]), rest[3] == 'True')
-        elif kind == 'breakdown':
-            result = worker_breakdown(int(rest[0]))
-        elif kind == 'memory':
-            result = worker_memory(rest[0], int(rest[1]), rest[2] == 'True')
-        else:
-            result = worker_shuffle(int(rest[0]), int(rest[1]))
-        print(json.dumps(result))
+        kind, name, size = args.worker
+        worker = worker_memory if kind == 'memory' else worker_breakdown
+        print(json.dumps(worker(name, int(size))))
         return
 
     from mmshufflemamba.ops.cpu_kernel import load_cpu_kernel
-    scan = 'compiled' if load_cpu_kernel() is not None else 'PyTorch (not compiled)'
-    speed = {(name, size): run(['speed', name, size, args.repeats, False], may_fail=True)
-             for size in args.sizes for name in MODELS}
-    compiled = {(name, size): run(['speed', name, size, args.repeats, True], may_fail=True)
-                for size in args.compiled_sizes for name in MODELS}
-    threads = next(r['threads'] for r in speed.values() if 'threads' in r)
-    print(f'CPU, {threads} threads, batch 1, float32, selective scan: {scan}\n')
-    print('1. seconds per image (ratio = ShuffleMamba / DeiT at the same size; compiled: '
-          'torch.compile(model), forward only)')
-    print('| size | tokens | model | forward | train step | compiled forward | fwd ratio | '
-          'train ratio | compiled fwd ratio |')
-    print('|---|---|---|---|---|---|---|---|---|')
-    for size in args.sizes:
-        for ours, deit in (('ShuffleMamba-T', 'DeiT-T'), ('ShuffleMamba-S', 'DeiT-S')):
-            for name in (ours, deit):
-                r, c = speed[(name, size)], compiled.get((name, size), {})
-                cols = [seconds(r, 'forward'), seconds(r, 'train'), seconds(c, 'forward')]
-                if name == ours:
-                    d, dc = speed[(deit, size)], compiled.get((deit, size), {})
-                    cols += [ratio(r, d, 'forward'), ratio(r, d, 'train'),
-                             ratio(c, dc, 'forward')]
-                else:
-                    cols += ['', '', '']
-                note = f' ({r["error"]})' if 'error' in r else ''
-                print(f'| {size} | {(size // 16) ** 2} | {name}{note} | ' + ' | '.join(cols) +
-                      ' |', flush=True)
-
-    if {256, 512, 1024} <= set(args.sizes):
-        print('\n2. train-step time as tokens grow (linear: 4x tokens -> about 4x time)')
-        header = f'{"model":>14} | {"4x tokens (256->512)":>20} | {"16x tokens (256->1024)":>22}'
-        print(header)
-        print('-' * len(header))
-        for name in MODELS:
-            if any('train' not in speed[(name, s)] for s in (256, 512, 1024)):
-                continue
-            base = speed[(name, 256)]['train']
-            print(f'{name:>14} | {speed[(name, 512)]["train"] / base:>19.2f}x | '
-                  f'{speed[(name, 1024)]["train"] / base:>21.2f}x')
-
-    shuffle = run(['shuffle', args.shuffle_size, args.shuffle_repeats])
-    overhead = shuffle['0.5'] / shuffle['0.0'] - 1
-    print(f'\n3. ShuffleMamba-S train step at {args.shuffle_size} px, median of '
-          f'{args.shuffle_repeats} alternating runs: shuffle_rate 0.5 {shuffle["0.5"]:.3f} s, '
-          f'0.0 {shuffle["0.0"]:.3f} s, overhead {overhead * 100:+.1f}%')
-    plain = run(['memory', 'ShuffleMamba-S', args.memory_size, False])
-    cp = run(['memory', 'ShuffleMamba-S', args.memory_size, True])
-    print(f'   peak memory of one ShuffleMamba-S train step at {args.memory_size} px: '
-          f'{plain["peak_mib"]:.0f} MiB without with_cp, {cp["peak_mib"]:.0f} MiB with '
-          f'with_cp ({cp["peak_mib"] / plain["peak_mib"]:.2f}x)')
-
-    parts = run(['breakdown', args.breakdown_size])
-    total = sum(v for k, v in parts.items() if k != 'top_other')
-    print(f'\n4. one ShuffleMamba-S forward at {args.breakdown_size} px, self CPU time by '
-          f'kind of op (torch profiler; total {total:.3f} s)')
-    for kind, label in (('gemm', 'GEMMs (aten::mm/addmm/...)'),
-                        ('scan', 'selective scans (fused kernel, both directions)'),
-                        ('conv', 'causal convolutions + SiLU (fused kernel)'),
-                        ('other', 'everything else')):
-        print(f'   {label:<48} {parts[kind]:7.3f} s  {100 * parts[kind] / total:5.1f}%')
-    print('   largest of "everything else": ' +
-          ', '.join(f'{name} {100 * t / total:.1f}%' for name, t in parts['top_other']))
+    scan = 'compiled' if load_cpu_kernel() is not None else 'PyTorch (the kernel did not build)'
+    print(f'# bench_backbone.py {" ".join(sys.argv[1:])}\n\n{time.strftime("%Y-%m-%d %H:%M")}'
+          f' UTC, torch {torch.__version__}, {torch.get_num_threads()} thread(s), '
+          f'{os.cpu_count()} CPUs, {load()} at the start; selective scan: {scan}')
+    memory = memory_table(args.memory_sizes) if args.memory_sizes else {}
+    speed_table(args, memory)
+    if args.breakdown_sizes:
+        breakdown_table(args.breakdown_sizes)
+    print(f'\n{load()} at the end')
 
 
 if __name__ == '__main__':

@@ -1,5 +1,6 @@
-"""bfloat16 autocast: the scan keeps fp32 state, the residual stream honours
-residual_in_fp32, and training through the tools gives finite losses and gradients."""
+"""bfloat16 autocast: the projections' GEMMs run in bf16, the scan keeps fp32 state, the
+residual stream honours residual_in_fp32, and training through the tools gives finite
+losses and gradients."""
 import math
 
 import pytest
@@ -56,6 +57,41 @@ def test_scan_state_stays_float32_under_autocast(monkeypatch, path):
         hidden, _ = block(torch.randn(2, 5, 16))
     assert seen['dtypes'] == (torch.float32, ) * 3
     assert hidden.dtype == torch.bfloat16 and torch.isfinite(hidden.float()).all()
+
+
+GEMMS = ('mm', 'addmm', 'bmm', 'baddbmm')
+
+
+def test_gemms_run_in_bf16_and_the_fused_op_in_fp32_under_autocast():
+    """What ``--amp`` runs on CPU, seen below autocast (a dispatch mode): in a training
+    step of a block on the fused path, every GEMM outside the fused op (``in_proj``,
+    ``out_proj``, forward and backward) gets bf16 operands, and the fused op (both
+    directions' convs, ``x_proj``/``dt_proj`` and scans) gets fp32 ones."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            dtypes = {a.dtype for a in args if isinstance(a, torch.Tensor)}
+            self.calls.append((func.overloadpacket.__name__, func.namespace, dtypes))
+            return func(*args, **(kwargs or {}))
+
+    block = MambaBlock(16, mixer_cfg=dict(d_state=4))
+    assert block.mixer.fused(torch.randn(1, 5, 32))
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    with Record() as record:
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            hidden, residual = block(x)
+        (hidden.float().sum() + residual.float().sum()).backward()
+    gemms = [dtypes for name, space, dtypes in record.calls if name in GEMMS]
+    fused = [dtypes for name, space, dtypes in record.calls if space == 'mmshufflemamba']
+    assert len(gemms) >= 6  # in_proj and out_proj: forward, and two per backward
+    assert all(dtypes == {torch.bfloat16} for dtypes in gemms), gemms
+    assert len(fused) == 2  # bimamba_inner and its backward
+    assert all(dtypes == {torch.float32} for dtypes in fused), fused
 
 
 CASES = {
