@@ -163,11 +163,12 @@ inline void step_tile(T* __restrict__ dt, T* __restrict__ dtg, const T* __restri
   for (int64_t j = 0; j < K; ++j) {
     T* __restrict__ x = dt + j * W;
     T* __restrict__ g = dtg ? dtg + j * W : nullptr;
-    if (use_softplus) {
-      alignas(64) T slope[W];
+    if (use_softplus && g) {
 #pragma omp simd
-      for (int64_t l = 0; l < W; ++l) x[l] = softplus(x[l] + bias[l], &slope[l]);
-      if (g) std::copy(slope, slope + W, g);
+      for (int64_t l = 0; l < W; ++l) x[l] = softplus<true>(x[l] + bias[l], &g[l]);
+    } else if (use_softplus) {
+#pragma omp simd
+      for (int64_t l = 0; l < W; ++l) x[l] = softplus<false>(x[l] + bias[l], nullptr);
     } else {
 #pragma omp simd
       for (int64_t l = 0; l < W; ++l) x[l] += bias[l];
