@@ -18,20 +18,26 @@
 //
 // Steps go in chunks of kChunk. The forward pass stores the state before each chunk
 // (checkpoints: (batch, nchunks, N, dim)); the backward pass recomputes each chunk's
-// states from its checkpoint, then runs the adjoint recurrence backwards through it. One
-// task is (batch entry, a run of lane groups); the gradients of B and C (sums over
-// channels) are kept per task and reduced by the entry afterwards, so no two tasks write
-// the same memory.
+// states and decays from its checkpoint, then runs the adjoint recurrence backwards
+// through it. One task is (batch entry, a run of lane groups). Both passes visit the
+// chunks in the outer loop and every lane group of the task inside it, so that a chunk's
+// rows (a page each in the mixer's token-major layout) are fetched once for all the
+// groups. The backward's adjoint loop is vertical vector work too: dL/dB and dL/dC are
+// accumulated per lane over the groups and summed over the lanes once per chunk (the
+// horizontal sums per step and state this replaced were about 16 of the loop's 35 vector
+// instructions).
 //
-// Speed: the scan is bound by the exponentials (about 14 vector instructions each for the
-// clamp, rounding, polynomial and exponent bits) against two FMAs.
-// benchmarks/bench_scan_ceiling.py times that bare arithmetic (in L1, all threads, this
-// exp2_decay and these flags) alternately with the fused forward scan in a ShuffleMamba-S
-// mixer at L = 4097. On the 2-core AVX-512 VM (2026-11-22) the bare arithmetic ran at
-// 6.8-8.3 G state updates/s and the fused scan at 2.8-2.9 G/s: 36% and 44% of it (medians
-// of two runs; measured with the fused kernel's own scan before the two kernels' scans
-// became this one, with the same inner loop). The difference is what the bare loop leaves out (softplus per step,
-// staging the rows, broadcasting B and C, writing y, the checkpoints).
+// Speed: per state and step the scan needs one vector exp2_decay (about 14 instructions:
+// clamp, rounding, polynomial, exponent bits) and two FMAs. bench_scan_ceiling.py times
+// that bare arithmetic (in L1, this exp2_decay and these flags) alternately with the fused
+// forward scan of a ShuffleMamba-S mixer. One thread, on the shared 2-core AVX-512 VM
+// (2026-12-01, load average 2-3, 7 pairs, medians): 50% of the ceiling at L = 1025 and
+// 43% at L = 4097 (pairs 34-58%), against 37% and 35% for the previous kernel in the same
+// session. What the bare loop leaves out and the scan cannot: the softplus of each step
+// (an exp and a division per channel and step, 1/16 of the work per state), the silu(z)
+// gate of the second direction, the per-step loads of u, delta, B, C from rows a page
+// apart (cache misses: in a cpu-clock profile of both passes the hottest instructions wait
+// on these loads), the stores of y and of the checkpoints. The 75% aimed at is not reached.
 #pragma once
 
 #include <ATen/Parallel.h>
