@@ -19,7 +19,9 @@
 // Steps go in chunks of kChunk. The forward pass stores the state before each chunk
 // (checkpoints: (batch, nchunks, N, dim)); the backward pass recomputes each chunk's
 // states and decays from its checkpoint, then runs the adjoint recurrence backwards
-// through it. One task is (batch entry, a run of lane groups). Both passes visit the
+// through it. One task is (batch entry, a run of lane groups); the gradients of B and C
+// (sums over channels) are kept per task and reduced by the entry afterwards, so no two
+// tasks write the same memory. Both passes visit the
 // chunks in the outer loop and every lane group of the task inside it, so that a chunk's
 // rows (a page each in the mixer's token-major layout) are fetched once for all the
 // groups. The backward's adjoint loop is vertical vector work too: dL/dB and dL/dC are
