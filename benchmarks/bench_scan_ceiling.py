@@ -1,6 +1,6 @@
 """How close the fused CPU scan comes to the arithmetic it cannot avoid, side by side.
 
-    python benchmarks/bench_scan_ceiling.py [--length 4097] [--repeats 9]
+    python benchmarks/bench_scan_ceiling.py [--length 1025 4097] [--repeats 9]
 
 Per state and step the scan must compute one decay ``exp2(dt * A log2 e)`` and two
 multiply-adds (``h = decay * h + dt u B`` and ``s += C h``). This script times, in one run:
@@ -11,9 +11,10 @@ multiply-adds (``h = decay * h + dt u B`` and ``s += C h``). This script times, 
    and nothing else: no loads from memory, no convolution, no softplus, no gate;
 2. **fused kernel**: the scan ranges (``mmshufflemamba::scan`` in the torch profiler) of a
    ShuffleMamba-S mixer's forward (``BiMambaMixer``, d_inner 768, d_state 16, both
-   directions) on one image of ``--length`` tokens (4097: 1024 px plus the class token);
+   directions) on one image of each ``--length`` tokens (1025 and 4097: 512 and 1024 px
+   plus the class token);
 
-alternating the two, and prints both rates in G state updates/s and their ratio.
+alternating the two, and prints both rates in G state updates/s and their ratio per length.
 """
 import argparse
 import statistics
@@ -97,31 +98,32 @@ def kernel_rate(mixer, x) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--length', type=int, default=4097)
+    parser.add_argument('--length', type=int, nargs='+', default=[1025, 4097])
     parser.add_argument('--repeats', type=int, default=9,
                         help='alternating (kernel, ceiling) pairs; medians are printed')
     args = parser.parse_args()
     from mmshufflemamba.models.layers.mixer import BiMambaMixer
     torch.manual_seed(0)
     mixer = BiMambaMixer(embed_dims=384, d_state=16).eval()
-    x = torch.randn(1, args.length, 384)
-    if not mixer.fused(x):
+    if not mixer.fused(torch.randn(1, 8, 384)):
         raise SystemExit('the fused CPU mixer is not available here (compiled kernel '
                          'missing?): python -m mmshufflemamba.ops.build')
     module = build_ceiling()
-    steps = args.length * 2 // torch.get_num_threads()  # about as long as the kernel's scan
-    kernel_rate(mixer, x), ceiling_rate(module, steps)  # warm-up
-    pairs = [(kernel_rate(mixer, x), ceiling_rate(module, steps))
-             for _ in range(args.repeats)]
-    kernel = statistics.median(k for k, _ in pairs)
-    ceiling = statistics.median(c for _, c in pairs)
-    ratios = sorted(k / c for k, c in pairs)
     print(f'CPU, {torch.get_num_threads()} threads, float32, d_state 16, '
           f'{args.repeats} alternating pairs (medians)')
-    print(f'ceiling (exp2 decay + 2 FMA per state and step, in L1): {ceiling:.2f} G updates/s')
-    print(f'fused kernel scan, ShuffleMamba-S mixer, L={args.length}: {kernel:.2f} G updates/s')
-    print(f'kernel / ceiling: median {statistics.median(ratios):.0%} '
-          f'(pairs from {ratios[0]:.0%} to {ratios[-1]:.0%})')
+    for length in args.length:
+        x = torch.randn(1, length, 384)
+        steps = length * 2 // torch.get_num_threads()  # about as long as the kernel's scan
+        kernel_rate(mixer, x), ceiling_rate(module, steps)  # warm-up
+        pairs = [(kernel_rate(mixer, x), ceiling_rate(module, steps))
+                 for _ in range(args.repeats)]
+        kernel = statistics.median(k for k, _ in pairs)
+        ceiling = statistics.median(c for _, c in pairs)
+        ratios = sorted(k / c for k, c in pairs)
+        print(f'ceiling (exp2 decay + 2 FMA per state and step, in L1): {ceiling:.2f} G updates/s')
+        print(f'fused kernel scan, ShuffleMamba-S mixer, L={length}: {kernel:.2f} G updates/s')
+        print(f'kernel / ceiling at L={length}: median {statistics.median(ratios):.0%} '
+              f'(pairs from {ratios[0]:.0%} to {ratios[-1]:.0%})', flush=True)
 
 
 if __name__ == '__main__':

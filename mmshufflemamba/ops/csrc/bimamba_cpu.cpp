@@ -225,18 +225,19 @@ struct TokenMajorIO {
   }
 
   void store_out(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, const T* s) const {
-    alignas(64) T zv[W];
+    alignas(64) T zv[W], yv[W];
     for (int64_t j = 0; j < K; ++j) {
       const int64_t t = time(i0 + j);
       T* __restrict__ yr = y.row(b, t) + lg.d0;
       const T* __restrict__ sj = s + j * W;
       if (!reverse) {
-        std::copy(sj, sj + lg.nl, yr);
+        store_lanes(sj, lg.nl, yr);
       } else {
         load_lanes(z.row(b, t) + lg.d0, lg.nl, zv);
+        load_lanes(yr, lg.nl, yv);
 #pragma omp simd
-        for (int64_t l = 0; l < W; ++l) zv[l] = T(0.5) * silu(zv[l]);
-        for (int64_t l = 0; l < lg.nl; ++l) yr[l] = zv[l] * (yr[l] + sj[l]);
+        for (int64_t l = 0; l < W; ++l) yv[l] = T(0.5) * silu(zv[l]) * (yv[l] + sj[l]);
+        store_lanes(yv, lg.nl, yr);
       }
     }
   }
@@ -246,18 +247,20 @@ struct TokenMajorIO {
     alignas(64) T zv[W], dyv[W], dzv[W];
     for (int64_t j = 0; j < K; ++j) {
       const int64_t t = time(i0 + j);
+      T* __restrict__ dzr = dz.row(b, t) + lg.d0;
       load_lanes(z.row(b, t) + lg.d0, lg.nl, zv);
       load_lanes(dy + (b * L + t) * D + lg.d0, lg.nl, dyv);
+      if (reverse) load_lanes(dzr, lg.nl, dzv);
+      else std::fill(dzv, dzv + W, T(0));
       const T* __restrict__ sj = s + j * W;
       T* __restrict__ gj = gs + j * W;
 #pragma omp simd
       for (int64_t l = 0; l < W; ++l) {
         const T sig = sigmoid(zv[l]);
         gj[l] = T(0.5) * dyv[l] * zv[l] * sig;
-        dzv[l] = T(0.5) * dyv[l] * sj[l] * sig * (T(1) + zv[l] * (T(1) - sig));
+        dzv[l] += T(0.5) * dyv[l] * sj[l] * sig * (T(1) + zv[l] * (T(1) - sig));
       }
-      T* __restrict__ dzr = dz.row(b, t) + lg.d0;
-      for (int64_t l = 0; l < lg.nl; ++l) dzr[l] = reverse ? dzr[l] + dzv[l] : dzv[l];
+      store_lanes(dzv, lg.nl, dzr);
     }
   }
 
@@ -265,8 +268,8 @@ struct TokenMajorIO {
                    const T* ddt) const {
     for (int64_t j = 0; j < K; ++j) {
       const int64_t row = (b * L + time(i0 + j)) * D + lg.d0;
-      std::copy(dut + j * W, dut + j * W + lg.nl, du + row);
-      std::copy(ddt + j * W, ddt + j * W + lg.nl, ddelta + row);
+      store_lanes(dut + j * W, lg.nl, du + row);
+      store_lanes(ddt + j * W, lg.nl, ddelta + row);
     }
   }
 

@@ -1,5 +1,5 @@
-// Elementwise math shared by the CPU kernels: branch-free exp/log for float32 (so loops
-// over them vectorise), softplus as torch's (threshold 20, log1p accuracy), sigmoid, silu.
+// Elementwise math shared by the CPU kernels: branch-free exp for float32 (so loops over it
+// vectorise), softplus as torch's (threshold 20, log1p accuracy), sigmoid, silu.
 #pragma once
 
 #include <algorithm>
@@ -53,29 +53,6 @@ inline float exp_f32(float x) {
   return p * std::bit_cast<float>(bits);
 }
 
-// log for positive normal float32, branch-free: x = m 2^e with m in [sqrt(1/2), sqrt(2)),
-// log(m) from Cephes' polynomial; relative error about 1e-7.
-inline float log_f32(float x) {
-  const int32_t bits = std::bit_cast<int32_t>(x);
-  float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
-  float m = std::bit_cast<float>((bits & 0x007fffff) | 0x3f000000);  // in [0.5, 1)
-  const bool small = m < 0.707106781186547524f;
-  e = small ? e - 1.0f : e;
-  m = small ? m + m - 1.0f : m - 1.0f;
-  const float z = m * m;
-  float y = 7.0376836292e-2f;
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
-  y = y * z * m - 2.12194440e-4f * e - 0.5f * z;
-  return m + y + 0.693359375f * e;
-}
-
 // 2^t for the scans' decays exp(dt A) = 2^(dt A log2 e), with log2 e folded into A by the
 // caller: n = round(t), 2^f for f = t - n in [-1/2, 1/2] by Cephes' degree-6 polynomial,
 // times 2^n built in the exponent bits. t is clamped to [-125, 127] by min/max (single
@@ -104,42 +81,6 @@ inline float exp_t(float x) { return exp_f32(x); }
 inline float exp2_decay(float t) { return exp2_decay_f32(t); }
 inline double exp2_decay(double t) { return std::exp2(t); }
 inline double exp_t(double x) { return std::exp(x); }
-inline float log_t(float x) { return log_f32(x); }
-inline double log_t(double x) { return std::log(x); }
-
-template <typename T>
-inline void exp_inplace(T* x, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) x[i] = exp_t(x[i]);
-}
-
-// Per row, vectorised over time: step sizes dt = softplus(delta + bias) (or delta + bias),
-// optionally their derivative, as torch's softplus (threshold 20, log1p accuracy).
-template <typename T>
-void step_sizes(const T* delta, T bias, bool softplus, int64_t len, T* dt, T* dt_grad) {
-  if (!softplus) {
-#pragma omp simd
-    for (int64_t t = 0; t < len; ++t) dt[t] = delta[t] + bias;
-    if (dt_grad) std::fill(dt_grad, dt_grad + len, T(1));
-    return;
-  }
-#pragma omp simd
-  for (int64_t t = 0; t < len; ++t) {
-    const T x = delta[t] + bias;
-    const T e = exp_t(-std::abs(x));  // in (0, 1]
-    const T one_e = T(1) + e;
-    const T log1p_e = one_e == T(1) ? e : log_t(one_e) * e / (one_e - T(1));
-    const bool linear = x > T(kSoftplusLimit);
-    dt[t] = linear ? x : (x > T(0) ? x : T(0)) + log1p_e;
-    if (dt_grad) dt_grad[t] = linear ? T(1) : (x >= T(0) ? T(1) : e) / one_e;  // sigmoid
-  }
-}
-
-template <typename T>
-void sigmoid_row(const T* x, int64_t len, T* out) {
-#pragma omp simd
-  for (int64_t t = 0; t < len; ++t) out[t] = T(1) / (T(1) + exp_t(-x[t]));
-}
 
 template <typename T>
 inline T sigmoid(T x) {
@@ -151,15 +92,34 @@ inline T silu(T x) {
   return x * sigmoid(x);
 }
 
-// softplus(x) and its derivative sigmoid(x), as torch's softplus(threshold=20).
-template <typename T>
-inline T softplus(T x, T* grad) {
-  const T e = exp_t(-std::abs(x));  // in (0, 1]
-  const T one_e = T(1) + e;
-  const T log1p_e = one_e == T(1) ? e : log_t(one_e) * e / (one_e - T(1));
-  const bool linear = x > T(kSoftplusLimit);
-  *grad = linear ? T(1) : (x >= T(0) ? T(1) : e) / one_e;
-  return linear ? x : (x > T(0) ? x : T(0)) + log1p_e;
+// softplus(x) = max(x, 0) + log1p(e) with e = exp(-|x|) in (0, 1], as torch's
+// softplus(threshold=20), and with kSlope its derivative sigmoid(x) into *slope. float32:
+// log1p(e) = 2 atanh(q), q = e / (2 + e) in (0, 1/3], by the series to q^13 (truncation
+// below 2e-8 relative): no log, and one division serves q and the sigmoid. float64:
+// std::log1p.
+template <bool kSlope>
+inline float softplus(float x, float* slope) {
+  const float e = exp_f32(-std::abs(x));
+  const float r = 1.0f / ((2.0f + e) * (1.0f + e));
+  const float q = e * (1.0f + e) * r, q2 = q * q;
+  float p = 1.0f / 13;
+  p = p * q2 + 1.0f / 11;
+  p = p * q2 + 1.0f / 9;
+  p = p * q2 + 1.0f / 7;
+  p = p * q2 + 1.0f / 5;
+  p = p * q2 + 1.0f / 3;
+  p = p * q2 + 1.0f;
+  const bool linear = x > float(kSoftplusLimit);
+  if constexpr (kSlope) *slope = linear ? 1.0f : (x >= 0.0f ? 1.0f : e) * (2.0f + e) * r;
+  return linear ? x : (x > 0.0f ? x : 0.0f) + 2.0f * q * p;
+}
+
+template <bool kSlope>
+inline double softplus(double x, double* slope) {
+  const double e = std::exp(-std::abs(x));
+  const bool linear = x > kSoftplusLimit;
+  if constexpr (kSlope) *slope = linear ? 1.0 : (x >= 0.0 ? 1.0 : e) / (1.0 + e);
+  return linear ? x : (x > 0.0 ? x : 0.0) + std::log1p(e);
 }
 
 }  // namespace mmshufflemamba_cpu

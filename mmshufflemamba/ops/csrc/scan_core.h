@@ -18,20 +18,28 @@
 //
 // Steps go in chunks of kChunk. The forward pass stores the state before each chunk
 // (checkpoints: (batch, nchunks, N, dim)); the backward pass recomputes each chunk's
-// states from its checkpoint, then runs the adjoint recurrence backwards through it. One
-// task is (batch entry, a run of lane groups); the gradients of B and C (sums over
-// channels) are kept per task and reduced by the entry afterwards, so no two tasks write
-// the same memory.
+// states and decays from its checkpoint, then runs the adjoint recurrence backwards
+// through it. One task is (batch entry, a run of lane groups); the gradients of B and C
+// (sums over channels) are kept per task and reduced by the entry afterwards, so no two
+// tasks write the same memory. Both passes visit the
+// chunks in the outer loop and every lane group of the task inside it, so that a chunk's
+// rows (a page each in the mixer's token-major layout) are fetched once for all the
+// groups. The backward's adjoint loop is vertical vector work too: dL/dB and dL/dC are
+// accumulated per lane over the groups and summed over the lanes once per chunk (the
+// horizontal sums per step and state this replaced were about 16 of the loop's 35 vector
+// instructions).
 //
-// Speed: the scan is bound by the exponentials (about 14 vector instructions each for the
-// clamp, rounding, polynomial and exponent bits) against two FMAs.
-// benchmarks/bench_scan_ceiling.py times that bare arithmetic (in L1, all threads, this
-// exp2_decay and these flags) alternately with the fused forward scan in a ShuffleMamba-S
-// mixer at L = 4097. On the 2-core AVX-512 VM (2026-11-22) the bare arithmetic ran at
-// 6.8-8.3 G state updates/s and the fused scan at 2.8-2.9 G/s: 36% and 44% of it (medians
-// of two runs; measured with the fused kernel's own scan before the two kernels' scans
-// became this one, with the same inner loop). The difference is what the bare loop leaves out (softplus per step,
-// staging the rows, broadcasting B and C, writing y, the checkpoints).
+// Speed: per state and step the scan needs one vector exp2_decay (about 14 instructions:
+// clamp, rounding, polynomial, exponent bits) and two FMAs. bench_scan_ceiling.py times
+// that bare arithmetic (in L1, this exp2_decay and these flags) alternately with the fused
+// forward scan of a ShuffleMamba-S mixer. One thread, on the shared 2-core AVX-512 VM
+// (2026-12-01, load average 2-3, 7 pairs, medians): 50% of the ceiling at L = 1025 and
+// 43% at L = 4097 (pairs 34-58%), against 37% and 35% for the previous kernel in the same
+// session. What the bare loop leaves out and the scan cannot: the softplus of each step
+// (an exp and a division per channel and step, 1/16 of the work per state), the silu(z)
+// gate of the second direction, the per-step loads of u, delta, B, C from rows a page
+// apart (cache misses: in a cpu-clock profile of both passes the hottest instructions wait
+// on these loads), the stores of y and of the checkpoints. The 75% aimed at is not reached.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -111,11 +119,28 @@ struct LaneConsts {
   }
 };
 
-// Copies nl values and zero-fills the rest of a vector's lanes.
+// Copies nl values and zero-fills the rest of a vector's lanes. A full vector (every lane
+// group when the channels divide by kLanes) is one move; std::copy of a run-time length
+// would call memmove, which took a third of the fused scan's time.
 template <typename T>
-inline void load_lanes(const T* src, int64_t nl, T* dst) {
-  std::copy(src, src + nl, dst);
-  std::fill(dst + nl, dst + kLanes<T>, T(0));
+inline void load_lanes(const T* __restrict__ src, int64_t nl, T* __restrict__ dst) {
+  if (nl == kLanes<T>) {
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes<T>; ++l) dst[l] = src[l];
+    return;
+  }
+  for (int64_t l = 0; l < kLanes<T>; ++l) dst[l] = l < nl ? src[l] : T(0);
+}
+
+// Stores the first nl lanes of a vector.
+template <typename T>
+inline void store_lanes(const T* __restrict__ src, int64_t nl, T* __restrict__ dst) {
+  if (nl == kLanes<T>) {
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes<T>; ++l) dst[l] = src[l];
+    return;
+  }
+  for (int64_t l = 0; l < nl; ++l) dst[l] = src[l];
 }
 
 // A chunk's B and C as the scan reads them: step j's B_j[n] at B + j * step + n * bw
@@ -146,11 +171,12 @@ inline void step_tile(T* __restrict__ dt, T* __restrict__ dtg, const T* __restri
   for (int64_t j = 0; j < K; ++j) {
     T* __restrict__ x = dt + j * W;
     T* __restrict__ g = dtg ? dtg + j * W : nullptr;
-    if (use_softplus) {
-      alignas(64) T slope[W];
+    if (use_softplus && g) {
 #pragma omp simd
-      for (int64_t l = 0; l < W; ++l) x[l] = softplus(x[l] + bias[l], &slope[l]);
-      if (g) std::copy(slope, slope + W, g);
+      for (int64_t l = 0; l < W; ++l) x[l] = softplus<true>(x[l] + bias[l], &g[l]);
+    } else if (use_softplus) {
+#pragma omp simd
+      for (int64_t l = 0; l < W; ++l) x[l] = softplus<false>(x[l] + bias[l], nullptr);
     } else {
 #pragma omp simd
       for (int64_t l = 0; l < W; ++l) x[l] += bias[l];
@@ -239,9 +265,11 @@ struct Adjoint {
   }
 };
 
-// The adjoint recurrence backwards through a chunk, from gs = dL/ds (K, W): writes
-// du, ddelta (K, W) and dbc (the chunk's dL/dB, dL/dC: a (K, 2, N) tile summed over the
-// lanes, or (K, 2, N, W) per lane), and adds to the running sums.
+// The adjoint recurrence backwards through a chunk, from gs = dL/ds (K, W): writes du and
+// ddelta (K, W), adds the chunk's dL/dB and dL/dC per lane into dbc ((K, 2, N, W): the sums
+// over channels are the entry's, or, for broadcast B and C, the driver's, once per chunk for
+// all the lane groups that share them), and adds to the running sums. Vertical vector work
+// only: no horizontal sums inside the loop.
 template <typename T, int kN, bool kBcast>
 inline void chunk_adjoint(int64_t nstate, int64_t K, const LaneConsts<T>& g,
                           const T* __restrict__ u, const T* __restrict__ dt,
@@ -253,17 +281,21 @@ inline void chunk_adjoint(int64_t nstate, int64_t K, const LaneConsts<T>& g,
   const int64_t N = kN > 0 ? kN : nstate;
   T* __restrict__ carry = acc.carry;
   T* __restrict__ dA = acc.dA;
-  alignas(64) T gdtu[W], gdt[W];
+  alignas(64) T gdtu[W], gdt[W], dtu[W];
   for (int64_t j = K - 1; j >= 0; --j) {
     const T* __restrict__ uj = u + j * W;
     const T* __restrict__ dtj = dt + j * W;
     const T* __restrict__ gs = gs_tile + j * W;
-    std::fill(gdtu, gdtu + W, T(0));
-    std::fill(gdt, gdt + W, T(0));
+#pragma omp simd
+    for (int64_t l = 0; l < W; ++l) {
+      gdtu[l] = T(0);
+      gdt[l] = T(0);
+      dtu[l] = dtj[l] * uj[l];
+    }
     const T* __restrict__ Bt = bc.B + j * bc.step;
     const T* __restrict__ Ct = bc.C + j * bc.step;
-    T* __restrict__ dBt = dbc + j * 2 * N * bw;  // the tile (K, 2, N, bw)
-    T* __restrict__ dCt = dBt + N * bw;
+    T* __restrict__ dBt = dbc + j * 2 * N * W;  // the tile (K, 2, N, W)
+    T* __restrict__ dCt = dBt + N * W;
     for (int64_t n = 0; n < N; ++n) {
       const T* __restrict__ bn = Bt + n * bw;
       const T* __restrict__ cn = Ct + n * bw;
@@ -273,36 +305,19 @@ inline void chunk_adjoint(int64_t nstate, int64_t K, const LaneConsts<T>& g,
       const T* __restrict__ An = g.A + n * W;
       T* __restrict__ cr = carry + n * W;
       T* __restrict__ dAn = dA + n * W;
-      if constexpr (kBcast) {
-        const T b_n = bn[0], c_n = cn[0];
-        T acc_b = T(0), acc_c = T(0);
-#pragma omp simd reduction(+ : acc_b, acc_c)
-        for (int64_t l = 0; l < W; ++l) {
-          const T gh = c_n * gs[l] + cr[l];  // dL/dh_t
-          acc_c += gs[l] * hn[l];
-          acc_b += gh * dtj[l] * uj[l];
-          gdtu[l] += gh * b_n;
-          const T gdec = gh * hp[l] * an[l];  // dL/d(dt A) through the exp
-          gdt[l] += gdec * An[l];
-          dAn[l] += gdec * dtj[l];
-          cr[l] = an[l] * gh;
-        }
-        dBt[n] = acc_b;
-        dCt[n] = acc_c;
-      } else {
-        T* __restrict__ dbn = dBt + n * W;
-        T* __restrict__ dcn = dCt + n * W;
+      T* __restrict__ dbn = dBt + n * W;
+      T* __restrict__ dcn = dCt + n * W;
 #pragma omp simd
-        for (int64_t l = 0; l < W; ++l) {
-          const T gh = cn[l] * gs[l] + cr[l];
-          dcn[l] = gs[l] * hn[l];
-          dbn[l] = gh * dtj[l] * uj[l];
-          gdtu[l] += gh * bn[l];
-          const T gdec = gh * hp[l] * an[l];
-          gdt[l] += gdec * An[l];
-          dAn[l] += gdec * dtj[l];
-          cr[l] = an[l] * gh;
-        }
+      for (int64_t l = 0; l < W; ++l) {
+        const T gh = lane_value<kBcast>(cn, l) * gs[l] + cr[l];  // dL/dh_t
+        dcn[l] += gs[l] * hn[l];
+        dbn[l] += gh * dtu[l];
+        gdtu[l] += gh * lane_value<kBcast>(bn, l);
+        const T next = an[l] * gh;    // exp(dt_t A) dL/dh_t: the carry to step t - 1
+        const T gdec = next * hp[l];  // dL/d(dt A) through the exp
+        gdt[l] += gdec * An[l];
+        dAn[l] += gdec * dtj[l];
+        cr[l] = next;
       }
     }
     const T* __restrict__ dtgj = dtg + j * W;
@@ -316,6 +331,20 @@ inline void chunk_adjoint(int64_t nstate, int64_t K, const LaneConsts<T>& g,
       ddj[l] = g_delta;
       duj[l] = gs[l] * g.skip[l] + gdtu[l] * dtj[l];
     }
+  }
+}
+
+// dbc (K, 2, N, W) summed over the lanes into out (K, 2, N), and zeroed for the next run.
+template <typename T>
+inline void sum_lanes(int64_t rows, T* __restrict__ dbc, T* __restrict__ out) {
+  constexpr int64_t W = kLanes<T>;
+  for (int64_t r = 0; r < rows; ++r) {
+    T* __restrict__ v = dbc + r * W;
+    T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+    for (int64_t l = 0; l < W; ++l) sum += v[l];
+    out[r] = sum;
+    std::fill(v, v + W, T(0));
   }
 }
 
@@ -366,7 +395,7 @@ void scan_forward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& group
             const LaneGroup& lg = groups[grp];
             T* h = h_buf.data() + (grp - g0) * N * W;
             T* ck = checkpoint_at(io.ckpt, b, c, nchunks, N, dim, lg);
-            for (int64_t n = 0; n < N; ++n) std::copy(h + n * W, h + n * W + lg.nl, ck + n * dim);
+            for (int64_t n = 0; n < N; ++n) store_lanes(h + n * W, lg.nl, ck + n * dim);
             const BCView<T> bcv = io.template load_bc<kBcast>(b, lg, i0, K, bc.data());
             io.load_inputs(b, lg, i0, K, u.data(), dt.data());
             if (i0 + kChunk < len) io.prefetch(b, lg, i0 + kChunk, false);
@@ -382,29 +411,42 @@ void scan_forward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& group
   });
 }
 
+// The backward pass visits the chunks from last to first and, like the forward pass, every
+// lane group of the task within a chunk, so that a chunk's rows (one page each in the
+// token-major layout) are fetched once for all of them and broadcast B and C gradients are
+// summed over lanes once per chunk.
 template <typename T, int kN, bool kBcast, typename IO>
 void scan_backward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& groups,
                    int64_t batch, int64_t len, int64_t nstate, int64_t dim, int64_t tpb) {
-  constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
+  constexpr int64_t W = kLanes<T>;
   const int64_t N = kN > 0 ? kN : nstate, G = static_cast<int64_t>(groups.size());
   const int64_t nchunks = ceil_div(len, kChunk), per_task = ceil_div(G, tpb);
   at::parallel_for(0, batch * tpb, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormals ftz;
     std::vector<T> h((kChunk + 1) * N * W), a(kChunk * N * W), bc(kBcast ? 0 : kChunk * 2 * N * W),
-        dbc(kChunk * 2 * N * bw), c_buf(LaneConsts<T>::size(N)), acc_buf(Adjoint<T>::size(N));
+        dbc(kChunk * 2 * N * W, T(0)), dbc_sum(kBcast ? kChunk * 2 * N : 0),
+        c_buf(per_task * LaneConsts<T>::size(N)), acc_buf(per_task * Adjoint<T>::size(N));
     std::vector<T> u(kChunk * W), dt(kChunk * W), dtg(kChunk * W), s(kChunk * W),
         gs(kChunk * W), du(kChunk * W), ddelta(kChunk * W);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tpb, part = task % tpb;
       const int64_t g0 = part * per_task, g1 = std::min(G, g0 + per_task);
-      for (int64_t grp = g0; grp < g1; ++grp) {
-        const LaneGroup& lg = groups[grp];
-        for (int dir = 0; dir < ndirs; ++dir) {
-          const IO& io = dirs[dir];
-          const LaneConsts<T> g(io.params, lg, N, c_buf.data());
-          const Adjoint<T> acc(N, acc_buf.data());
-          for (int64_t c = nchunks - 1; c >= 0; --c) {
-            const int64_t i0 = c * kChunk, K = std::min(len, i0 + kChunk) - i0;
+      for (int dir = 0; dir < ndirs; ++dir) {
+        const IO& io = dirs[dir];
+        std::vector<LaneConsts<T>> consts;
+        std::vector<Adjoint<T>> accs;
+        consts.reserve(std::max<int64_t>(0, g1 - g0));
+        accs.reserve(std::max<int64_t>(0, g1 - g0));
+        for (int64_t grp = g0; grp < g1; ++grp) {
+          consts.emplace_back(io.params, groups[grp], N,
+                              c_buf.data() + (grp - g0) * LaneConsts<T>::size(N));
+          accs.emplace_back(N, acc_buf.data() + (grp - g0) * Adjoint<T>::size(N));
+        }
+        for (int64_t c = nchunks - 1; c >= 0; --c) {
+          const int64_t i0 = c * kChunk, K = std::min(len, i0 + kChunk) - i0;
+          for (int64_t grp = g0; grp < g1; ++grp) {
+            const LaneGroup& lg = groups[grp];
+            const LaneConsts<T>& g = consts[grp - g0];
             const T* ck = checkpoint_at(io.ckpt, b, c, nchunks, N, dim, lg);
             for (int64_t n = 0; n < N; ++n) load_lanes(ck + n * dim, lg.nl, h.data() + n * W);
             if (c > 0) io.prefetch(b, lg, i0 - kChunk, true);
@@ -415,11 +457,25 @@ void scan_backward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& grou
                                            s.data());
             io.gate(b, lg, i0, K, s.data(), gs.data());
             chunk_adjoint<T, kN, kBcast>(N, K, g, u.data(), dt.data(), dtg.data(), bcv,
-                                         h.data(), a.data(), gs.data(), acc, du.data(),
-                                         ddelta.data(), dbc.data());
+                                         h.data(), a.data(), gs.data(), accs[grp - g0],
+                                         du.data(), ddelta.data(), dbc.data());
             io.store_grads(b, lg, i0, K, du.data(), ddelta.data());
-            io.template add_dbc<kBcast>(b, part, lg, i0, K, dbc.data());
+            if constexpr (kBcast) {  // flush when the next lane group reads other B and C
+              if (grp + 1 < g1) {
+                const BCView<T> next = io.template load_bc<kBcast>(b, groups[grp + 1], i0, K, nullptr);
+                if (next.B == bcv.B && next.C == bcv.C) continue;
+              }
+              sum_lanes(K * 2 * N, dbc.data(), dbc_sum.data());
+              io.template add_dbc<kBcast>(b, part, lg, i0, K, dbc_sum.data());
+            } else {
+              io.template add_dbc<kBcast>(b, part, lg, i0, K, dbc.data());
+              std::fill(dbc.begin(), dbc.begin() + K * 2 * N * W, T(0));
+            }
           }
+        }
+        for (int64_t grp = g0; grp < g1; ++grp) {
+          const LaneGroup& lg = groups[grp];
+          const Adjoint<T>& acc = accs[grp - g0];
           for (int64_t l = 0; l < lg.nl; ++l) {
             const int64_t row = b * dim + lg.d0 + l;
             for (int64_t n = 0; n < N; ++n) io.grads.dA[row * N + n] = acc.dA[n * W + l];
