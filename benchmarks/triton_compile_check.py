@@ -161,7 +161,9 @@ def compiled_kernels():
 
     from mmshufflemamba.ops import triton_scan_kernels
     runtime = triton.knobs.runtime
-    was = runtime.interpret
+    # a knob assigned once stops reading TRITON_INTERPRET: afterwards put back what was
+    # there, an assigned value or none (reading the environment again)
+    pinned = runtime.__dict__.get('interpret')
     runtime.interpret = False
     try:
         spec = importlib.util.spec_from_file_location('compiled_scan_kernels',
@@ -169,7 +171,10 @@ def compiled_kernels():
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
-        runtime.interpret = was
+        if pinned is None:
+            del runtime.interpret
+        else:
+            runtime.interpret = pinned
     return module
 
 

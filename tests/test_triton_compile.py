@@ -35,6 +35,19 @@ def test_the_check_sees_spills_and_registers():
     assert blocks >= 1 and 0 < occupancy <= 1
 
 
+def test_compiling_leaves_the_interpreter_switch_to_the_environment(monkeypatch):
+    """The check decorates its kernels with the interpreter off, then leaves Triton's knob
+    as it found it: still read from TRITON_INTERPRET (a knob once assigned ignores it,
+    which broke later interpreter runs in the same process)."""
+    import triton
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    compile_check().compiled_kernels()
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+    assert triton.knobs.runtime.interpret
+    monkeypatch.setenv('TRITON_INTERPRET', '0')
+    assert not triton.knobs.runtime.interpret
+
+
 @pytest.mark.slow
 def test_every_scan_kernel_compiles_for_sm80_and_sm90_without_spills():
     expected = len(compile_check().specs([80, 90]))
