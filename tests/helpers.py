@@ -9,6 +9,7 @@ import os.path as osp
 import socket
 import subprocess
 import sys
+from types import ModuleType
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -62,6 +63,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def load_script(path: str) -> ModuleType:
+    """A script of the repository (a path relative to ROOT, e.g. benchmarks/gpu_check.py)
+    imported as a module, to test its functions without running it."""
+    import importlib.util
+    name = osp.splitext(osp.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,19 +1,13 @@
 """benchmarks/bench_backbone.py's bookkeeping, without timing anything: the alternating
 rounds, the medians, and which cells it skips and why."""
-import importlib.util
-import os.path as osp
 
 import pytest
-from helpers import ROOT
+from helpers import load_script
 
 
 @pytest.fixture(scope='module')
 def bench():
-    path = osp.join(ROOT, 'benchmarks', 'bench_backbone.py')
-    spec = importlib.util.spec_from_file_location('bench_backbone', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('benchmarks/bench_backbone.py')
 
 
 def test_rounds_alternate_after_one_warmup_each_and_report_medians(bench, monkeypatch):

@@ -1,21 +1,15 @@
 """benchmarks/gpu_check.py, the one-run GPU check: its command line end to end on CPU
 (``--smoke``: tiny sizes, Triton's interpreter), and how it reports a part that fails."""
-import importlib.util
 import io
-import os.path as osp
 
 import pytest
-from helpers import ROOT, run_tool
+from helpers import load_script, run_tool
 
 pytest.importorskip('triton')
 
 
 def gpu_check():
-    path = osp.join(ROOT, 'benchmarks', 'gpu_check.py')
-    spec = importlib.util.spec_from_file_location('gpu_check', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('benchmarks/gpu_check.py')
 
 
 def table_rows(text: str):

@@ -8,7 +8,7 @@ import os.path as osp
 
 import matplotlib
 import pytest
-from helpers import CLS, MASK_RCNN, ROOT, UPERNET, load_config, run_tool
+from helpers import CLS, MASK_RCNN, UPERNET, load_config, load_script, run_tool
 from PIL import Image
 
 from mmshufflemamba.datasets import TOY_ADE_CLASSES, TOY_COCO_CLASSES, TOY_SHAPES
@@ -103,12 +103,7 @@ def test_classification_resizes_and_crops_any_size(tmp_path, untrained_checkpoin
 def test_classes_for_checkpoints_without_them_come_from_the_config():
     """Real configs name their dataset class (ADE20K's 150, COCO's 80), toy ones list
     their classes in metainfo; the demo draws with those, not the inferencers' defaults."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        'image_demo', osp.join(ROOT, 'demo', 'image_demo.py'))
-    image_demo_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(image_demo_module)
+    image_demo_module = load_script('demo/image_demo.py')
     expected = {
         'configs/upernet/upernet_shufflemamba-t_8xb2-160k_ade20k-512x512.py': (150, 'wall'),
         'configs/mask_rcnn/mask-rcnn_shufflemamba-t_fpn_1x_coco.py': (80, 'person'),

@@ -1,22 +1,16 @@
 """The Triton scan's kernels compile for sm_80 and sm_90 on this CPU-only machine, with no
 register spills (benchmarks/triton_compile_check.py: triton.compile to cubin for a
 GPUTarget, ptxas -v on the PTX; nothing is launched)."""
-import importlib.util
-import os.path as osp
 import re
 
 import pytest
-from helpers import ROOT, run_tool
+from helpers import load_script, run_tool
 
 pytest.importorskip('triton')
 
 
 def compile_check():
-    path = osp.join(ROOT, 'benchmarks', 'triton_compile_check.py')
-    spec = importlib.util.spec_from_file_location('triton_compile_check', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('benchmarks/triton_compile_check.py')
 
 
 def test_the_check_sees_spills_and_registers():
