@@ -4,7 +4,8 @@ Configs of any codebase refer to our modules as ``type='mmshufflemamba.<Name>'``
 ``custom_imports=dict(imports=['mmshufflemamba'])``): mmengine resolves the ``mmshufflemamba``
 scope from the root registry down to these children, whatever the config's
 ``default_scope`` (mmpretrain, mmseg or mmdet). ``locations`` makes a lookup import the
-modules that register themselves, so registration never depends on the working directory.
+modules that register themselves, so registration never depends on the working directory
+(and the classification heads, which import mmpretrain, are imported only then).
 """
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import MODELS as MMENGINE_MODELS
@@ -24,7 +25,7 @@ MODELS = Registry(
     'model',
     parent=MMENGINE_MODELS,
     scope='mmshufflemamba',
-    locations=['mmshufflemamba.models'])
+    locations=['mmshufflemamba.models', 'mmshufflemamba.models.heads'])
 DATASETS = Registry(
     'dataset',
     parent=MMENGINE_DATASETS,
