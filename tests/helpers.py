@@ -84,8 +84,9 @@ def _parsed_config(path: str):
 
 def load_config(path: str):
     """``Config.fromfile`` of a config under configs/ (a path relative to ROOT, or
-    absolute), parsed once per test process: each ``mmseg::``/``mmdet::`` base costs
-    mmengine a scan of the codebase's ~200 metafiles. The caller gets its own copy."""
+    absolute), parsed once per test process (executing its chain of bases; the bases'
+    lookups in the codebases' metafiles are remembered across configs by conftest). The
+    caller gets its own copy."""
     return copy.deepcopy(_parsed_config(osp.join(ROOT, path)))
 
 

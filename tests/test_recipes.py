@@ -13,8 +13,6 @@ import torch
 from helpers import load_config
 from mmengine.config import Config
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
 
 def load(name: str) -> Config:
     folder = name.split('_')[0].split('-')[0]

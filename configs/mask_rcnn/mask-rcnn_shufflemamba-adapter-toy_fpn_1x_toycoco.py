@@ -6,8 +6,9 @@
 # Box / mask mAP 0.710 / 0.745 after 100 iterations (seed 0, CPU; the slow test's run;
 # 0.645 / 0.693 with the toy recipe's earlier four mask convs).
 # With the toy recipe's earlier 512 sampled RoIs per image: 0.397 / 0.442 at iteration 50,
-# 0.617 / 0.641 at 100, 0.745 / 0.775 at 150. Until the adapter's maps were made contiguous it stayed near 0 (box
-# mAP 0.001): mmcv's RoIAlign read the channels-last views as if contiguous.
+# 0.617 / 0.641 at 100, 0.745 / 0.775 at 150. Until the adapter's maps were made
+# contiguous it stayed near 0 (box mAP 0.001): mmcv's RoIAlign read the channels-last
+# views as if contiguous.
 _base_ = './mask-rcnn_shufflemamba-toy_fpn_1x_toycoco.py'
 
 embed_dims = 64
