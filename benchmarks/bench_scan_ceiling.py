@@ -5,10 +5,12 @@
 Per state and step the scan must compute one decay ``exp2(dt * A log2 e)`` and two
 multiply-adds (``h = decay * h + dt u B`` and ``s += C h``). This script times, in one run:
 
-1. **ceiling**: exactly that per-step arithmetic (the kernel's own ``exp2_decay`` from
-   ``cpu_math.h``, the same compiler flags, 16 states x 16 float32 lanes per task, inputs
-   re-read from a 32-step buffer that stays in L1, denormals flushed), with every thread,
-   and nothing else: no loads from memory, no convolution, no softplus, no gate;
+1. **ceiling**: exactly that per-step arithmetic (the kernel's own decay from
+   ``cpu_math.h``: ``exp2_decay_v16`` where AVX-512 is compiled in, as the kernel's chunk
+   loops then use it, else ``exp2_decay``; the same compiler flags, 16 states x 16 float32
+   lanes per task, inputs re-read from a 32-step buffer that stays in L1, denormals
+   flushed), with every thread, and nothing else: no loads from memory, no convolution, no
+   softplus, no gate;
 2. **fused kernel**: the scan ranges (``mmshufflemamba::scan`` in the torch profiler) of a
    ShuffleMamba-S mixer's forward (``BiMambaMixer``, d_inner 768, d_state 16, both
    directions) on one image of each ``--length`` tokens (1025 and 4097: 512 and 1024 px
@@ -50,6 +52,18 @@ double ceiling(int64_t tasks, int64_t steps) {
         const int k = i % K;
 #pragma omp simd
         for (int l = 0; l < W; ++l) s[l] = 0.f;
+#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16  // the kernel's decay where it has it: exp2_decay_v16
+        const __m512 dtv = _mm512_load_ps(dt[k]), dtuv = _mm512_load_ps(dtu[k]);
+        __m512 sv = _mm512_setzero_ps();
+        for (int n = 0; n < N; ++n) {
+          const __m512 a = exp2_decay_v16(_mm512_mul_ps(dtv, _mm512_load_ps(AT2[n])));
+          const __m512 hv = _mm512_fmadd_ps(a, _mm512_load_ps(h[n]),
+                                            _mm512_mul_ps(dtuv, _mm512_set1_ps(B[k][n])));
+          _mm512_store_ps(h[n], hv);
+          sv = _mm512_fmadd_ps(_mm512_set1_ps(C[k][n]), hv, sv);
+        }
+        _mm512_store_ps(s, sv);
+#else
         for (int n = 0; n < N; ++n) {
           const float bn = B[k][n], cn = C[k][n];
 #pragma omp simd
@@ -58,6 +72,7 @@ double ceiling(int64_t tasks, int64_t steps) {
             s[l] += cn * h[n][l];
           }
         }
+#endif
         acc += s[i % W];
       }
       sums[task] = acc;

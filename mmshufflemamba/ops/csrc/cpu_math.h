@@ -12,6 +12,11 @@
 #define MMSHUFFLEMAMBA_HAS_MXCSR 1
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#include <immintrin.h>
+#define MMSHUFFLEMAMBA_HAS_EXP2_V16 1
+#endif
+
 namespace mmshufflemamba_cpu {
 
 // Flush denormals to zero (FTZ) and read denormal inputs as zero (DAZ) while in scope, on
@@ -76,6 +81,28 @@ inline float exp2_decay_f32(float t) {
 }
 
 constexpr double kLog2e = 1.44269504088896340736;
+
+#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+// 2^t on 16 float32 lanes, the scans' decay where AVX-512 is compiled in: f = t - floor(t)
+// in [0, 1) (vreduceps), 2^f by a degree-6 polynomial (fitted for relative error on
+// [0, 1)), and 2^floor(t) applied by vscalefps, which also saturates: 0 below 2^-149
+// (with FTZ, below 2^-126), inf above 2^127, NaN propagated. Nine instructions with the
+// product dt * A log2 e, against about fourteen for exp2_decay_f32 auto-vectorised (its
+// clamps, the rounding, and the exponent built in integer lanes); relative error below
+// 1e-7 (measured over t in [-126, 10) in steps of 1.2e-4). The bare recurrence
+// (bench_scan_ceiling.py's loop) runs 1.9x-2.3x as fast with it as with exp2_decay_f32.
+inline __m512 exp2_decay_v16(__m512 t) {
+  const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 p = _mm512_set1_ps(2.120031713275239e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.2580584734678268e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.664114564657211e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.549038201570511e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402283251285553e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471228599548e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, t);
+}
+#endif
 
 inline float exp_t(float x) { return exp_f32(x); }
 inline float exp2_decay(float t) { return exp2_decay_f32(t); }

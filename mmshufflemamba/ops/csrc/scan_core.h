@@ -46,6 +46,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_math.h"
@@ -185,12 +186,84 @@ inline void step_tile(T* __restrict__ dt, T* __restrict__ dtg, const T* __restri
   }
 }
 
+#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+// float32 with AVX-512 and a compiled state size: chunk_forward and chunk_recompute below
+// written in intrinsics, so that the decay is exp2_decay_v16 and the kN states stay in
+// registers through the chunk (one load and one store of h per chunk instead of per step).
+template <typename T, int kN>
+constexpr bool kVectorChunks = std::is_same_v<T, float> && kN > 0;
+
+template <bool kBcast>
+inline __m512 bc_vector(const float* __restrict__ v) {
+  if constexpr (kBcast) return _mm512_set1_ps(*v);
+  else return _mm512_loadu_ps(v);
+}
+
+template <int kN, bool kBcast>
+inline void chunk_forward_v16(int64_t K, const LaneConsts<float>& g, const float* __restrict__ u,
+                              const float* __restrict__ dt, const BCView<float>& bc,
+                              float* __restrict__ h, float* __restrict__ s) {
+  constexpr int64_t W = 16, bw = kBcast ? 1 : W;
+  __m512 hv[kN];
+  for (int n = 0; n < kN; ++n) hv[n] = _mm512_loadu_ps(h + n * W);
+  const __m512 skip = _mm512_loadu_ps(g.skip);
+  for (int64_t j = 0; j < K; ++j) {
+    const __m512 dtv = _mm512_loadu_ps(dt + j * W), uv = _mm512_loadu_ps(u + j * W);
+    const __m512 dtu = _mm512_mul_ps(dtv, uv);
+    __m512 sv = _mm512_mul_ps(skip, uv);
+    const float* __restrict__ Bt = bc.B + j * bc.step;
+    const float* __restrict__ Ct = bc.C + j * bc.step;
+#pragma GCC unroll 16
+    for (int n = 0; n < kN; ++n) {
+      const __m512 a = exp2_decay_v16(_mm512_mul_ps(dtv, _mm512_loadu_ps(g.A2 + n * W)));
+      hv[n] = _mm512_fmadd_ps(a, hv[n], _mm512_mul_ps(dtu, bc_vector<kBcast>(Bt + n * bw)));
+      sv = _mm512_fmadd_ps(bc_vector<kBcast>(Ct + n * bw), hv[n], sv);
+    }
+    _mm512_storeu_ps(s + j * W, sv);
+  }
+  for (int n = 0; n < kN; ++n) _mm512_storeu_ps(h + n * W, hv[n]);
+}
+
+template <int kN, bool kBcast>
+inline void chunk_recompute_v16(int64_t K, const LaneConsts<float>& g,
+                                const float* __restrict__ u, const float* __restrict__ dt,
+                                const BCView<float>& bc, float* __restrict__ h,
+                                float* __restrict__ a, float* __restrict__ s) {
+  constexpr int64_t W = 16, bw = kBcast ? 1 : W;
+  __m512 hv[kN];
+  for (int n = 0; n < kN; ++n) hv[n] = _mm512_loadu_ps(h + n * W);
+  const __m512 skip = _mm512_loadu_ps(g.skip);
+  for (int64_t j = 0; j < K; ++j) {
+    const __m512 dtv = _mm512_loadu_ps(dt + j * W), uv = _mm512_loadu_ps(u + j * W);
+    const __m512 dtu = _mm512_mul_ps(dtv, uv);
+    __m512 sv = _mm512_mul_ps(skip, uv);
+    const float* __restrict__ Bt = bc.B + j * bc.step;
+    const float* __restrict__ Ct = bc.C + j * bc.step;
+    float* __restrict__ hj = h + (j + 1) * kN * W;
+    float* __restrict__ aj = a + j * kN * W;
+#pragma GCC unroll 16
+    for (int n = 0; n < kN; ++n) {
+      const __m512 an = exp2_decay_v16(_mm512_mul_ps(dtv, _mm512_loadu_ps(g.A2 + n * W)));
+      _mm512_storeu_ps(aj + n * W, an);
+      hv[n] = _mm512_fmadd_ps(an, hv[n], _mm512_mul_ps(dtu, bc_vector<kBcast>(Bt + n * bw)));
+      _mm512_storeu_ps(hj + n * W, hv[n]);
+      sv = _mm512_fmadd_ps(bc_vector<kBcast>(Ct + n * bw), hv[n], sv);
+    }
+    _mm512_storeu_ps(s + j * W, sv);
+  }
+}
+
+#endif
+
 // The chunk's outputs s (K, W), advancing the state h (N, W) through it.
 template <typename T, int kN, bool kBcast>
 inline void chunk_forward(int64_t nstate, int64_t K, const LaneConsts<T>& g,
                           const T* __restrict__ u, const T* __restrict__ dt,
                           const BCView<T>& bc, T* __restrict__ h, T* __restrict__ s) {
   constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
+#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+  if constexpr (kVectorChunks<T, kN>) return chunk_forward_v16<kN, kBcast>(K, g, u, dt, bc, h, s);
+#endif
   const int64_t N = kN > 0 ? kN : nstate;
   alignas(64) T dtu[W], sv[W];
   for (int64_t j = 0; j < K; ++j) {
@@ -226,6 +299,10 @@ inline void chunk_recompute(int64_t nstate, int64_t K, const LaneConsts<T>& g,
                             const BCView<T>& bc, T* __restrict__ h, T* __restrict__ a,
                             T* __restrict__ s) {
   constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
+#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+  if constexpr (kVectorChunks<T, kN>)
+    return chunk_recompute_v16<kN, kBcast>(K, g, u, dt, bc, h, a, s);
+#endif
   const int64_t N = kN > 0 ? kN : nstate;
   for (int64_t j = 0; j < K; ++j) {
     const T* __restrict__ uj = u + j * W;
@@ -265,6 +342,59 @@ struct Adjoint {
   }
 };
 
+#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+// chunk_adjoint for float32 on AVX-512 and a compiled state size: the same recurrence,
+// with the carry of the kN states in registers through the chunk.
+template <int kN, bool kBcast>
+inline void chunk_adjoint_v16(int64_t K, const LaneConsts<float>& g, const float* __restrict__ u,
+                              const float* __restrict__ dt, const float* __restrict__ dtg,
+                              const BCView<float>& bc, const float* __restrict__ h,
+                              const float* __restrict__ a, const float* __restrict__ gs_tile,
+                              const Adjoint<float>& acc, float* __restrict__ du,
+                              float* __restrict__ ddelta, float* __restrict__ dbc) {
+  constexpr int64_t W = 16, bw = kBcast ? 1 : W;
+  __m512 carry[kN];
+  for (int n = 0; n < kN; ++n) carry[n] = _mm512_loadu_ps(acc.carry + n * W);
+  const __m512 skip = _mm512_loadu_ps(g.skip);
+  __m512 dskip = _mm512_loadu_ps(acc.dskip), dbias = _mm512_loadu_ps(acc.dbias);
+  float* __restrict__ dA = acc.dA;
+  for (int64_t j = K - 1; j >= 0; --j) {
+    const __m512 uv = _mm512_loadu_ps(u + j * W), dtv = _mm512_loadu_ps(dt + j * W);
+    const __m512 gs = _mm512_loadu_ps(gs_tile + j * W), dtu = _mm512_mul_ps(dtv, uv);
+    __m512 gdtu = _mm512_setzero_ps(), gdt = _mm512_setzero_ps();
+    const float* __restrict__ Bt = bc.B + j * bc.step;
+    const float* __restrict__ Ct = bc.C + j * bc.step;
+    float* __restrict__ dBt = dbc + j * 2 * kN * W;  // the tile (K, 2, N, W)
+    float* __restrict__ dCt = dBt + kN * W;
+    const float* __restrict__ hp = h + j * kN * W;
+    const float* __restrict__ hn = hp + kN * W;
+    const float* __restrict__ aj = a + j * kN * W;
+#pragma GCC unroll 16
+    for (int n = 0; n < kN; ++n) {
+      const __m512 gh = _mm512_fmadd_ps(bc_vector<kBcast>(Ct + n * bw), gs, carry[n]);
+      _mm512_storeu_ps(dCt + n * W, _mm512_fmadd_ps(gs, _mm512_loadu_ps(hn + n * W),
+                                                   _mm512_loadu_ps(dCt + n * W)));
+      _mm512_storeu_ps(dBt + n * W, _mm512_fmadd_ps(gh, dtu, _mm512_loadu_ps(dBt + n * W)));
+      gdtu = _mm512_fmadd_ps(gh, bc_vector<kBcast>(Bt + n * bw), gdtu);
+      const __m512 next = _mm512_mul_ps(_mm512_loadu_ps(aj + n * W), gh);
+      const __m512 gdec = _mm512_mul_ps(next, _mm512_loadu_ps(hp + n * W));
+      gdt = _mm512_fmadd_ps(gdec, _mm512_loadu_ps(g.A + n * W), gdt);
+      _mm512_storeu_ps(dA + n * W, _mm512_fmadd_ps(gdec, dtv, _mm512_loadu_ps(dA + n * W)));
+      carry[n] = next;
+    }
+    const __m512 g_delta =
+        _mm512_mul_ps(_mm512_fmadd_ps(gdtu, uv, gdt), _mm512_loadu_ps(dtg + j * W));
+    dskip = _mm512_fmadd_ps(gs, uv, dskip);
+    dbias = _mm512_add_ps(dbias, g_delta);
+    _mm512_storeu_ps(ddelta + j * W, g_delta);
+    _mm512_storeu_ps(du + j * W, _mm512_fmadd_ps(gs, skip, _mm512_mul_ps(gdtu, dtv)));
+  }
+  for (int n = 0; n < kN; ++n) _mm512_storeu_ps(acc.carry + n * W, carry[n]);
+  _mm512_storeu_ps(acc.dskip, dskip);
+  _mm512_storeu_ps(acc.dbias, dbias);
+}
+#endif
+
 // The adjoint recurrence backwards through a chunk, from gs = dL/ds (K, W): writes du and
 // ddelta (K, W), adds the chunk's dL/dB and dL/dC per lane into dbc ((K, 2, N, W): the sums
 // over channels are the entry's, or, for broadcast B and C, the driver's, once per chunk for
@@ -278,6 +408,11 @@ inline void chunk_adjoint(int64_t nstate, int64_t K, const LaneConsts<T>& g,
                           const T* __restrict__ gs_tile, const Adjoint<T>& acc,
                           T* __restrict__ du, T* __restrict__ ddelta, T* __restrict__ dbc) {
   constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
+#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+  if constexpr (kVectorChunks<T, kN>)
+    return chunk_adjoint_v16<kN, kBcast>(K, g, u, dt, dtg, bc, h, a, gs_tile, acc, du, ddelta,
+                                         dbc);
+#endif
   const int64_t N = kN > 0 ? kN : nstate;
   T* __restrict__ carry = acc.carry;
   T* __restrict__ dA = acc.dA;
