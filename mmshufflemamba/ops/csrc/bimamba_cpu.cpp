@@ -19,6 +19,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_math.h"
@@ -82,11 +83,8 @@ void conv_forward(Seq<const T> x, const T* wT_f, const T* b_f, const T* wT_b, co
       T* __restrict__ of = u_f + row * D;
       T* __restrict__ ob = u_b + row * D;
       conv_preactivations(x, wT_f, b_f, wT_b, b_b, row / L, row % L, L, D, K, of, ob);
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) {
-        of[d] = silu(of[d]);
-        ob[d] = silu(ob[d]);
-      }
+      silu_inplace(of, D);
+      silu_inplace(ob, D);
     }
   });
 }
@@ -235,8 +233,17 @@ struct TokenMajorIO {
       } else {
         load_lanes(z.row(b, t) + lg.d0, lg.nl, zv);
         load_lanes(yr, lg.nl, yv);
+#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+        if constexpr (std::is_same_v<T, float>) {
+          _mm512_store_ps(yv, _mm512_mul_ps(
+              _mm512_mul_ps(_mm512_set1_ps(0.5f), silu_v16(_mm512_load_ps(zv))),
+              _mm512_add_ps(_mm512_load_ps(yv), _mm512_loadu_ps(sj))));
+        } else
+#endif
+        {
 #pragma omp simd
-        for (int64_t l = 0; l < W; ++l) yv[l] = T(0.5) * silu(zv[l]) * (yv[l] + sj[l]);
+          for (int64_t l = 0; l < W; ++l) yv[l] = T(0.5) * silu(zv[l]) * (yv[l] + sj[l]);
+        }
         store_lanes(yv, lg.nl, yr);
       }
     }
@@ -254,11 +261,24 @@ struct TokenMajorIO {
       else std::fill(dzv, dzv + W, T(0));
       const T* __restrict__ sj = s + j * W;
       T* __restrict__ gj = gs + j * W;
+#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+      if constexpr (std::is_same_v<T, float>) {
+        const __m512 z = _mm512_load_ps(zv), one = _mm512_set1_ps(1.0f);
+        const __m512 sig = sigmoid_v16(z);
+        const __m512 half_dy = _mm512_mul_ps(_mm512_set1_ps(0.5f), _mm512_load_ps(dyv));
+        _mm512_storeu_ps(gj, _mm512_mul_ps(_mm512_mul_ps(half_dy, z), sig));
+        const __m512 slope = _mm512_mul_ps(sig, _mm512_fmadd_ps(z, _mm512_sub_ps(one, sig), one));
+        _mm512_store_ps(dzv, _mm512_fmadd_ps(_mm512_mul_ps(half_dy, _mm512_loadu_ps(sj)), slope,
+                                             _mm512_load_ps(dzv)));
+      } else
+#endif
+      {
 #pragma omp simd
-      for (int64_t l = 0; l < W; ++l) {
-        const T sig = sigmoid(zv[l]);
-        gj[l] = T(0.5) * dyv[l] * zv[l] * sig;
-        dzv[l] += T(0.5) * dyv[l] * sj[l] * sig * (T(1) + zv[l] * (T(1) - sig));
+        for (int64_t l = 0; l < W; ++l) {
+          const T sig = sigmoid(zv[l]);
+          gj[l] = T(0.5) * dyv[l] * zv[l] * sig;
+          dzv[l] += T(0.5) * dyv[l] * sj[l] * sig * (T(1) + zv[l] * (T(1) - sig));
+        }
       }
       store_lanes(dzv, lg.nl, dzr);
     }

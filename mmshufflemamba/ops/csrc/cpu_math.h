@@ -6,6 +6,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>
@@ -102,6 +103,31 @@ inline __m512 exp2_decay_v16(__m512 t) {
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, t);
 }
+
+// exp on 16 float32 lanes: exp_f32's reduction and polynomial, with 2^k applied by
+// vscalefps instead of clamps and exponent bits (so 0 below e^-104 (with FTZ, e^-87), inf
+// above e^88.7, NaN propagated).
+inline __m512 exp_v16(__m512 x) {
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, k);
+}
+
+inline __m512 sigmoid_v16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp_v16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+inline __m512 silu_v16(__m512 x) { return _mm512_mul_ps(x, sigmoid_v16(x)); }
 #endif
 
 inline float exp_t(float x) { return exp_f32(x); }
@@ -141,12 +167,58 @@ inline float softplus(float x, float* slope) {
   return linear ? x : (x > 0.0f ? x : 0.0f) + 2.0f * q * p;
 }
 
+#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+// softplus<kSlope> on 16 float32 lanes, the same formulas.
+template <bool kSlope>
+inline __m512 softplus_v16(__m512 x, __m512* slope) {
+  const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
+  const __m512 e = exp_v16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)));
+  const __m512 two_e = _mm512_add_ps(two, e), one_e = _mm512_add_ps(one, e);
+  const __m512 r = _mm512_div_ps(one, _mm512_mul_ps(two_e, one_e));
+  const __m512 q = _mm512_mul_ps(_mm512_mul_ps(e, one_e), r), q2 = _mm512_mul_ps(q, q);
+  __m512 p = _mm512_set1_ps(1.0f / 13);
+  p = _mm512_fmadd_ps(p, q2, _mm512_set1_ps(1.0f / 11));
+  p = _mm512_fmadd_ps(p, q2, _mm512_set1_ps(1.0f / 9));
+  p = _mm512_fmadd_ps(p, q2, _mm512_set1_ps(1.0f / 7));
+  p = _mm512_fmadd_ps(p, q2, _mm512_set1_ps(1.0f / 5));
+  p = _mm512_fmadd_ps(p, q2, _mm512_set1_ps(1.0f / 3));
+  p = _mm512_fmadd_ps(p, q2, one);
+  const __mmask16 linear =
+      _mm512_cmp_ps_mask(x, _mm512_set1_ps(float(kSoftplusLimit)), _CMP_GT_OQ);
+  if constexpr (kSlope) {
+    const __mmask16 nonneg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
+    const __m512 s = _mm512_mul_ps(_mm512_mul_ps(_mm512_mask_blend_ps(nonneg, e, one), two_e), r);
+    *slope = _mm512_mask_blend_ps(linear, s, one);
+  }
+  const __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(two, q), p, _mm512_max_ps(x, _mm512_setzero_ps()));
+  return _mm512_mask_blend_ps(linear, y, x);
+}
+#endif
+
 template <bool kSlope>
 inline double softplus(double x, double* slope) {
   const double e = std::exp(-std::abs(x));
   const bool linear = x > kSoftplusLimit;
   if constexpr (kSlope) *slope = linear ? 1.0 : (x >= 0.0 ? 1.0 : e) / (1.0 + e);
   return linear ? x : (x > 0.0 ? x : 0.0) + std::log1p(e);
+}
+
+// x[i] = silu(x[i]) for i < n.
+template <typename T>
+inline void silu_inplace(T* __restrict__ x, int64_t n) {
+#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+  if constexpr (std::is_same_v<T, float>) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, silu_v16(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+      const __mmask16 tail = static_cast<__mmask16>((1u << (n - i)) - 1);
+      _mm512_mask_storeu_ps(x + i, tail, silu_v16(_mm512_maskz_loadu_ps(tail, x + i)));
+    }
+    return;
+  }
+#endif
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] = silu(x[i]);
 }
 
 }  // namespace mmshufflemamba_cpu

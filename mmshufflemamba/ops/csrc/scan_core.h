@@ -169,6 +169,24 @@ template <typename T>
 inline void step_tile(T* __restrict__ dt, T* __restrict__ dtg, const T* __restrict__ bias,
                       bool use_softplus, int64_t K) {
   constexpr int64_t W = kLanes<T>;
+#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_softplus) {
+      const __m512 bv = _mm512_loadu_ps(bias);
+      for (int64_t j = 0; j < K; ++j) {
+        const __m512 x = _mm512_add_ps(_mm512_loadu_ps(dt + j * W), bv);
+        if (dtg) {
+          __m512 slope;
+          _mm512_storeu_ps(dt + j * W, softplus_v16<true>(x, &slope));
+          _mm512_storeu_ps(dtg + j * W, slope);
+        } else {
+          _mm512_storeu_ps(dt + j * W, softplus_v16<false>(x, nullptr));
+        }
+      }
+      return;
+    }
+  }
+#endif
   for (int64_t j = 0; j < K; ++j) {
     T* __restrict__ x = dt + j * W;
     T* __restrict__ g = dtg ? dtg + j * W : nullptr;
