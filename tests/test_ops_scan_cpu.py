@@ -121,3 +121,24 @@ def test_falls_back_to_pytorch_scan(case, tmp_path):
         assert 'python -m mmshufflemamba.ops.build' in proc.stdout
     else:
         assert 'WARNINGS 0' in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
+def test_the_avx2_build_passes_the_kernel_tests():
+    """CPUs without AVX-512 get the kernel built for AVX2, without the AVX-512 intrinsics
+    (the generic loops run instead). With torch's dispatch set to AVX2 the kernel builds
+    that way, and the kernel tests pass with it."""
+    env = dict(os.environ, ATEN_CPU_CAPABILITY='avx2')
+    probe = subprocess.run(
+        [sys.executable, '-c', 'from mmshufflemamba.ops.cpu_kernel import build_directory, '
+         'load_cpu_kernel; assert load_cpu_kernel() is not None; print(build_directory())'],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert probe.returncode == 0, probe.stderr
+    assert '-avx2-' in probe.stdout, probe.stdout
+    tests = [os.path.join(os.path.dirname(__file__), name)
+             for name in ('test_ops_bimamba.py', 'test_ops_scan_cpu.py')]
+    proc = subprocess.run(
+        [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-n', '0', '-m',
+         'not slow', *tests], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert ' passed' in proc.stdout and 'failed' not in proc.stdout, proc.stdout[-2000:]
