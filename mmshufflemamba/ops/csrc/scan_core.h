@@ -29,17 +29,29 @@
 // horizontal sums per step and state this replaced were about 16 of the loop's 35 vector
 // instructions).
 //
-// Speed: per state and step the scan needs one vector exp2_decay (about 14 instructions:
-// clamp, rounding, polynomial, exponent bits) and two FMAs. bench_scan_ceiling.py times
-// that bare arithmetic (in L1, this exp2_decay and these flags) alternately with the fused
-// forward scan of a ShuffleMamba-S mixer. One thread, on the shared 2-core AVX-512 VM
-// (2026-12-01, load average 2-3, 7 pairs, medians): 50% of the ceiling at L = 1025 and
-// 43% at L = 4097 (pairs 34-58%), against 37% and 35% for the previous kernel in the same
-// session. What the bare loop leaves out and the scan cannot: the softplus of each step
-// (an exp and a division per channel and step, 1/16 of the work per state), the silu(z)
-// gate of the second direction, the per-step loads of u, delta, B, C from rows a page
-// apart (cache misses: in a cpu-clock profile of both passes the hottest instructions wait
-// on these loads), the stores of y and of the checkpoints. The 75% aimed at is not reached.
+// Speed: per state and step the scan needs one vector decay and two FMAs. Where AVX-512
+// is compiled in (float32, a compiled state size), the chunk loops are the *_v16 versions
+// below, in intrinsics: the decay is exp2_decay_v16 (vreduceps, a polynomial, vscalefps:
+// nine instructions with its product, against about fourteen for exp2_decay_f32
+// auto-vectorised), the kN states' h (forward, recompute) and carry (adjoint) stay in
+// registers through a chunk, and the step sizes' softplus and the z gate use cpu_math.h's
+// 16-lane forms. Elsewhere (float64, AVX2 builds, other state sizes) the compiler
+// vectorises the generic loops. bench_scan_ceiling.py times the bare arithmetic (in L1,
+// the same decay and flags) alternately with the fused forward scan of a ShuffleMamba-S
+// mixer. One thread, on the shared 2-core AVX-512 VM (2026-12-02, 9 pairs, medians): the
+// kernel at 1.37 / 1.43 G state updates/s at L = 1025 / 4097, 34% / 31% of a ceiling of
+// 4.1-4.4 G/s (in another run 1.74 / 1.78 G/s, 37% / 29% of 5.3-6.1 G/s). The previous
+// kernel (commit 4d5786c, built beside this one and alternated in one process) took
+// 1.37x as long for the mixer's scan forward and 1.15-1.19x for its backward, at both
+// lengths. The faster decay doubled the ceiling more than it sped the kernel, so the share
+// fell from 50% / 43%: what is left is outside the recurrence. In a cpu-clock profile of
+// the forward at L = 4097 (the chunk loops kept out of line), the recurrence has 32% of
+// the kernel's samples, staging u and delta from their rows 27%, storing y with the second
+// direction's gate 24%, the softplus 12% (before its 16-lane form); the staging and store
+// samples sit on the loads of rows a page apart. Those loads are not misses to memory: the
+// forward's time per token is about the same at L = 17, where every row stays in L1/L2,
+// as at 4097 (11.8 and 13.3 us). The 75% aimed at is not reached; the backward (recompute
+// + adjoint) is about 3.2x the forward.
 #pragma once
 
 #include <ATen/Parallel.h>
