@@ -52,7 +52,7 @@ double ceiling(int64_t tasks, int64_t steps) {
         const int k = i % K;
 #pragma omp simd
         for (int l = 0; l < W; ++l) s[l] = 0.f;
-#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16  // the kernel's decay where it has it: exp2_decay_v16
+#ifdef MMSHUFFLEMAMBA_HAS_AVX512  // the kernel's decay where it has it: exp2_decay_v16
         const __m512 dtv = _mm512_load_ps(dt[k]), dtuv = _mm512_load_ps(dtu[k]);
         __m512 sv = _mm512_setzero_ps();
         for (int n = 0; n < N; ++n) {

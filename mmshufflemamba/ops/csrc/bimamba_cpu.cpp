@@ -233,7 +233,7 @@ struct TokenMajorIO {
       } else {
         load_lanes(z.row(b, t) + lg.d0, lg.nl, zv);
         load_lanes(yr, lg.nl, yv);
-#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+#ifdef MMSHUFFLEMAMBA_HAS_AVX512
         if constexpr (std::is_same_v<T, float>) {
           _mm512_store_ps(yv, _mm512_mul_ps(
               _mm512_mul_ps(_mm512_set1_ps(0.5f), silu_v16(_mm512_load_ps(zv))),
@@ -261,7 +261,7 @@ struct TokenMajorIO {
       else std::fill(dzv, dzv + W, T(0));
       const T* __restrict__ sj = s + j * W;
       T* __restrict__ gj = gs + j * W;
-#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+#ifdef MMSHUFFLEMAMBA_HAS_AVX512
       if constexpr (std::is_same_v<T, float>) {
         const __m512 z = _mm512_load_ps(zv), one = _mm512_set1_ps(1.0f);
         const __m512 sig = sigmoid_v16(z);

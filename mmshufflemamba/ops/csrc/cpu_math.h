@@ -13,9 +13,11 @@
 #define MMSHUFFLEMAMBA_HAS_MXCSR 1
 #endif
 
+// The 16-lane float32 forms below (exp2_decay_v16, exp_v16, ...) and the scans' chunk loops
+// in intrinsics need AVX-512F and DQ (vreduceps); other builds run the generic loops.
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 #include <immintrin.h>
-#define MMSHUFFLEMAMBA_HAS_EXP2_V16 1
+#define MMSHUFFLEMAMBA_HAS_AVX512 1
 #endif
 
 namespace mmshufflemamba_cpu {
@@ -83,7 +85,7 @@ inline float exp2_decay_f32(float t) {
 
 constexpr double kLog2e = 1.44269504088896340736;
 
-#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+#ifdef MMSHUFFLEMAMBA_HAS_AVX512
 // 2^t on 16 float32 lanes, the scans' decay where AVX-512 is compiled in: f = t - floor(t)
 // in [0, 1) (vreduceps), 2^f by a degree-6 polynomial (fitted for relative error on
 // [0, 1)), and 2^floor(t) applied by vscalefps, which also saturates: 0 below 2^-149
@@ -167,7 +169,7 @@ inline float softplus(float x, float* slope) {
   return linear ? x : (x > 0.0f ? x : 0.0f) + 2.0f * q * p;
 }
 
-#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+#ifdef MMSHUFFLEMAMBA_HAS_AVX512
 // softplus<kSlope> on 16 float32 lanes, the same formulas.
 template <bool kSlope>
 inline __m512 softplus_v16(__m512 x, __m512* slope) {
@@ -206,7 +208,7 @@ inline double softplus(double x, double* slope) {
 // x[i] = silu(x[i]) for i < n.
 template <typename T>
 inline void silu_inplace(T* __restrict__ x, int64_t n) {
-#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+#ifdef MMSHUFFLEMAMBA_HAS_AVX512
   if constexpr (std::is_same_v<T, float>) {
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, silu_v16(_mm512_loadu_ps(x + i)));

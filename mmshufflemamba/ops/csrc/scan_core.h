@@ -181,7 +181,7 @@ template <typename T>
 inline void step_tile(T* __restrict__ dt, T* __restrict__ dtg, const T* __restrict__ bias,
                       bool use_softplus, int64_t K) {
   constexpr int64_t W = kLanes<T>;
-#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+#ifdef MMSHUFFLEMAMBA_HAS_AVX512
   if constexpr (std::is_same_v<T, float>) {
     if (use_softplus) {
       const __m512 bv = _mm512_loadu_ps(bias);
@@ -216,7 +216,7 @@ inline void step_tile(T* __restrict__ dt, T* __restrict__ dtg, const T* __restri
   }
 }
 
-#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+#ifdef MMSHUFFLEMAMBA_HAS_AVX512
 // float32 with AVX-512 and a compiled state size: chunk_forward and chunk_recompute below
 // written in intrinsics, so that the decay is exp2_decay_v16 and the kN states stay in
 // registers through the chunk (one load and one store of h per chunk instead of per step).
@@ -291,7 +291,7 @@ inline void chunk_forward(int64_t nstate, int64_t K, const LaneConsts<T>& g,
                           const T* __restrict__ u, const T* __restrict__ dt,
                           const BCView<T>& bc, T* __restrict__ h, T* __restrict__ s) {
   constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
-#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+#ifdef MMSHUFFLEMAMBA_HAS_AVX512
   if constexpr (kVectorChunks<T, kN>) return chunk_forward_v16<kN, kBcast>(K, g, u, dt, bc, h, s);
 #endif
   const int64_t N = kN > 0 ? kN : nstate;
@@ -329,7 +329,7 @@ inline void chunk_recompute(int64_t nstate, int64_t K, const LaneConsts<T>& g,
                             const BCView<T>& bc, T* __restrict__ h, T* __restrict__ a,
                             T* __restrict__ s) {
   constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
-#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+#ifdef MMSHUFFLEMAMBA_HAS_AVX512
   if constexpr (kVectorChunks<T, kN>)
     return chunk_recompute_v16<kN, kBcast>(K, g, u, dt, bc, h, a, s);
 #endif
@@ -372,7 +372,7 @@ struct Adjoint {
   }
 };
 
-#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+#ifdef MMSHUFFLEMAMBA_HAS_AVX512
 // chunk_adjoint for float32 on AVX-512 and a compiled state size: the same recurrence,
 // with the carry of the kN states in registers through the chunk.
 template <int kN, bool kBcast>
@@ -438,7 +438,7 @@ inline void chunk_adjoint(int64_t nstate, int64_t K, const LaneConsts<T>& g,
                           const T* __restrict__ gs_tile, const Adjoint<T>& acc,
                           T* __restrict__ du, T* __restrict__ ddelta, T* __restrict__ dbc) {
   constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
-#ifdef MMSHUFFLEMAMBA_HAS_EXP2_V16
+#ifdef MMSHUFFLEMAMBA_HAS_AVX512
   if constexpr (kVectorChunks<T, kN>)
     return chunk_adjoint_v16<kN, kBcast>(K, g, u, dt, dtg, bc, h, a, gs_tile, acc, du, ddelta,
                                          dbc);
