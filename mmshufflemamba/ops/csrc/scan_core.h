@@ -217,9 +217,10 @@ inline void step_tile(T* __restrict__ dt, T* __restrict__ dtg, const T* __restri
 }
 
 #ifdef MMSHUFFLEMAMBA_HAS_AVX512
-// float32 with AVX-512 and a compiled state size: chunk_forward and chunk_recompute below
-// written in intrinsics, so that the decay is exp2_decay_v16 and the kN states stay in
-// registers through the chunk (one load and one store of h per chunk instead of per step).
+// float32 with AVX-512 and a compiled state size: the chunk loops (chunk_scan_v16 here,
+// chunk_adjoint_v16 after Adjoint) written in intrinsics, so that the decay is
+// exp2_decay_v16 and the kN states stay in registers through the chunk (h is not reloaded
+// per step).
 template <typename T, int kN>
 constexpr bool kVectorChunks = std::is_same_v<T, float> && kN > 0;
 
@@ -229,10 +230,12 @@ inline __m512 bc_vector(const float* __restrict__ v) {
   else return _mm512_loadu_ps(v);
 }
 
-template <int kN, bool kBcast>
-inline void chunk_forward_v16(int64_t K, const LaneConsts<float>& g, const float* __restrict__ u,
-                              const float* __restrict__ dt, const BCView<float>& bc,
-                              float* __restrict__ h, float* __restrict__ s) {
+// chunk_forward (kKeep false: h (N, W) advanced in place) and chunk_recompute (kKeep: the
+// states h (K + 1, N, W) from h[0] and the decays a (K, N, W) kept) on 16 lanes.
+template <int kN, bool kBcast, bool kKeep>
+inline void chunk_scan_v16(int64_t K, const LaneConsts<float>& g, const float* __restrict__ u,
+                           const float* __restrict__ dt, const BCView<float>& bc,
+                           float* __restrict__ h, float* __restrict__ a, float* __restrict__ s) {
   constexpr int64_t W = 16, bw = kBcast ? 1 : W;
   __m512 hv[kN];
   for (int n = 0; n < kN; ++n) hv[n] = _mm512_loadu_ps(h + n * W);
@@ -243,44 +246,20 @@ inline void chunk_forward_v16(int64_t K, const LaneConsts<float>& g, const float
     __m512 sv = _mm512_mul_ps(skip, uv);
     const float* __restrict__ Bt = bc.B + j * bc.step;
     const float* __restrict__ Ct = bc.C + j * bc.step;
-#pragma GCC unroll 16
-    for (int n = 0; n < kN; ++n) {
-      const __m512 a = exp2_decay_v16(_mm512_mul_ps(dtv, _mm512_loadu_ps(g.A2 + n * W)));
-      hv[n] = _mm512_fmadd_ps(a, hv[n], _mm512_mul_ps(dtu, bc_vector<kBcast>(Bt + n * bw)));
-      sv = _mm512_fmadd_ps(bc_vector<kBcast>(Ct + n * bw), hv[n], sv);
-    }
-    _mm512_storeu_ps(s + j * W, sv);
-  }
-  for (int n = 0; n < kN; ++n) _mm512_storeu_ps(h + n * W, hv[n]);
-}
-
-template <int kN, bool kBcast>
-inline void chunk_recompute_v16(int64_t K, const LaneConsts<float>& g,
-                                const float* __restrict__ u, const float* __restrict__ dt,
-                                const BCView<float>& bc, float* __restrict__ h,
-                                float* __restrict__ a, float* __restrict__ s) {
-  constexpr int64_t W = 16, bw = kBcast ? 1 : W;
-  __m512 hv[kN];
-  for (int n = 0; n < kN; ++n) hv[n] = _mm512_loadu_ps(h + n * W);
-  const __m512 skip = _mm512_loadu_ps(g.skip);
-  for (int64_t j = 0; j < K; ++j) {
-    const __m512 dtv = _mm512_loadu_ps(dt + j * W), uv = _mm512_loadu_ps(u + j * W);
-    const __m512 dtu = _mm512_mul_ps(dtv, uv);
-    __m512 sv = _mm512_mul_ps(skip, uv);
-    const float* __restrict__ Bt = bc.B + j * bc.step;
-    const float* __restrict__ Ct = bc.C + j * bc.step;
-    float* __restrict__ hj = h + (j + 1) * kN * W;
-    float* __restrict__ aj = a + j * kN * W;
 #pragma GCC unroll 16
     for (int n = 0; n < kN; ++n) {
       const __m512 an = exp2_decay_v16(_mm512_mul_ps(dtv, _mm512_loadu_ps(g.A2 + n * W)));
-      _mm512_storeu_ps(aj + n * W, an);
       hv[n] = _mm512_fmadd_ps(an, hv[n], _mm512_mul_ps(dtu, bc_vector<kBcast>(Bt + n * bw)));
-      _mm512_storeu_ps(hj + n * W, hv[n]);
       sv = _mm512_fmadd_ps(bc_vector<kBcast>(Ct + n * bw), hv[n], sv);
+      if constexpr (kKeep) {
+        _mm512_storeu_ps(a + (j * kN + n) * W, an);
+        _mm512_storeu_ps(h + ((j + 1) * kN + n) * W, hv[n]);
+      }
     }
     _mm512_storeu_ps(s + j * W, sv);
   }
+  if constexpr (!kKeep)
+    for (int n = 0; n < kN; ++n) _mm512_storeu_ps(h + n * W, hv[n]);
 }
 
 #endif
@@ -292,7 +271,8 @@ inline void chunk_forward(int64_t nstate, int64_t K, const LaneConsts<T>& g,
                           const BCView<T>& bc, T* __restrict__ h, T* __restrict__ s) {
   constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
 #ifdef MMSHUFFLEMAMBA_HAS_AVX512
-  if constexpr (kVectorChunks<T, kN>) return chunk_forward_v16<kN, kBcast>(K, g, u, dt, bc, h, s);
+  if constexpr (kVectorChunks<T, kN>)
+    return chunk_scan_v16<kN, kBcast, false>(K, g, u, dt, bc, h, nullptr, s);
 #endif
   const int64_t N = kN > 0 ? kN : nstate;
   alignas(64) T dtu[W], sv[W];
@@ -331,7 +311,7 @@ inline void chunk_recompute(int64_t nstate, int64_t K, const LaneConsts<T>& g,
   constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
 #ifdef MMSHUFFLEMAMBA_HAS_AVX512
   if constexpr (kVectorChunks<T, kN>)
-    return chunk_recompute_v16<kN, kBcast>(K, g, u, dt, bc, h, a, s);
+    return chunk_scan_v16<kN, kBcast, true>(K, g, u, dt, bc, h, a, s);
 #endif
   const int64_t N = kN > 0 ? kN : nstate;
   for (int64_t j = 0; j < K; ++j) {
