@@ -62,11 +62,13 @@ def test_scan_state_stays_float32_under_autocast(monkeypatch, path):
 GEMMS = ('mm', 'addmm', 'bmm', 'baddbmm')
 
 
-def test_gemms_run_in_bf16_and_the_fused_op_in_fp32_under_autocast():
+def test_gemms_run_in_bf16_and_the_fused_op_reads_bf16_xz_under_autocast():
     """What ``--amp`` runs on CPU, seen below autocast (a dispatch mode): in a training
     step of a block on the fused path, every GEMM outside the fused op (``in_proj``,
-    ``out_proj``, forward and backward) gets bf16 operands, and the fused op (both
-    directions' convs, ``x_proj``/``dt_proj`` and scans) gets fp32 ones."""
+    ``out_proj``, forward and backward) gets bf16 operands; the fused op (both directions'
+    convs, ``x_proj``/``dt_proj`` and scans) gets ``in_proj``'s bf16 output ``xz`` as it is
+    and fp32 weights, so nothing copies ``xz`` to fp32, and ``xz``'s gradient comes back
+    in bf16."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Record(TorchDispatchMode):
@@ -75,9 +77,12 @@ def test_gemms_run_in_bf16_and_the_fused_op_in_fp32_under_autocast():
             self.calls = []
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            dtypes = {a.dtype for a in args if isinstance(a, torch.Tensor)}
-            self.calls.append((func.overloadpacket.__name__, func.namespace, dtypes))
-            return func(*args, **(kwargs or {}))
+            out = func(*args, **(kwargs or {}))
+            outs = out if isinstance(out, (tuple, list)) else [out]
+            self.calls.append((func.overloadpacket.__name__, func.namespace,
+                               [a.dtype for a in args if isinstance(a, torch.Tensor)],
+                               [(o.shape, o.dtype) for o in outs if isinstance(o, torch.Tensor)]))
+            return out
 
     block = MambaBlock(16, mixer_cfg=dict(d_state=4))
     assert block.mixer.fused(torch.randn(1, 5, 32))
@@ -86,12 +91,20 @@ def test_gemms_run_in_bf16_and_the_fused_op_in_fp32_under_autocast():
         with torch.autocast('cpu', dtype=torch.bfloat16):
             hidden, residual = block(x)
         (hidden.float().sum() + residual.float().sum()).backward()
-    gemms = [dtypes for name, space, dtypes in record.calls if name in GEMMS]
-    fused = [dtypes for name, space, dtypes in record.calls if space == 'mmshufflemamba']
+    gemms = [set(dtypes) for name, space, dtypes, _ in record.calls if name in GEMMS]
     assert len(gemms) >= 6  # in_proj and out_proj: forward, and two per backward
     assert all(dtypes == {torch.bfloat16} for dtypes in gemms), gemms
-    assert len(fused) == 2  # bimamba_inner and its backward
-    assert all(dtypes == {torch.float32} for dtypes in fused), fused
+    fused = {name: dtypes for name, space, dtypes, _ in record.calls
+             if space == 'mmshufflemamba'}
+    assert sorted(fused) == ['bimamba_inner', 'bimamba_inner_backward']
+    # bimamba_inner(xz, 14 weights); bimamba_inner_backward(dy, xz, 14 weights, 4 saved)
+    assert fused['bimamba_inner'] == [torch.bfloat16] + [torch.float32] * 14
+    assert fused['bimamba_inner_backward'] == [torch.float32, torch.bfloat16] + [torch.float32] * 18
+    xz_shape = (2, 5, 2 * block.mixer.d_inner)
+    made = [(name, dtype) for name, _, _, outs in record.calls for shape, dtype in outs
+            if tuple(shape) == xz_shape]
+    assert ('_to_copy', torch.float32) not in made, made  # no fp32 copy of xz
+    assert ('bimamba_inner_backward', torch.bfloat16) in made, made  # dxz in xz's dtype
 
 
 CASES = {

@@ -111,6 +111,41 @@ def test_float32_at_vim_s_sizes():
         assert err < 1e-4, (name, err)
 
 
+@pytest.mark.parametrize('shape', [(2, 33, 20, 16, 3), (1, 40, 768, 16, 24)])
+def test_bfloat16_xz_is_read_as_it_is(shape):
+    """A bf16 ``xz`` (in_proj's output under autocast) goes to the kernels without a float32
+    copy: the output and every gradient equal, bit for bit, those of the float32 run on the
+    same values widened (the conversion is exact), ``xz``'s gradient rounded to bf16; the
+    tensor kept for the backward pass is the bf16 ``xz`` itself. The shapes: a partial lane
+    group (20 channels) and Vim-S's 768 (the 16-lane loads)."""
+    xz, p = make(*shape, dtype=torch.float32, seed=4)
+    runs = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        x = xz.detach().bfloat16().to(dtype).requires_grad_()
+        weights = [p[k].detach().clone().requires_grad_() for k in ORDER]
+        saved = []
+
+        def keep(t):
+            saved.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            y = bimamba_inner(x, *weights)
+        assert y.dtype == dtype
+        # a gradient that bf16 holds exactly: the bf16 run's dy passes through a bf16 cast
+        grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).bfloat16()
+        y.float().backward(grad_y.float())
+        runs[dtype] = (y.float(), x.grad, weights, [t for t in saved if t.shape == x.shape])
+    y_bf, dxz_bf, w_bf, kept_bf = runs[torch.bfloat16]
+    y_32, dxz_32, w_32, kept_32 = runs[torch.float32]
+    assert torch.equal(y_bf, y_32.bfloat16().float())
+    assert dxz_bf.dtype == torch.bfloat16 and torch.equal(dxz_bf, dxz_32.bfloat16())
+    for name, a, b in zip(ORDER, w_bf, w_32):
+        assert torch.equal(a.grad, b.grad), name
+    assert [t.dtype for t in kept_bf] == [torch.bfloat16]  # not a float32 copy
+    assert [t.dtype for t in kept_32] == [torch.float32]
+
+
 @pytest.mark.parametrize('bias', [False, True])
 def test_mixer_paths_agree(monkeypatch, bias):
     """The fused CPU path and the unfused path (the PyTorch scan) of BiMambaMixer."""

@@ -15,7 +15,9 @@ one-direction scan: both run ``csrc/scan_core.h``) and writes the gradients of x
 ``dxz``. Both passes are ``torch.library`` custom ops with fake implementations and an
 autograd formula, so ``torch.compile`` and ``torch.export`` see two opaque ops instead of
 breaking the graph. Computed in float32 (float64 stays float64; bf16/fp16 inputs are
-computed in float32).
+computed in float32). A bfloat16 ``xz`` (``in_proj``'s output under bf16 autocast) is read
+by the kernels as it is, widened exactly as they load it: no float32 copy of it is made or
+kept for the backward pass, and its gradient comes back in bfloat16.
 """
 from typing import List, Optional, Tuple
 
@@ -86,9 +88,9 @@ def _(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, xproj_w_f, xproj_w_b, dtproj_w
     D, N = D2 // 2, A_f.shape[1]
     chunk = load_cpu_kernel().chunk  # steps per checkpoint, as the kernel was built
     chunks = (L + chunk - 1) // chunk
-    x_dbl = xz.new_empty(B, L, xproj_w_f.shape[0])
-    return (xz.new_empty(B, L, D), x_dbl, torch.empty_like(x_dbl),
-            xz.new_empty(B, chunks, N, D), xz.new_empty(B, chunks, N, D))
+    x_dbl = A_f.new_empty(B, L, xproj_w_f.shape[0])  # everything computed has A's dtype
+    return (A_f.new_empty(B, L, D), x_dbl, torch.empty_like(x_dbl),
+            A_f.new_empty(B, chunks, N, D), A_f.new_empty(B, chunks, N, D))
 
 
 @torch.library.custom_op('mmshufflemamba::bimamba_inner_backward', mutates_args=(),
@@ -99,14 +101,15 @@ def _bimamba_inner_backward(dy: Tensor, xz: Tensor, conv_w_f: Tensor, conv_b_f: 
                             dt_bias_f: Tensor, dt_bias_b: Tensor, A_f: Tensor, A_b: Tensor,
                             D_f: Tensor, D_b: Tensor, x_dbl_f: Tensor, x_dbl_b: Tensor,
                             ckpt_f: Tensor, ckpt_b: Tensor) -> List[Tensor]:
-    """Gradients of ``xz`` and of the 14 weights, in :func:`_bimamba_inner`'s order."""
+    """Gradients of ``xz`` (in its dtype) and of the 14 weights, in :func:`_bimamba_inner`'s
+    order."""
     kernel = load_cpu_kernel()
     B, L, D2 = xz.shape
     D, rank = D2 // 2, dtproj_w_f.shape[1]
     u_f, u_b = _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b)  # recomputed
     delta_f = torch.mm(x_dbl_f.view(B * L, -1)[:, :rank], dtproj_w_f.t()).view(B, L, D)
     delta_b = torch.mm(x_dbl_b.view(B * L, -1)[:, :rank], dtproj_w_b.t()).view(B, L, D)
-    dxz = torch.empty_like(xz)
+    dxz = torch.empty(xz.shape, dtype=A_f.dtype)  # both directions add into it: full precision
     with record_function('mmshufflemamba::scan_backward'):
         (du_f, ddelta_f, dBC_f, dA_f, dD_f, dbias_f, du_b, ddelta_b, dBC_b, dA_b, dD_b,
          dbias_b) = kernel.bimamba_scan_backward(
@@ -125,7 +128,7 @@ def _bimamba_inner_backward(dy: Tensor, xz: Tensor, conv_w_f: Tensor, conv_b_f: 
     with record_function('mmshufflemamba::conv_backward'):
         dconv_w_f, dconv_b_f, dconv_w_b, dconv_b_b = kernel.bimamba_conv_backward(
             xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, du_f, du_b, dxz)
-    return [dxz, dconv_w_f, dconv_b_f, dconv_w_b, dconv_b_b, grads['xproj_w_f'],
+    return [dxz.to(xz.dtype), dconv_w_f, dconv_b_f, dconv_w_b, dconv_b_b, grads['xproj_w_f'],
             grads['xproj_w_b'], grads['dtproj_w_f'], grads['dtproj_w_b'], dbias_f, dbias_b,
             dA_f, dA_b, dD_f, dD_b]
 
@@ -159,16 +162,20 @@ def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv
 
     Weights in the mixer's own shapes (conv ``(D, 1, K)``, x_proj ``(R + 2N, D)``, dt_proj
     ``(D, R)``, A ``(D, N)`` already ``-exp(A_log)``). Differentiable in every input.
+    Computed in float32 (float64 for float64 ``xz``); a bfloat16 ``xz`` is read without a
+    copy, other half types are copied to float32. ``y`` has ``xz``'s dtype.
     """
     compute = torch.float64 if xz.dtype == torch.float64 else torch.float32
     if conv_b_f is None:
         conv_b_f = conv_w_f.new_zeros(conv_w_f.shape[0])
     if conv_b_b is None:
         conv_b_b = conv_w_b.new_zeros(conv_w_b.shape[0])
-    args = [xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, xproj_w_f, xproj_w_b, dtproj_w_f,
-            dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b]
-    args = [a.to(compute) if a.dtype != compute else a for a in args]
+    weights = [conv_w_f, conv_b_f, conv_w_b, conv_b_b, xproj_w_f, xproj_w_b, dtproj_w_f,
+               dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b]
+    weights = [w.to(compute) if w.dtype != compute else w for w in weights]
+    # the kernels read xz in the compute dtype or in bfloat16
+    xz_in = xz if xz.dtype in (compute, torch.bfloat16) else xz.to(compute)
     with torch.autocast('cpu', enabled=False):
-        y = torch.ops.mmshufflemamba.bimamba_inner(*args)[0]
+        y = torch.ops.mmshufflemamba.bimamba_inner(xz_in, *weights)[0]
     return y.to(xz.dtype)
 

@@ -14,6 +14,11 @@
 //   h_t = exp(dt_t A) h_{t -+ 1} + dt_t u_t B_t,  s_t = C_t . h_t + D u_t,  dt = softplus(delta + bias)
 //   y[t] = (s_f[t] + s_b[t]) silu(z[t]) / 2
 // B_t and C_t are shared by all channels, so the scans broadcast them to the lanes.
+//
+// The element type of xz is X: the compute type T, or bfloat16 when T is float32 (in_proj's
+// output under bf16 autocast), read as it is and widened exactly in the loads, so that the
+// mixer neither makes nor keeps a float32 copy of it. Everything computed (u, y, the
+// states, dxz) is T.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -51,8 +56,8 @@ Seq<const T> cseq(const at::Tensor& x, int64_t offset = 0) {
 // wT: (K, D) weights transposed so that loops over channels read them contiguously.
 
 // Row t of both directions' pre-activations (bias + causal / anti-causal taps) into pf, pb.
-template <typename T>
-inline void conv_preactivations(Seq<const T> x, const T* wT_f, const T* b_f, const T* wT_b,
+template <typename T, typename X>
+inline void conv_preactivations(Seq<const X> x, const T* wT_f, const T* b_f, const T* wT_b,
                                 const T* b_b, int64_t b, int64_t t, int64_t L, int64_t D,
                                 int64_t K, T* __restrict__ pf, T* __restrict__ pb) {
   std::copy(b_f, b_f + D, pf);
@@ -60,22 +65,22 @@ inline void conv_preactivations(Seq<const T> x, const T* wT_f, const T* b_f, con
   for (int64_t k = 0; k < K; ++k) {
     const int64_t tf = t - (K - 1) + k, tb = t + (K - 1) - k;
     if (tf >= 0) {
-      const T* __restrict__ xr = x.row(b, tf);
+      const X* __restrict__ xr = x.row(b, tf);
       const T* __restrict__ w = wT_f + k * D;
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) pf[d] += w[d] * xr[d];
+      for (int64_t d = 0; d < D; ++d) pf[d] += w[d] * static_cast<T>(xr[d]);
     }
     if (tb < L) {
-      const T* __restrict__ xr = x.row(b, tb);
+      const X* __restrict__ xr = x.row(b, tb);
       const T* __restrict__ w = wT_b + k * D;
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) pb[d] += w[d] * xr[d];
+      for (int64_t d = 0; d < D; ++d) pb[d] += w[d] * static_cast<T>(xr[d]);
     }
   }
 }
 
-template <typename T>
-void conv_forward(Seq<const T> x, const T* wT_f, const T* b_f, const T* wT_b, const T* b_b,
+template <typename T, typename X>
+void conv_forward(Seq<const X> x, const T* wT_f, const T* b_f, const T* wT_b, const T* b_b,
                   int64_t B, int64_t L, int64_t D, int64_t K, T* u_f, T* u_b) {
   at::parallel_for(0, B * L, 16, [&](int64_t begin, int64_t end) {
     const FlushDenormals ftz;
@@ -91,8 +96,8 @@ void conv_forward(Seq<const T> x, const T* wT_f, const T* b_f, const T* wT_b, co
 
 // From dL/du_f and dL/du_b: dL/dx (into dx, a strided view), and per-task partial sums of
 // the weight and bias gradients, partial: (tasks, 2, K + 1, D) (K weight rows, then bias).
-template <typename T>
-void conv_backward(Seq<const T> x, const T* wT_f, const T* b_f, const T* wT_b, const T* b_b,
+template <typename T, typename X>
+void conv_backward(Seq<const X> x, const T* wT_f, const T* b_f, const T* wT_b, const T* b_b,
                    const T* du_f, const T* du_b, int64_t B, int64_t L, int64_t D, int64_t K,
                    Seq<T> dx, T* gp_f, T* gp_b, T* partial, int64_t tasks) {
   // 1. through the SiLUs: gp = du * silu'(pre), with the pre-activations recomputed
@@ -147,14 +152,14 @@ void conv_backward(Seq<const T> x, const T* wT_f, const T* b_f, const T* wT_b, c
           // dw_f[k] += gp_f[t] x[t - K + 1 + k]; dw_b[k] += gp_b[t] x[t + K - 1 - k]
           const int64_t sf = t - (K - 1) + k, sb = t + (K - 1) - k;
           if (sf >= 0) {
-            const T* __restrict__ xr = x.row(b, sf);
+            const X* __restrict__ xr = x.row(b, sf);
 #pragma omp simd
-            for (int64_t d = 0; d < D; ++d) gw_f[k * D + d] += gf[d] * xr[d];
+            for (int64_t d = 0; d < D; ++d) gw_f[k * D + d] += gf[d] * static_cast<T>(xr[d]);
           }
           if (sb < L) {
-            const T* __restrict__ xr = x.row(b, sb);
+            const X* __restrict__ xr = x.row(b, sb);
 #pragma omp simd
-            for (int64_t d = 0; d < D; ++d) gw_b[k * D + d] += gb[d] * xr[d];
+            for (int64_t d = 0; d < D; ++d) gw_b[k * D + d] += gb[d] * static_cast<T>(xr[d]);
           }
         }
       }
@@ -165,11 +170,13 @@ void conv_backward(Seq<const T> x, const T* wT_f, const T* b_f, const T* wT_b, c
 
 // ------------------------------------------------------------------------------- scans
 // One direction of the mixer's scan, for scan_core.h's drivers. Rows are (batch, len, D)
-// (u, delta, y, z, dy, the gradients) or (batch, len, N) (B, C: columns of x_dbl).
-template <typename T>
+// (u, delta, y, z, dy, the gradients) or (batch, len, N) (B, C: columns of x_dbl); z, the
+// second half of xz, is X (see the top).
+template <typename T, typename X>
 struct TokenMajorIO {
   static constexpr int64_t W = kLanes<T>;
-  Seq<const T> u, delta, Bm, Cm, z;
+  Seq<const T> u, delta, Bm, Cm;
+  Seq<const X> z;
   ScanParams<T> params;
   bool reverse;  // the backward direction: scan step i is token L - 1 - i
   int64_t L, D, N;
@@ -331,6 +338,22 @@ void check_vec(const at::Tensor& v, int64_t D, const at::Tensor& like, const cha
               name, " must be contiguous with ", D, " elements of dtype ", like.scalar_type());
 }
 
+// Calls f.template operator()<T, X>() with T the compute type (that of `like`: float32 or
+// float64) and X the element type of xz: T, or bfloat16 where T is float32.
+template <typename F>
+void with_types(const at::Tensor& xz, const at::Tensor& like, F&& f) {
+  TORCH_CHECK(xz.dim() == 3 && xz.stride(2) == 1 && xz.device().is_cpu(),
+              "xz must be a CPU (batch, len, channels) tensor with contiguous channels");
+  AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "bimamba_cpu", [&] {
+    if (xz.scalar_type() == like.scalar_type()) return f.template operator()<scalar_t, scalar_t>();
+    if constexpr (std::is_same_v<scalar_t, float>)
+      if (xz.scalar_type() == at::kBFloat16) return f.template operator()<float, c10::BFloat16>();
+    TORCH_CHECK(false, "xz must be ", like.scalar_type(),
+                like.scalar_type() == at::kFloat ? " or bfloat16" : "", " (the compute dtype",
+                " of the weights); got ", xz.scalar_type());
+  });
+}
+
 
 }  // namespace
 
@@ -338,16 +361,14 @@ void check_vec(const at::Tensor& v, int64_t D, const at::Tensor& like, const cha
 std::vector<at::Tensor> bimamba_conv_forward(const at::Tensor& xz, const at::Tensor& w_f,
                                              const at::Tensor& b_f, const at::Tensor& w_b,
                                              const at::Tensor& b_b) {
-  check_seq(xz, xz, "xz");
   const int64_t B = xz.size(0), L = xz.size(1), D = xz.size(2) / 2, K = w_f.size(-1);
   const auto wT_f = w_f.reshape({D, K}).t().contiguous(), wT_b = w_b.reshape({D, K}).t().contiguous();
-  check_vec(b_f, D, xz, "conv bias");
-  check_vec(b_b, D, xz, "conv bias");
-  auto u_f = at::empty({B, L, D}, xz.options()), u_b = at::empty({B, L, D}, xz.options());
-  AT_DISPATCH_FLOATING_TYPES(xz.scalar_type(), "bimamba_conv_forward", [&] {
-    conv_forward<scalar_t>(cseq<scalar_t>(xz), wT_f.data_ptr<scalar_t>(), b_f.data_ptr<scalar_t>(),
-                           wT_b.data_ptr<scalar_t>(), b_b.data_ptr<scalar_t>(), B, L, D, K,
-                           u_f.data_ptr<scalar_t>(), u_b.data_ptr<scalar_t>());
+  check_vec(b_f, D, w_f, "conv bias");
+  check_vec(b_b, D, w_f, "conv bias");
+  auto u_f = at::empty({B, L, D}, w_f.options()), u_b = at::empty({B, L, D}, w_f.options());
+  with_types(xz, w_f, [&]<typename T, typename X>() {
+    conv_forward<T, X>(cseq<X>(xz), wT_f.data_ptr<T>(), b_f.data_ptr<T>(), wT_b.data_ptr<T>(),
+                       b_b.data_ptr<T>(), B, L, D, K, u_f.data_ptr<T>(), u_b.data_ptr<T>());
   });
   return {u_f, u_b};
 }
@@ -357,20 +378,18 @@ std::vector<at::Tensor> bimamba_conv_backward(const at::Tensor& xz, const at::Te
                                               const at::Tensor& b_f, const at::Tensor& w_b,
                                               const at::Tensor& b_b, const at::Tensor& du_f,
                                               const at::Tensor& du_b, at::Tensor& dxz) {
-  check_seq(xz, xz, "xz");
-  check_seq(dxz, xz, "dxz");
+  check_seq(dxz, w_f, "dxz");
   const int64_t B = xz.size(0), L = xz.size(1), D = xz.size(2) / 2, K = w_f.size(-1);
   TORCH_CHECK(du_f.is_contiguous() && du_b.is_contiguous(), "du must be contiguous");
   const auto wT_f = w_f.reshape({D, K}).t().contiguous(), wT_b = w_b.reshape({D, K}).t().contiguous();
   const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(B * L, 4 * at::get_num_threads()));
-  auto gp_f = at::empty({B, L, D}, xz.options()), gp_b = at::empty({B, L, D}, xz.options());
-  auto partial = at::empty({tasks, 2, K + 1, D}, xz.options());
-  AT_DISPATCH_FLOATING_TYPES(xz.scalar_type(), "bimamba_conv_backward", [&] {
-    conv_backward<scalar_t>(cseq<scalar_t>(xz), wT_f.data_ptr<scalar_t>(), b_f.data_ptr<scalar_t>(),
-                            wT_b.data_ptr<scalar_t>(), b_b.data_ptr<scalar_t>(),
-                            du_f.data_ptr<scalar_t>(), du_b.data_ptr<scalar_t>(), B, L, D, K,
-                            seq<scalar_t>(dxz), gp_f.data_ptr<scalar_t>(), gp_b.data_ptr<scalar_t>(),
-                            partial.data_ptr<scalar_t>(), tasks);
+  auto gp_f = at::empty({B, L, D}, w_f.options()), gp_b = at::empty({B, L, D}, w_f.options());
+  auto partial = at::empty({tasks, 2, K + 1, D}, w_f.options());
+  with_types(xz, w_f, [&]<typename T, typename X>() {
+    conv_backward<T, X>(cseq<X>(xz), wT_f.data_ptr<T>(), b_f.data_ptr<T>(), wT_b.data_ptr<T>(),
+                        b_b.data_ptr<T>(), du_f.data_ptr<T>(), du_b.data_ptr<T>(), B, L, D, K,
+                        seq<T>(dxz), gp_f.data_ptr<T>(), gp_b.data_ptr<T>(),
+                        partial.data_ptr<T>(), tasks);
   });
   const auto sums = partial.sum(0);  // (2, K + 1, D); the results must not alias each other
   return {sums[0].narrow(0, 0, K).t().contiguous().view(w_f.sizes()), sums[0][K].clone(),
@@ -380,36 +399,37 @@ std::vector<at::Tensor> bimamba_conv_backward(const at::Tensor& xz, const at::Te
 
 namespace {
 
+// One direction's inputs against xz's shape and u's dtype (the compute type).
 void check_scan(const at::Tensor& xz, const at::Tensor& u, const at::Tensor& delta,
                 const at::Tensor& x_dbl, int64_t rank, const at::Tensor& A, const at::Tensor& skip,
                 const at::Tensor& bias) {
   const int64_t B = xz.size(0), L = xz.size(1), D = xz.size(2) / 2, N = A.size(1);
-  check_seq(u, xz, "u");
-  check_seq(delta, xz, "delta");
-  check_seq(x_dbl, xz, "x_dbl");
+  check_seq(u, u, "u");
+  check_seq(delta, u, "delta");
+  check_seq(x_dbl, u, "x_dbl");
   TORCH_CHECK(u.size(0) == B && u.size(1) == L && u.size(2) == D && delta.sizes() == u.sizes(),
               "u and delta must be (B, L, D)");
   TORCH_CHECK(x_dbl.size(0) == B && x_dbl.size(1) == L && x_dbl.size(2) == rank + 2 * N,
               "x_dbl must be (B, L, dt_rank + 2 N)");
-  TORCH_CHECK(A.is_contiguous() && A.size(0) == D && A.scalar_type() == xz.scalar_type(),
+  TORCH_CHECK(A.is_contiguous() && A.size(0) == D && A.scalar_type() == u.scalar_type(),
               "A must be contiguous (D, N)");
-  check_vec(skip, D, xz, "D");
-  check_vec(bias, D, xz, "delta_bias");
+  check_vec(skip, D, u, "D");
+  check_vec(bias, D, u, "delta_bias");
 }
 
 // One direction's IO with its inputs; outputs and gradients are set by the caller.
-template <typename T>
-TokenMajorIO<T> direction(const at::Tensor& xz, const at::Tensor& u, const at::Tensor& delta,
+template <typename T, typename X>
+TokenMajorIO<T, X> direction(const at::Tensor& xz, const at::Tensor& u, const at::Tensor& delta,
                           const at::Tensor& x_dbl, int64_t rank, const at::Tensor& A,
                           const at::Tensor& skip, const at::Tensor& bias, bool reverse,
                           const at::Tensor& ckpt) {
-  TokenMajorIO<T> io{};
+  TokenMajorIO<T, X> io{};
   const int64_t D = xz.size(2) / 2, N = A.size(1);
   io.u = cseq<T>(u);
   io.delta = cseq<T>(delta);
   io.Bm = cseq<T>(x_dbl, rank);
   io.Cm = cseq<T>(x_dbl, rank + N);
-  io.z = cseq<T>(xz, D);
+  io.z = cseq<X>(xz, D);
   io.params = {A.data_ptr<T>(), skip.data_ptr<T>(), bias.data_ptr<T>(), true};
   io.reverse = reverse;
   io.L = xz.size(1);
@@ -427,22 +447,21 @@ std::vector<at::Tensor> bimamba_scan_forward(
     const at::Tensor& delta_b, const at::Tensor& x_dbl_f, const at::Tensor& x_dbl_b,
     int64_t rank, const at::Tensor& A_f, const at::Tensor& A_b, const at::Tensor& D_f,
     const at::Tensor& D_b, const at::Tensor& bias_f, const at::Tensor& bias_b) {
-  check_seq(xz, xz, "xz");
   check_scan(xz, u_f, delta_f, x_dbl_f, rank, A_f, D_f, bias_f);
   check_scan(xz, u_b, delta_b, x_dbl_b, rank, A_b, D_b, bias_b);
   const int64_t B = xz.size(0), L = xz.size(1), D = xz.size(2) / 2, N = A_f.size(1);
-  auto y = at::empty({B, L, D}, xz.options());
-  auto ckpt_f = at::empty({B, ceil_div(L, kChunk), N, D}, xz.options());
+  auto y = at::empty({B, L, D}, u_f.options());
+  auto ckpt_f = at::empty({B, ceil_div(L, kChunk), N, D}, u_f.options());
   auto ckpt_b = at::empty_like(ckpt_f);
-  AT_DISPATCH_FLOATING_TYPES(xz.scalar_type(), "bimamba_scan_forward", [&] {
-    TokenMajorIO<scalar_t> dirs[2] = {
-        direction<scalar_t>(xz, u_f, delta_f, x_dbl_f, rank, A_f, D_f, bias_f, false, ckpt_f),
-        direction<scalar_t>(xz, u_b, delta_b, x_dbl_b, rank, A_b, D_b, bias_b, true, ckpt_b)};
-    for (auto& io : dirs) io.y = seq<scalar_t>(y);
-    const auto groups = lane_groups<scalar_t>(D, D);
+  with_types(xz, u_f, [&]<typename T, typename X>() {
+    TokenMajorIO<T, X> dirs[2] = {
+        direction<T, X>(xz, u_f, delta_f, x_dbl_f, rank, A_f, D_f, bias_f, false, ckpt_f),
+        direction<T, X>(xz, u_b, delta_b, x_dbl_b, rank, A_b, D_b, bias_b, true, ckpt_b)};
+    for (auto& io : dirs) io.y = seq<T>(y);
+    const auto groups = lane_groups<T>(D, D);
     const int64_t tpb = tasks_per_batch(groups.size(), B);
     with_state_size(N, [&]<int kN>() {
-      scan_forward<scalar_t, kN, true>(dirs, 2, groups, B, L, N, D, tpb);
+      scan_forward<T, kN, true>(dirs, 2, groups, B, L, N, D, tpb);
     });
   });
   return {y, ckpt_f, ckpt_b};
@@ -456,8 +475,7 @@ std::vector<at::Tensor> bimamba_scan_backward(
     const at::Tensor& x_dbl_b, int64_t rank, const at::Tensor& A_f, const at::Tensor& A_b,
     const at::Tensor& D_f, const at::Tensor& D_b, const at::Tensor& bias_f,
     const at::Tensor& bias_b, const at::Tensor& ckpt_f, const at::Tensor& ckpt_b, at::Tensor& dxz) {
-  check_seq(xz, xz, "xz");
-  check_seq(dxz, xz, "dxz");
+  check_seq(dxz, u_f, "dxz");
   check_scan(xz, u_f, delta_f, x_dbl_f, rank, A_f, D_f, bias_f);
   check_scan(xz, u_b, delta_b, x_dbl_b, rank, A_b, D_b, bias_b);
   const int64_t B = xz.size(0), L = xz.size(1), D = xz.size(2) / 2, N = A_f.size(1);
@@ -466,15 +484,15 @@ std::vector<at::Tensor> bimamba_scan_backward(
                   ckpt_f.sizes() == at::IntArrayRef({B, ceil_div(L, kChunk), N, D}) &&
                   ckpt_b.sizes() == ckpt_f.sizes(),
               "checkpoints do not match the inputs");
-  auto opts = xz.options();
+  auto opts = u_f.options();
   std::vector<at::Tensor> out;
   at::Tensor du[2], ddelta[2], dBC[2], dA[2], dskip[2], dbias[2];
-  AT_DISPATCH_FLOATING_TYPES(xz.scalar_type(), "bimamba_scan_backward", [&] {
-    const auto groups = lane_groups<scalar_t>(D, D);
+  with_types(xz, u_f, [&]<typename T, typename X>() {
+    const auto groups = lane_groups<T>(D, D);
     const int64_t tpb = tasks_per_batch(groups.size(), B);
-    TokenMajorIO<scalar_t> dirs[2] = {
-        direction<scalar_t>(xz, u_f, delta_f, x_dbl_f, rank, A_f, D_f, bias_f, false, ckpt_f),
-        direction<scalar_t>(xz, u_b, delta_b, x_dbl_b, rank, A_b, D_b, bias_b, true, ckpt_b)};
+    TokenMajorIO<T, X> dirs[2] = {
+        direction<T, X>(xz, u_f, delta_f, x_dbl_f, rank, A_f, D_f, bias_f, false, ckpt_f),
+        direction<T, X>(xz, u_b, delta_b, x_dbl_b, rank, A_b, D_b, bias_b, true, ckpt_b)};
     for (int i = 0; i < 2; ++i) {
       du[i] = at::empty({B, L, D}, opts);
       ddelta[i] = at::empty({B, L, D}, opts);
@@ -483,17 +501,17 @@ std::vector<at::Tensor> bimamba_scan_backward(
       dskip[i] = at::empty({B, D}, opts);
       dbias[i] = at::empty({B, D}, opts);
       auto& io = dirs[i];
-      io.dy = dy.data_ptr<scalar_t>();
-      io.dz = seq<scalar_t>(dxz, D);
-      io.du = du[i].data_ptr<scalar_t>();
-      io.ddelta = ddelta[i].data_ptr<scalar_t>();
-      io.dBC = dBC[i].data_ptr<scalar_t>();
-      io.grads = {dA[i].data_ptr<scalar_t>(), dskip[i].data_ptr<scalar_t>(),
-                  dbias[i].data_ptr<scalar_t>()};
+      io.dy = dy.data_ptr<T>();
+      io.dz = seq<T>(dxz, D);
+      io.du = du[i].data_ptr<T>();
+      io.ddelta = ddelta[i].data_ptr<T>();
+      io.dBC = dBC[i].data_ptr<T>();
+      io.grads = {dA[i].data_ptr<T>(), dskip[i].data_ptr<T>(),
+                  dbias[i].data_ptr<T>()};
       io.tpb = tpb;
     }
     with_state_size(N, [&]<int kN>() {
-      scan_backward<scalar_t, kN, true>(dirs, 2, groups, B, L, N, D, tpb);
+      scan_backward<T, kN, true>(dirs, 2, groups, B, L, N, D, tpb);
     });
   });
   for (int i = 0; i < 2; ++i) {

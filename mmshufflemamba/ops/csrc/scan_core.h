@@ -132,17 +132,18 @@ struct LaneConsts {
   }
 };
 
-// Copies nl values and zero-fills the rest of a vector's lanes. A full vector (every lane
+// Copies nl values and zero-fills the rest of a vector's lanes; a source of another type
+// (the mixer's bfloat16 xz) is widened to T on the way, exactly. A full vector (every lane
 // group when the channels divide by kLanes) is one move; std::copy of a run-time length
 // would call memmove, which took a third of the fused scan's time.
-template <typename T>
-inline void load_lanes(const T* __restrict__ src, int64_t nl, T* __restrict__ dst) {
+template <typename T, typename S>
+inline void load_lanes(const S* __restrict__ src, int64_t nl, T* __restrict__ dst) {
   if (nl == kLanes<T>) {
 #pragma omp simd
-    for (int64_t l = 0; l < kLanes<T>; ++l) dst[l] = src[l];
+    for (int64_t l = 0; l < kLanes<T>; ++l) dst[l] = static_cast<T>(src[l]);
     return;
   }
-  for (int64_t l = 0; l < kLanes<T>; ++l) dst[l] = l < nl ? src[l] : T(0);
+  for (int64_t l = 0; l < kLanes<T>; ++l) dst[l] = l < nl ? static_cast<T>(src[l]) : T(0);
 }
 
 // Stores the first nl lanes of a vector.
