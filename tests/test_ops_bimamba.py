@@ -146,6 +146,17 @@ def test_bfloat16_xz_is_read_as_it_is(shape):
     assert [t.dtype for t in kept_32] == [torch.float32]
 
 
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
+def test_op_registration_holds_for_each_xz_dtype(dtype):
+    """torch.library's own checks of the custom op (schema, autograd registration, the fake
+    implementations against the real outputs' shapes and dtypes, AOT dispatch through the
+    backward op) for each dtype ``xz`` reaches it in: the compute type, or bf16 (the
+    weights then fp32)."""
+    xz, p = make(2, 9, 16, 4, 2, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    args = (xz.detach().to(dtype).requires_grad_(), ) + tuple(p[k] for k in ORDER)
+    torch.library.opcheck(torch.ops.mmshufflemamba.bimamba_inner.default, args)
+
+
 @pytest.mark.parametrize('bias', [False, True])
 def test_mixer_paths_agree(monkeypatch, bias):
     """The fused CPU path and the unfused path (the PyTorch scan) of BiMambaMixer."""

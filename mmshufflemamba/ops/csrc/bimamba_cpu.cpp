@@ -419,10 +419,10 @@ void check_scan(const at::Tensor& xz, const at::Tensor& u, const at::Tensor& del
 
 // One direction's IO with its inputs; outputs and gradients are set by the caller.
 template <typename T, typename X>
-TokenMajorIO<T, X> direction(const at::Tensor& xz, const at::Tensor& u, const at::Tensor& delta,
-                          const at::Tensor& x_dbl, int64_t rank, const at::Tensor& A,
-                          const at::Tensor& skip, const at::Tensor& bias, bool reverse,
-                          const at::Tensor& ckpt) {
+TokenMajorIO<T, X> direction(const at::Tensor& xz, const at::Tensor& u,
+                             const at::Tensor& delta, const at::Tensor& x_dbl, int64_t rank,
+                             const at::Tensor& A, const at::Tensor& skip,
+                             const at::Tensor& bias, bool reverse, const at::Tensor& ckpt) {
   TokenMajorIO<T, X> io{};
   const int64_t D = xz.size(2) / 2, N = A.size(1);
   io.u = cseq<T>(u);
