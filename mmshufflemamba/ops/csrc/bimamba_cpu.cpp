@@ -326,11 +326,15 @@ void with_state_size(int64_t nstate, F&& f) {
   }
 }
 
+void check_rows(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1 && x.device().is_cpu(),
+              name, " must be a CPU (batch, len, channels) tensor with contiguous channels");
+}
+
 void check_seq(const at::Tensor& x, const at::Tensor& like, const char* name) {
-  TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1 && x.scalar_type() == like.scalar_type() &&
-                  x.device().is_cpu(),
-              name, " must be a CPU (batch, len, channels) tensor with contiguous channels, of ",
-              "dtype ", like.scalar_type());
+  check_rows(x, name);
+  TORCH_CHECK(x.scalar_type() == like.scalar_type(), name, " must be of dtype ",
+              like.scalar_type(), "; got ", x.scalar_type());
 }
 
 void check_vec(const at::Tensor& v, int64_t D, const at::Tensor& like, const char* name) {
@@ -342,8 +346,7 @@ void check_vec(const at::Tensor& v, int64_t D, const at::Tensor& like, const cha
 // float64) and X the element type of xz: T, or bfloat16 where T is float32.
 template <typename F>
 void with_types(const at::Tensor& xz, const at::Tensor& like, F&& f) {
-  TORCH_CHECK(xz.dim() == 3 && xz.stride(2) == 1 && xz.device().is_cpu(),
-              "xz must be a CPU (batch, len, channels) tensor with contiguous channels");
+  check_rows(xz, "xz");
   AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "bimamba_cpu", [&] {
     if (xz.scalar_type() == like.scalar_type()) return f.template operator()<scalar_t, scalar_t>();
     if constexpr (std::is_same_v<scalar_t, float>)
@@ -506,8 +509,7 @@ std::vector<at::Tensor> bimamba_scan_backward(
       io.du = du[i].data_ptr<T>();
       io.ddelta = ddelta[i].data_ptr<T>();
       io.dBC = dBC[i].data_ptr<T>();
-      io.grads = {dA[i].data_ptr<T>(), dskip[i].data_ptr<T>(),
-                  dbias[i].data_ptr<T>()};
+      io.grads = {dA[i].data_ptr<T>(), dskip[i].data_ptr<T>(), dbias[i].data_ptr<T>()};
       io.tpb = tpb;
     }
     with_state_size(N, [&]<int kN>() {
