@@ -191,14 +191,6 @@ struct TokenMajorIO {
 
   int64_t time(int64_t i) const { return reverse ? L - 1 - i : i; }
 
-  void load_inputs(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, T* ut, T* dt) const {
-    for (int64_t j = 0; j < K; ++j) {
-      const int64_t t = time(i0 + j);
-      load_lanes(u.row(b, t) + lg.d0, lg.nl, ut + j * W);
-      load_lanes(delta.row(b, t) + lg.d0, lg.nl, dt + j * W);
-    }
-  }
-
   template <bool kBcast>
   BCView<T> load_bc(int64_t b, const LaneGroup&, int64_t i0, int64_t, T*) const {
     static_assert(kBcast, "the mixer's B and C are shared by all channels");
@@ -206,39 +198,35 @@ struct TokenMajorIO {
     return {Bm.row(b, t), Cm.row(b, t), reverse ? -Bm.st : Bm.st};
   }
 
-  // The rows are 3 KB and more apart (a new page each): ask for the next chunk's now, so
-  // that they are in cache when this lane group gets there.
-  void prefetch(int64_t b, const LaneGroup& lg, int64_t i0, bool backward) const {
-    const int64_t K = std::min(L, i0 + kChunk) - i0;
+  // The span's tiles from / to whole rows: each row is visited once for all its lane groups.
+  void load_inputs(int64_t b, Span sp, int64_t i0, int64_t K, T* ut, T* dt) const {
     for (int64_t j = 0; j < K; ++j) {
       const int64_t t = time(i0 + j);
-      __builtin_prefetch(u.row(b, t) + lg.d0);
-      __builtin_prefetch(delta.row(b, t) + lg.d0);
-      __builtin_prefetch(Bm.row(b, t));
-      __builtin_prefetch(Cm.row(b, t));
-      if (!backward) {
-        __builtin_prefetch(y.row(b, t) + lg.d0, 1);
-        if (reverse) __builtin_prefetch(z.row(b, t) + lg.d0);
-      } else {
-        __builtin_prefetch(z.row(b, t) + lg.d0);
-        __builtin_prefetch(dy + (b * L + t) * D + lg.d0);
-        __builtin_prefetch(dz.row(b, t) + lg.d0, 1);
-        __builtin_prefetch(du + (b * L + t) * D + lg.d0, 1);
-        __builtin_prefetch(ddelta + (b * L + t) * D + lg.d0, 1);
+      const T* __restrict__ ur = u.row(b, t);
+      const T* __restrict__ dr = delta.row(b, t);
+      for (int64_t g = 0; g < sp.n; ++g) {
+        const LaneGroup& lg = sp.groups[g];
+        load_lanes(ur + lg.d0, lg.nl, ut + (g * kChunk + j) * W);
+        load_lanes(dr + lg.d0, lg.nl, dt + (g * kChunk + j) * W);
       }
     }
   }
 
-  void store_out(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, const T* s) const {
+  void store_out(int64_t b, Span sp, int64_t i0, int64_t K, const T* s) const {
     alignas(64) T zv[W], yv[W];
     for (int64_t j = 0; j < K; ++j) {
       const int64_t t = time(i0 + j);
-      T* __restrict__ yr = y.row(b, t) + lg.d0;
-      const T* __restrict__ sj = s + j * W;
-      if (!reverse) {
-        store_lanes(sj, lg.nl, yr);
-      } else {
-        load_lanes(z.row(b, t) + lg.d0, lg.nl, zv);
+      T* __restrict__ yrow = y.row(b, t);
+      const X* __restrict__ zrow = z.row(b, t);
+      for (int64_t g = 0; g < sp.n; ++g) {
+        const LaneGroup& lg = sp.groups[g];
+        T* __restrict__ yr = yrow + lg.d0;
+        const T* __restrict__ sj = s + (g * kChunk + j) * W;
+        if (!reverse) {
+          store_lanes(sj, lg.nl, yr);
+          continue;
+        }
+        load_lanes(zrow + lg.d0, lg.nl, zv);
         load_lanes(yr, lg.nl, yv);
 #ifdef MMSHUFFLEMAMBA_HAS_AVX512
         if constexpr (std::is_same_v<T, float>) {
@@ -256,47 +244,64 @@ struct TokenMajorIO {
     }
   }
 
-  // y = (s_f + s_b) silu(z) / 2: gs = dy silu(z) / 2, and this direction's share of dL/dz.
-  void gate(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, const T* s, T* gs) const {
-    alignas(64) T zv[W], dyv[W], dzv[W];
+  // Backward, before the scans: the span's u and delta tiles, and from y = (s_f + s_b) silu(z) / 2
+  // gs = dL/ds = dy silu(z) / 2 and gz = dy silu'(z) / 2 (dL/dz = gz (s_f + s_b)).
+  void load_backward(int64_t b, Span sp, int64_t i0, int64_t K, T* ut, T* dt, T* gs,
+                     T* gz) const {
+    alignas(64) T zv[W], dyv[W];
     for (int64_t j = 0; j < K; ++j) {
       const int64_t t = time(i0 + j);
-      T* __restrict__ dzr = dz.row(b, t) + lg.d0;
-      load_lanes(z.row(b, t) + lg.d0, lg.nl, zv);
-      load_lanes(dy + (b * L + t) * D + lg.d0, lg.nl, dyv);
-      if (reverse) load_lanes(dzr, lg.nl, dzv);
-      else std::fill(dzv, dzv + W, T(0));
-      const T* __restrict__ sj = s + j * W;
-      T* __restrict__ gj = gs + j * W;
+      const T* __restrict__ ur = u.row(b, t);
+      const T* __restrict__ dr = delta.row(b, t);
+      const X* __restrict__ zr = z.row(b, t);
+      const T* __restrict__ dyr = dy + (b * L + t) * D;
+      for (int64_t g = 0; g < sp.n; ++g) {
+        const LaneGroup& lg = sp.groups[g];
+        const int64_t o = (g * kChunk + j) * W;
+        load_lanes(ur + lg.d0, lg.nl, ut + o);
+        load_lanes(dr + lg.d0, lg.nl, dt + o);
+        load_lanes(zr + lg.d0, lg.nl, zv);
+        load_lanes(dyr + lg.d0, lg.nl, dyv);
 #ifdef MMSHUFFLEMAMBA_HAS_AVX512
-      if constexpr (std::is_same_v<T, float>) {
-        const __m512 z = _mm512_load_ps(zv), one = _mm512_set1_ps(1.0f);
-        const __m512 sig = sigmoid_v16(z);
-        const __m512 half_dy = _mm512_mul_ps(_mm512_set1_ps(0.5f), _mm512_load_ps(dyv));
-        _mm512_storeu_ps(gj, _mm512_mul_ps(_mm512_mul_ps(half_dy, z), sig));
-        const __m512 slope = _mm512_mul_ps(sig, _mm512_fmadd_ps(z, _mm512_sub_ps(one, sig), one));
-        _mm512_store_ps(dzv, _mm512_fmadd_ps(_mm512_mul_ps(half_dy, _mm512_loadu_ps(sj)), slope,
-                                             _mm512_load_ps(dzv)));
-      } else
+        if constexpr (std::is_same_v<T, float>) {
+          const __m512 zz = _mm512_load_ps(zv), one = _mm512_set1_ps(1.0f);
+          const __m512 sig = sigmoid_v16(zz);
+          const __m512 half_dy = _mm512_mul_ps(_mm512_set1_ps(0.5f), _mm512_load_ps(dyv));
+          _mm512_storeu_ps(gs + o, _mm512_mul_ps(_mm512_mul_ps(half_dy, zz), sig));
+          const __m512 slope = _mm512_mul_ps(sig, _mm512_fmadd_ps(zz, _mm512_sub_ps(one, sig), one));
+          _mm512_storeu_ps(gz + o, _mm512_mul_ps(half_dy, slope));
+          continue;
+        }
 #endif
-      {
 #pragma omp simd
         for (int64_t l = 0; l < W; ++l) {
           const T sig = sigmoid(zv[l]);
-          gj[l] = T(0.5) * dyv[l] * zv[l] * sig;
-          dzv[l] += T(0.5) * dyv[l] * sj[l] * sig * (T(1) + zv[l] * (T(1) - sig));
+          gs[o + l] = T(0.5) * dyv[l] * zv[l] * sig;
+          gz[o + l] = T(0.5) * dyv[l] * sig * (T(1) + zv[l] * (T(1) - sig));
         }
       }
-      store_lanes(dzv, lg.nl, dzr);
     }
   }
 
-  void store_grads(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, const T* dut,
-                   const T* ddt) const {
+  // Backward, after the scans: du, ddelta, and this direction's share of dL/dz, gz s (the
+  // first direction stores it, the second adds).
+  void store_backward(int64_t b, Span sp, int64_t i0, int64_t K, const T* s, const T* gz,
+                      const T* dut, const T* ddt) const {
+    alignas(64) T dzv[W];
     for (int64_t j = 0; j < K; ++j) {
-      const int64_t row = (b * L + time(i0 + j)) * D + lg.d0;
-      store_lanes(dut + j * W, lg.nl, du + row);
-      store_lanes(ddt + j * W, lg.nl, ddelta + row);
+      const int64_t t = time(i0 + j), row = (b * L + t) * D;
+      T* __restrict__ dzrow = dz.row(b, t);
+      for (int64_t g = 0; g < sp.n; ++g) {
+        const LaneGroup& lg = sp.groups[g];
+        const int64_t o = (g * kChunk + j) * W;
+        store_lanes(dut + o, lg.nl, du + row + lg.d0);
+        store_lanes(ddt + o, lg.nl, ddelta + row + lg.d0);
+        if (reverse) load_lanes(dzrow + lg.d0, lg.nl, dzv);
+        else std::fill(dzv, dzv + W, T(0));
+#pragma omp simd
+        for (int64_t l = 0; l < W; ++l) dzv[l] += gz[o + l] * s[o + l];
+        store_lanes(dzv, lg.nl, dzrow + lg.d0);
+      }
     }
   }
 

@@ -27,7 +27,10 @@
 // groups. The backward's adjoint loop is vertical vector work too: dL/dB and dL/dC are
 // accumulated per lane over the groups and summed over the lanes once per chunk (the
 // horizontal sums per step and state this replaced were about 16 of the loop's 35 vector
-// instructions).
+// instructions). The states n do not interact within a step (only s sums over them), so
+// the float32 backward recomputes and runs the adjoint for blocks of 4 states at a time:
+// a block's states, decays and dL/dB, dL/dC for a chunk (33 KB) stay in L1, where all 16
+// states' (130 KB) went out to L2 and back.
 //
 // Speed: per state and step the scan needs one vector decay and two FMAs. Where AVX-512
 // is compiled in (float32, a compiled state size), the chunk loops are the *_v16 versions
@@ -89,6 +92,12 @@ std::vector<LaneGroup> lane_groups(int64_t dim, int64_t segment) {
       groups.push_back({d0, std::min(kLanes<T>, s0 + segment - d0)});
   return groups;
 }
+
+// Lane groups n of a task, consecutive: their tiles lie kChunk * kLanes apart.
+struct Span {
+  const LaneGroup* groups;
+  int64_t n;
+};
 
 // Tasks per batch entry: enough for every thread, few partial buffers.
 inline int64_t tasks_per_batch(int64_t groups, int64_t batch) {
@@ -240,7 +249,8 @@ inline __m512 bc_vector(const float* __restrict__ v) {
 template <int kN, bool kBcast, bool kKeep>
 inline void chunk_scan_v16(int64_t K, const LaneConsts<float>& g, const float* __restrict__ u,
                            const float* __restrict__ dt, const BCView<float>& bc,
-                           float* __restrict__ h, float* __restrict__ a, float* __restrict__ s) {
+                           float* __restrict__ h, float* __restrict__ a, float* __restrict__ s,
+                           bool add_to_s = false) {
   constexpr int64_t W = 16, bw = kBcast ? 1 : W;
   __m512 hv[kN];
   for (int n = 0; n < kN; ++n) hv[n] = _mm512_loadu_ps(h + n * W);
@@ -248,7 +258,7 @@ inline void chunk_scan_v16(int64_t K, const LaneConsts<float>& g, const float* _
   for (int64_t j = 0; j < K; ++j) {
     const __m512 dtv = _mm512_loadu_ps(dt + j * W), uv = _mm512_loadu_ps(u + j * W);
     const __m512 dtu = _mm512_mul_ps(dtv, uv);
-    __m512 sv = _mm512_mul_ps(skip, uv);
+    __m512 sv = add_to_s ? _mm512_loadu_ps(s + j * W) : _mm512_mul_ps(skip, uv);
     const float* __restrict__ Bt = bc.B + j * bc.step;
     const float* __restrict__ Ct = bc.C + j * bc.step;
 #pragma GCC unroll 16
@@ -358,45 +368,64 @@ struct Adjoint {
 };
 
 #ifdef MMSHUFFLEMAMBA_HAS_AVX512
-// chunk_adjoint for float32 on AVX-512 and a compiled state size: the same recurrence,
-// with the carry of the kN states in registers through the chunk.
-template <int kN, bool kBcast>
-inline void chunk_adjoint_v16(int64_t K, const LaneConsts<float>& g, const float* __restrict__ u,
-                              const float* __restrict__ dt, const float* __restrict__ dtg,
-                              const BCView<float>& bc, const float* __restrict__ h,
-                              const float* __restrict__ a, const float* __restrict__ gs_tile,
-                              const Adjoint<float>& acc, float* __restrict__ du,
-                              float* __restrict__ ddelta, float* __restrict__ dbc) {
+// States per block of the backward pass: 4 states' h, a and dbc for a chunk (33 KB) fit
+// in L1 with the tiles; 2 and 8 were slower at L = 1025 and 4097 (benchmarks/README.md).
+template <int kN>
+constexpr int kStateBlock = kN % 4 == 0 ? 4 : kN;
+
+// chunk_adjoint for float32 on AVX-512 and a compiled state size, for the block of kB states
+// n0 .. n0 + kB: h (K + 1, kB, W) and a (K, kB, W) are the block's, dbc the chunk's
+// (K, 2, kN, W). The block's carry and dA stay in registers through the chunk. The blocks'
+// shares of the sums over states (dL/d(dt u), and dL/d(dt) through the decays) are handed on
+// in the du and ddelta tiles; the last block finishes the step from them.
+template <int kN, int kB, bool kBcast>
+inline void chunk_adjoint_v16(int64_t K, int n0, const LaneConsts<float>& g,
+                              const float* __restrict__ u, const float* __restrict__ dt,
+                              const float* __restrict__ dtg, const BCView<float>& bc,
+                              const float* __restrict__ h, const float* __restrict__ a,
+                              const float* __restrict__ gs_tile, const Adjoint<float>& acc,
+                              float* __restrict__ du, float* __restrict__ ddelta,
+                              float* __restrict__ dbc) {
   constexpr int64_t W = 16, bw = kBcast ? 1 : W;
-  __m512 carry[kN];
-  for (int n = 0; n < kN; ++n) carry[n] = _mm512_loadu_ps(acc.carry + n * W);
+  const bool first = n0 == 0, last = n0 + kB == kN;
+  __m512 carry[kB], dA[kB];
+  for (int n = 0; n < kB; ++n) {
+    carry[n] = _mm512_loadu_ps(acc.carry + (n0 + n) * W);
+    dA[n] = _mm512_loadu_ps(acc.dA + (n0 + n) * W);
+  }
   const __m512 skip = _mm512_loadu_ps(g.skip);
   __m512 dskip = _mm512_loadu_ps(acc.dskip), dbias = _mm512_loadu_ps(acc.dbias);
-  float* __restrict__ dA = acc.dA;
+  const float* __restrict__ An = g.A + n0 * W;
   for (int64_t j = K - 1; j >= 0; --j) {
-    const __m512 uv = _mm512_loadu_ps(u + j * W), dtv = _mm512_loadu_ps(dt + j * W);
-    const __m512 gs = _mm512_loadu_ps(gs_tile + j * W), dtu = _mm512_mul_ps(dtv, uv);
-    __m512 gdtu = _mm512_setzero_ps(), gdt = _mm512_setzero_ps();
-    const float* __restrict__ Bt = bc.B + j * bc.step;
-    const float* __restrict__ Ct = bc.C + j * bc.step;
-    float* __restrict__ dBt = dbc + j * 2 * kN * W;  // the tile (K, 2, N, W)
+    const __m512 dtv = _mm512_loadu_ps(dt + j * W), gs = _mm512_loadu_ps(gs_tile + j * W);
+    const __m512 dtu = _mm512_mul_ps(dtv, _mm512_loadu_ps(u + j * W));
+    __m512 gdtu = first ? _mm512_setzero_ps() : _mm512_loadu_ps(du + j * W);
+    __m512 gdt = first ? _mm512_setzero_ps() : _mm512_loadu_ps(ddelta + j * W);
+    const float* __restrict__ Bt = bc.B + j * bc.step + n0 * bw;
+    const float* __restrict__ Ct = bc.C + j * bc.step + n0 * bw;
+    float* __restrict__ dBt = dbc + (j * 2 * kN + n0) * W;
     float* __restrict__ dCt = dBt + kN * W;
-    const float* __restrict__ hp = h + j * kN * W;
-    const float* __restrict__ hn = hp + kN * W;
-    const float* __restrict__ aj = a + j * kN * W;
+    const float* __restrict__ hp = h + j * kB * W;
+    const float* __restrict__ hn = hp + kB * W;
+    const float* __restrict__ aj = a + j * kB * W;
 #pragma GCC unroll 16
-    for (int n = 0; n < kN; ++n) {
+    for (int n = 0; n < kB; ++n) {
       const __m512 gh = _mm512_fmadd_ps(bc_vector<kBcast>(Ct + n * bw), gs, carry[n]);
       _mm512_storeu_ps(dCt + n * W, _mm512_fmadd_ps(gs, _mm512_loadu_ps(hn + n * W),
                                                    _mm512_loadu_ps(dCt + n * W)));
       _mm512_storeu_ps(dBt + n * W, _mm512_fmadd_ps(gh, dtu, _mm512_loadu_ps(dBt + n * W)));
       gdtu = _mm512_fmadd_ps(gh, bc_vector<kBcast>(Bt + n * bw), gdtu);
-      const __m512 next = _mm512_mul_ps(_mm512_loadu_ps(aj + n * W), gh);
-      const __m512 gdec = _mm512_mul_ps(next, _mm512_loadu_ps(hp + n * W));
-      gdt = _mm512_fmadd_ps(gdec, _mm512_loadu_ps(g.A + n * W), gdt);
-      _mm512_storeu_ps(dA + n * W, _mm512_fmadd_ps(gdec, dtv, _mm512_loadu_ps(dA + n * W)));
-      carry[n] = next;
+      carry[n] = _mm512_mul_ps(_mm512_loadu_ps(aj + n * W), gh);
+      const __m512 gdec = _mm512_mul_ps(carry[n], _mm512_loadu_ps(hp + n * W));
+      gdt = _mm512_fmadd_ps(gdec, _mm512_loadu_ps(An + n * W), gdt);
+      dA[n] = _mm512_fmadd_ps(gdec, dtv, dA[n]);
     }
+    if (!last) {
+      _mm512_storeu_ps(du + j * W, gdtu);
+      _mm512_storeu_ps(ddelta + j * W, gdt);
+      continue;
+    }
+    const __m512 uv = _mm512_loadu_ps(u + j * W);
     const __m512 g_delta =
         _mm512_mul_ps(_mm512_fmadd_ps(gdtu, uv, gdt), _mm512_loadu_ps(dtg + j * W));
     dskip = _mm512_fmadd_ps(gs, uv, dskip);
@@ -404,9 +433,14 @@ inline void chunk_adjoint_v16(int64_t K, const LaneConsts<float>& g, const float
     _mm512_storeu_ps(ddelta + j * W, g_delta);
     _mm512_storeu_ps(du + j * W, _mm512_fmadd_ps(gs, skip, _mm512_mul_ps(gdtu, dtv)));
   }
-  for (int n = 0; n < kN; ++n) _mm512_storeu_ps(acc.carry + n * W, carry[n]);
-  _mm512_storeu_ps(acc.dskip, dskip);
-  _mm512_storeu_ps(acc.dbias, dbias);
+  for (int n = 0; n < kB; ++n) {
+    _mm512_storeu_ps(acc.carry + (n0 + n) * W, carry[n]);
+    _mm512_storeu_ps(acc.dA + (n0 + n) * W, dA[n]);
+  }
+  if (last) {
+    _mm512_storeu_ps(acc.dskip, dskip);
+    _mm512_storeu_ps(acc.dbias, dbias);
+  }
 }
 #endif
 
@@ -423,11 +457,6 @@ inline void chunk_adjoint(int64_t nstate, int64_t K, const LaneConsts<T>& g,
                           const T* __restrict__ gs_tile, const Adjoint<T>& acc,
                           T* __restrict__ du, T* __restrict__ ddelta, T* __restrict__ dbc) {
   constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
-#ifdef MMSHUFFLEMAMBA_HAS_AVX512
-  if constexpr (kVectorChunks<T, kN>)
-    return chunk_adjoint_v16<kN, kBcast>(K, g, u, dt, dtg, bc, h, a, gs_tile, acc, du, ddelta,
-                                         dbc);
-#endif
   const int64_t N = kN > 0 ? kN : nstate;
   T* __restrict__ carry = acc.carry;
   T* __restrict__ dA = acc.dA;
@@ -484,6 +513,37 @@ inline void chunk_adjoint(int64_t nstate, int64_t K, const LaneConsts<T>& g,
   }
 }
 
+// A lane group's backward pass through one chunk: its states recomputed from the checkpoint
+// ck (N rows, `stride` apart) into h and a (scratch: (K + 1) N W and K N W), s (K, W) from
+// them, then the adjoint recurrence from gs (see chunk_adjoint). The float32 AVX-512 form
+// runs both, block of states by block, so that the block's h, a and share of dbc stay in L1.
+template <typename T, int kN, bool kBcast>
+inline void chunk_backward(int64_t nstate, int64_t K, const LaneGroup& lg, const T* ck,
+                           int64_t stride, const LaneConsts<T>& g, const T* u, const T* dt,
+                           const T* dtg, const BCView<T>& bc, T* h, T* a, T* s, const T* gs,
+                           const Adjoint<T>& acc, T* du, T* ddelta, T* dbc) {
+  constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
+#ifdef MMSHUFFLEMAMBA_HAS_AVX512
+  if constexpr (kVectorChunks<T, kN>) {
+    constexpr int kB = kStateBlock<kN>;
+    for (int n0 = 0; n0 < kN; n0 += kB) {
+      for (int64_t n = 0; n < kB; ++n) load_lanes(ck + (n0 + n) * stride, lg.nl, h + n * W);
+      LaneConsts<T> block = g;
+      block.A += n0 * W;
+      block.A2 += n0 * W;
+      const BCView<T> bcb{bc.B + n0 * bw, bc.C + n0 * bw, bc.step};
+      chunk_scan_v16<kB, kBcast, true>(K, block, u, dt, bcb, h, a, s, n0 > 0);
+      chunk_adjoint_v16<kN, kB, kBcast>(K, n0, g, u, dt, dtg, bc, h, a, gs, acc, du, ddelta, dbc);
+    }
+    return;
+  }
+#endif
+  const int64_t N = kN > 0 ? kN : nstate;
+  for (int64_t n = 0; n < N; ++n) load_lanes(ck + n * stride, lg.nl, h + n * W);
+  chunk_recompute<T, kN, kBcast>(N, K, g, u, dt, bc, h, a, s);
+  chunk_adjoint<T, kN, kBcast>(N, K, g, u, dt, dtg, bc, h, a, gs, acc, du, ddelta, dbc);
+}
+
 // dbc (K, 2, N, W) summed over the lanes into out (K, 2, N), and zeroed for the next run.
 template <typename T>
 inline void sum_lanes(int64_t rows, T* __restrict__ dbc, T* __restrict__ out) {
@@ -499,19 +559,22 @@ inline void sum_lanes(int64_t rows, T* __restrict__ dbc, T* __restrict__ out) {
 }
 
 // ---------------------------------------------------------------------------- drivers
-// IO (one per direction; the drivers call, for lane group lg and the chunk of scan steps
-// i0 .. i0 + K):
+// IO (one per direction). A task's lane groups are one Span; its tiles are (groups, kChunk, W),
+// zero past a group's nl. For the chunk of scan steps i0 .. i0 + K the drivers call:
 //   ScanParams<T> params; ParamGrads<T> grads; T* ckpt;
-//   load_inputs(b, lg, i0, K, u, delta)   u and delta tiles (K, W), zero past nl
-//   load_bc<kBcast>(b, lg, i0, K, tile)   the chunk's B and C: a view of the entry's rows
-//                                         (broadcast) or of `tile` filled per lane
-//   prefetch(b, lg, i0, backward)         a hint for the chunk the pass visits next
-//   store_out(b, lg, i0, K, s)            forward: the outputs s (K, W)
-//   gate(b, lg, i0, K, s, gs)             backward: gs = dL/ds from s; also writes dL/dz
-//   store_grads(b, lg, i0, K, du, ddelta) backward
+//   load_inputs(b, span, i0, K, u, delta)   forward: the u and delta tiles
+//   store_out(b, span, i0, K, s)            forward: the outputs s
+//   load_backward(b, span, i0, K, u, delta, gs, gz)   backward, before the scans: u and
+//                                           delta, gs = dL/ds and gz (dL/dz = gz s: the gate's
+//                                           slope, for after the scans)
+//   store_backward(b, span, i0, K, s, gz, du, ddelta) backward: du, ddelta and dL/dz
+//   load_bc<kBcast>(b, lg, i0, K, tile)     the chunk's B and C for lane group lg: a view of
+//                                           the entry's rows (broadcast) or of `tile` filled
+//                                           per lane
 //   add_dbc<kBcast>(b, part, lg, i0, K, dbc) backward: adds dL/dB, dL/dC into task part's
-// Directions run one after the other inside a task, on the same lanes, so a second
-// direction's store_out may read what the first one stored.
+// An entry whose rows are token-major reads and writes each row once per chunk for all the
+// span's groups. Directions run one after the other inside a task, on the same lanes, so a
+// second direction's store_out (store_backward) may read what the first one stored.
 
 template <typename T>
 inline T* checkpoint_at(T* ckpt, int64_t b, int64_t c, int64_t nchunks, int64_t N, int64_t dim,
@@ -528,33 +591,35 @@ void scan_forward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& group
   at::parallel_for(0, batch * tpb, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormals ftz;
     std::vector<T> h_buf(per_task * N * W), c_buf(per_task * LaneConsts<T>::size(N));
-    std::vector<T> u(kChunk * W), dt(kChunk * W), s(kChunk * W), bc(kBcast ? 0 : kChunk * 2 * N * W);
+    std::vector<T> u(per_task * kChunk * W), dt(per_task * kChunk * W), s(per_task * kChunk * W),
+        bc(kBcast ? 0 : kChunk * 2 * N * W);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tpb, g0 = task % tpb * per_task, g1 = std::min(G, g0 + per_task);
+      const Span span{groups.data() + g0, std::max<int64_t>(0, g1 - g0)};
       for (int dir = 0; dir < ndirs; ++dir) {
         const IO& io = dirs[dir];
         std::vector<LaneConsts<T>> consts;
-        consts.reserve(std::max<int64_t>(0, g1 - g0));
+        consts.reserve(span.n);
         for (int64_t grp = g0; grp < g1; ++grp)
           consts.emplace_back(io.params, groups[grp], N,
                               c_buf.data() + (grp - g0) * LaneConsts<T>::size(N));
         std::fill(h_buf.begin(), h_buf.end(), T(0));
         for (int64_t c = 0; c < nchunks; ++c) {
           const int64_t i0 = c * kChunk, K = std::min(len, i0 + kChunk) - i0;
+          io.load_inputs(b, span, i0, K, u.data(), dt.data());
           for (int64_t grp = g0; grp < g1; ++grp) {
             const LaneGroup& lg = groups[grp];
+            const int64_t o = (grp - g0) * kChunk * W;
             T* h = h_buf.data() + (grp - g0) * N * W;
             T* ck = checkpoint_at(io.ckpt, b, c, nchunks, N, dim, lg);
             for (int64_t n = 0; n < N; ++n) store_lanes(h + n * W, lg.nl, ck + n * dim);
             const BCView<T> bcv = io.template load_bc<kBcast>(b, lg, i0, K, bc.data());
-            io.load_inputs(b, lg, i0, K, u.data(), dt.data());
-            if (i0 + kChunk < len) io.prefetch(b, lg, i0 + kChunk, false);
-            step_tile(dt.data(), static_cast<T*>(nullptr), consts[grp - g0].bias,
+            step_tile(dt.data() + o, static_cast<T*>(nullptr), consts[grp - g0].bias,
                       io.params.softplus, K);
-            chunk_forward<T, kN, kBcast>(N, K, consts[grp - g0], u.data(), dt.data(), bcv, h,
-                                         s.data());
-            io.store_out(b, lg, i0, K, s.data());
+            chunk_forward<T, kN, kBcast>(N, K, consts[grp - g0], u.data() + o, dt.data() + o, bcv,
+                                         h, s.data() + o);
           }
+          io.store_out(b, span, i0, K, s.data());
         }
       }
     }
@@ -563,8 +628,9 @@ void scan_forward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& group
 
 // The backward pass visits the chunks from last to first and, like the forward pass, every
 // lane group of the task within a chunk, so that a chunk's rows (one page each in the
-// token-major layout) are fetched once for all of them and broadcast B and C gradients are
-// summed over lanes once per chunk.
+// token-major layout) are read once for all of them and broadcast B and C gradients are
+// summed over lanes once per chunk. dL/ds does not depend on s, so the gate's part comes
+// before the scans and dL/dz after them, when s has been recomputed.
 template <typename T, int kN, bool kBcast, typename IO>
 void scan_backward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& groups,
                    int64_t batch, int64_t len, int64_t nstate, int64_t dim, int64_t tpb) {
@@ -573,20 +639,22 @@ void scan_backward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& grou
   const int64_t nchunks = ceil_div(len, kChunk), per_task = ceil_div(G, tpb);
   at::parallel_for(0, batch * tpb, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormals ftz;
+    const int64_t tile = per_task * kChunk * W;  // a span's tiles
     std::vector<T> h((kChunk + 1) * N * W), a(kChunk * N * W), bc(kBcast ? 0 : kChunk * 2 * N * W),
         dbc(kChunk * 2 * N * W, T(0)), dbc_sum(kBcast ? kChunk * 2 * N : 0),
         c_buf(per_task * LaneConsts<T>::size(N)), acc_buf(per_task * Adjoint<T>::size(N));
-    std::vector<T> u(kChunk * W), dt(kChunk * W), dtg(kChunk * W), s(kChunk * W),
-        gs(kChunk * W), du(kChunk * W), ddelta(kChunk * W);
+    std::vector<T> dtg(kChunk * W), u(tile), dt(tile), s(tile), gs(tile), gz(tile), du(tile),
+        ddelta(tile);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tpb, part = task % tpb;
       const int64_t g0 = part * per_task, g1 = std::min(G, g0 + per_task);
+      const Span span{groups.data() + g0, std::max<int64_t>(0, g1 - g0)};
       for (int dir = 0; dir < ndirs; ++dir) {
         const IO& io = dirs[dir];
         std::vector<LaneConsts<T>> consts;
         std::vector<Adjoint<T>> accs;
-        consts.reserve(std::max<int64_t>(0, g1 - g0));
-        accs.reserve(std::max<int64_t>(0, g1 - g0));
+        consts.reserve(span.n);
+        accs.reserve(span.n);
         for (int64_t grp = g0; grp < g1; ++grp) {
           consts.emplace_back(io.params, groups[grp], N,
                               c_buf.data() + (grp - g0) * LaneConsts<T>::size(N));
@@ -594,22 +662,18 @@ void scan_backward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& grou
         }
         for (int64_t c = nchunks - 1; c >= 0; --c) {
           const int64_t i0 = c * kChunk, K = std::min(len, i0 + kChunk) - i0;
+          io.load_backward(b, span, i0, K, u.data(), dt.data(), gs.data(), gz.data());
           for (int64_t grp = g0; grp < g1; ++grp) {
             const LaneGroup& lg = groups[grp];
             const LaneConsts<T>& g = consts[grp - g0];
-            const T* ck = checkpoint_at(io.ckpt, b, c, nchunks, N, dim, lg);
-            for (int64_t n = 0; n < N; ++n) load_lanes(ck + n * dim, lg.nl, h.data() + n * W);
-            if (c > 0) io.prefetch(b, lg, i0 - kChunk, true);
-            io.load_inputs(b, lg, i0, K, u.data(), dt.data());
-            step_tile(dt.data(), dtg.data(), g.bias, io.params.softplus, K);
+            const int64_t o = (grp - g0) * kChunk * W;
+            step_tile(dt.data() + o, dtg.data(), g.bias, io.params.softplus, K);
             const BCView<T> bcv = io.template load_bc<kBcast>(b, lg, i0, K, bc.data());
-            chunk_recompute<T, kN, kBcast>(N, K, g, u.data(), dt.data(), bcv, h.data(), a.data(),
-                                           s.data());
-            io.gate(b, lg, i0, K, s.data(), gs.data());
-            chunk_adjoint<T, kN, kBcast>(N, K, g, u.data(), dt.data(), dtg.data(), bcv,
-                                         h.data(), a.data(), gs.data(), accs[grp - g0],
-                                         du.data(), ddelta.data(), dbc.data());
-            io.store_grads(b, lg, i0, K, du.data(), ddelta.data());
+            chunk_backward<T, kN, kBcast>(N, K, lg, checkpoint_at(io.ckpt, b, c, nchunks, N, dim, lg),
+                                          dim, g, u.data() + o, dt.data() + o, dtg.data(), bcv,
+                                          h.data(), a.data(), s.data() + o, gs.data() + o,
+                                          accs[grp - g0], du.data() + o, ddelta.data() + o,
+                                          dbc.data());
             if constexpr (kBcast) {  // flush when the next lane group reads other B and C
               if (grp + 1 < g1) {
                 const BCView<T> next = io.template load_bc<kBcast>(b, groups[grp + 1], i0, K, nullptr);
@@ -622,6 +686,7 @@ void scan_backward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& grou
               std::fill(dbc.begin(), dbc.begin() + K * 2 * N * W, T(0));
             }
           }
+          io.store_backward(b, span, i0, K, s.data(), gz.data(), du.data(), ddelta.data());
         }
         for (int64_t grp = g0; grp < g1; ++grp) {
           const LaneGroup& lg = groups[grp];

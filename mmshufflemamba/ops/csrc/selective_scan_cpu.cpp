@@ -80,11 +80,6 @@ struct ChannelMajorIO {
     }
   }
 
-  void load_inputs(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, T* ut, T* dt) const {
-    gather(u, b, lg, i0, K, ut);
-    gather(delta, b, lg, i0, K, dt);
-  }
-
   // M at step t for channel d, state n.
   T value(const InputMatrix<T>& M, int64_t b, int64_t d, int64_t t, int64_t n) const {
     return M.var ? M.data[((b * M.groups + M.group(d, dim)) * L + t) * N + n]
@@ -108,37 +103,66 @@ struct ChannelMajorIO {
     }
   }
 
-  void prefetch(int64_t, const LaneGroup&, int64_t, bool) const {}  // rows are contiguous in t
+  // The span's tiles: each lane group's rows are contiguous in t already.
+  void load_inputs(int64_t b, Span sp, int64_t i0, int64_t K, T* ut, T* dt) const {
+    for (int64_t g = 0; g < sp.n; ++g) {
+      gather(u, b, sp.groups[g], i0, K, ut + g * kChunk * W);
+      gather(delta, b, sp.groups[g], i0, K, dt + g * kChunk * W);
+    }
+  }
 
   // out = s silu(z), or s: the gate computed on (step, lane) tiles, so that it vectorises.
-  void store_out(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, const T* s) const {
+  void store_out(int64_t b, Span sp, int64_t i0, int64_t K, const T* s) const {
     alignas(64) T tile[kChunk * W];
-    if (!z) return scatter(s, b, lg, i0, K, out);
-    gather(z, b, lg, i0, K, tile);
+    for (int64_t g = 0; g < sp.n; ++g) {
+      const LaneGroup& lg = sp.groups[g];
+      const T* sg = s + g * kChunk * W;
+      if (!z) {
+        scatter(sg, b, lg, i0, K, out);
+        continue;
+      }
+      gather(z, b, lg, i0, K, tile);
 #pragma omp simd
-    for (int64_t i = 0; i < K * W; ++i) tile[i] = s[i] * silu(tile[i]);
-    scatter(tile, b, lg, i0, K, out);
-  }
-
-  // gs = dout silu(z) (or dout); dz = dout s silu'(z).
-  void gate(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, const T* s, T* gs) const {
-    gather(dout, b, lg, i0, K, gs);
-    if (!z) return;
-    alignas(64) T zt[kChunk * W];
-    gather(z, b, lg, i0, K, zt);
-#pragma omp simd
-    for (int64_t i = 0; i < K * W; ++i) {
-      const T sig = sigmoid(zt[i]), g = gs[i];
-      gs[i] = g * zt[i] * sig;
-      zt[i] = g * s[i] * sig * (T(1) + zt[i] * (T(1) - sig));  // now dL/dz
+      for (int64_t i = 0; i < K * W; ++i) tile[i] = sg[i] * silu(tile[i]);
+      scatter(tile, b, lg, i0, K, out);
     }
-    scatter(zt, b, lg, i0, K, dz);
   }
 
-  void store_grads(int64_t b, const LaneGroup& lg, int64_t i0, int64_t K, const T* dut,
-                   const T* ddt) const {
-    scatter(dut, b, lg, i0, K, du);
-    scatter(ddt, b, lg, i0, K, ddelta);
+  // Backward, before the scan: u and delta tiles, gs = dL/ds = dout silu(z) (or dout) and
+  // gz = dout silu'(z) (dL/dz = gz s).
+  void load_backward(int64_t b, Span sp, int64_t i0, int64_t K, T* ut, T* dt, T* gs,
+                     T* gz) const {
+    load_inputs(b, sp, i0, K, ut, dt);
+    for (int64_t g = 0; g < sp.n; ++g) {
+      const LaneGroup& lg = sp.groups[g];
+      T* gsg = gs + g * kChunk * W;
+      T* gzg = gz + g * kChunk * W;
+      gather(dout, b, lg, i0, K, gsg);
+      if (!z) continue;
+      gather(z, b, lg, i0, K, gzg);
+#pragma omp simd
+      for (int64_t i = 0; i < K * W; ++i) {
+        const T sig = sigmoid(gzg[i]), d = gsg[i];
+        gsg[i] = d * gzg[i] * sig;
+        gzg[i] = d * sig * (T(1) + gzg[i] * (T(1) - sig));
+      }
+    }
+  }
+
+  // Backward, after the scan: du, ddelta, and dz = gz s.
+  void store_backward(int64_t b, Span sp, int64_t i0, int64_t K, const T* s, const T* gz,
+                      const T* dut, const T* ddt) const {
+    alignas(64) T tile[kChunk * W];
+    for (int64_t g = 0; g < sp.n; ++g) {
+      const LaneGroup& lg = sp.groups[g];
+      const int64_t o = g * kChunk * W;
+      scatter(dut + o, b, lg, i0, K, du);
+      scatter(ddt + o, b, lg, i0, K, ddelta);
+      if (!z) continue;
+#pragma omp simd
+      for (int64_t i = 0; i < K * W; ++i) tile[i] = gz[o + i] * s[o + i];
+      scatter(tile, b, lg, i0, K, dz);
+    }
   }
 
   // Where dL/dM for channel d at step t, state n accumulates.
