@@ -25,16 +25,21 @@ def test_kernel_is_built():
     assert load_cpu_kernel() is not None, 'run `python -m mmshufflemamba.ops.build --verbose`'
 
 
-# The scan runs lane groups of channels (8 in float64): several per row, a partial last
-# one, groups of channels narrower than a lane group (B and C broadcast per group), B or C
-# shared over time (read per lane); lengths around the chunk size the kernel exports.
+# The scan runs lane groups of channels (8 in float64, 16 in float32): several per row, a
+# partial last one, groups of channels narrower than a lane group (B and C broadcast per
+# group), B or C shared over time (read per lane); lengths around the chunk size the kernel
+# exports. float32 with 16 states is the AVX-512 path, whose backward goes by blocks of
+# states; float64 and the other state sizes run the generic loops.
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32], ids=['float64', 'float32'])
 @pytest.mark.parametrize('B_kind,C_kind,channels,state,groups', [
     ('group', 'group', 20, 16, 4), ('var', 'shared', 20, 5, 2), ('group', 'var', 24, 16, 3),
-    ('shared', 'group', 12, 3, 2)])
-def test_compiled_scan_across_lane_groups_and_chunks(B_kind, C_kind, channels, state, groups):
+    ('shared', 'group', 12, 3, 2), ('var', 'shared', 40, 16, 2), ('shared', 'var', 40, 16, 2)])
+def test_compiled_scan_across_lane_groups_and_chunks(B_kind, C_kind, channels, state, groups,
+                                                      dtype):
     chunk = load_cpu_kernel().chunk
     for length in (chunk - 1, chunk, chunk + 1, 2 * chunk + 3):
-        inputs = scan_inputs(2, channels, state, length, B_kind, C_kind, groups=groups)
+        inputs = scan_inputs(2, channels, state, length, B_kind, C_kind, groups=groups,
+                             dtype=dtype)
         assert_scan_matches_reference(selective_scan_cpu, inputs)
 
 
