@@ -29,8 +29,8 @@
 // horizontal sums per step and state this replaced were about 16 of the loop's 35 vector
 // instructions). The states n do not interact within a step (only s sums over them), so
 // the float32 backward recomputes and runs the adjoint for blocks of 4 states at a time:
-// a block's states, decays and dL/dB, dL/dC for a chunk (33 KB) stay in L1, where all 16
-// states' (130 KB) went out to L2 and back.
+// a block's states, decays and dL/dB, dL/dC for a chunk take 33 KB, which L1 holds, where
+// all 16 states' took 130 KB.
 //
 // Speed: per state and step the scan needs one vector decay and two FMAs. Where AVX-512
 // is compiled in (float32, a compiled state size), the chunk loops are the *_v16 versions
@@ -58,7 +58,10 @@
 // (2026-12-06, one thread, 5 pairs): ceiling 6.7-7.1 G/s, the kernel at 40% / 35% at
 // L = 1025 / 4097; there the time per token grows 1.6x from L <= 257 to L >= 1025, and the
 // loads of the u, delta and z rows hold about a quarter of the forward's profile samples
-// (benchmarks/README.md, "On a CPU with AMX").
+// (benchmarks/README.md, "On a CPU with AMX"). There the backward in blocks of 4 states took
+// 0.81x-0.88x the time of the backward over all 16 at L = 1025 and 4097 (2 runs of 21
+// alternated pairs), and is 2.8x-3.4x the forward (benchmarks/README.md, "The scan backward
+// in blocks of states").
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -368,8 +371,8 @@ struct Adjoint {
 };
 
 #ifdef MMSHUFFLEMAMBA_HAS_AVX512
-// States per block of the backward pass: 4 states' h, a and dbc for a chunk (33 KB) fit
-// in L1 with the tiles; 2 and 8 were slower at L = 1025 and 4097 (benchmarks/README.md).
+// States per block of the backward pass: 4 states' h, a and dbc for a chunk take 33 KB;
+// blocks of 2 and 8 were slower at L = 1025 and 4097 (benchmarks/README.md).
 template <int kN>
 constexpr int kStateBlock = kN % 4 == 0 ? 4 : kN;
 
