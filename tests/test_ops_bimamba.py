@@ -93,10 +93,15 @@ def test_fused_mixer_gradcheck():
     assert torch.autograd.gradcheck(bimamba_inner, (xz, ) + tuple(p[k] for k in ORDER))
 
 
-def test_float32_at_vim_s_sizes():
-    """Vim-S: d_inner 768, d_state 16, dt_rank 24, 197 tokens; float32 against float64,
-    values and every gradient (float32 runs the vector code where AVX-512 is compiled in)."""
-    xz, p = make(2, 197, 768, 16, 24, dtype=torch.float32, seed=3)
+# Vim-S (d_inner 768, d_state 16, dt_rank 24, 197 tokens); a partial lane group (20
+# channels: 16 + 4 lanes); batch 4 with 40 channels, where a task holds several lane groups
+# (the last one partial) whatever the thread count.
+@pytest.mark.parametrize('shape', [(2, 197, 768, 16, 24), (2, 33, 20, 16, 3),
+                                   (4, 67, 40, 16, 2)])
+def test_float32_against_float64(shape):
+    """float32 against float64, values and every gradient (float32 with 16 states runs the
+    AVX-512 code where it is compiled in, its backward by blocks of states)."""
+    xz, p = make(*shape, dtype=torch.float32, seed=3)
     inputs = [xz] + [p[k] for k in ORDER]
     exact_inputs = [t.detach().double().requires_grad_() for t in inputs]
     y = bimamba_inner(*inputs)

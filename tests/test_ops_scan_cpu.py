@@ -33,7 +33,8 @@ def test_kernel_is_built():
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32], ids=['float64', 'float32'])
 @pytest.mark.parametrize('B_kind,C_kind,channels,state,groups', [
     ('group', 'group', 20, 16, 4), ('var', 'shared', 20, 5, 2), ('group', 'var', 24, 16, 3),
-    ('shared', 'group', 12, 3, 2), ('var', 'shared', 40, 16, 2), ('shared', 'var', 40, 16, 2)])
+    ('shared', 'group', 12, 3, 2), ('var', 'shared', 40, 16, 2), ('shared', 'var', 40, 16, 2),
+    ('var', 'var', 40, 16, 1)])
 def test_compiled_scan_across_lane_groups_and_chunks(B_kind, C_kind, channels, state, groups,
                                                       dtype):
     chunk = load_cpu_kernel().chunk

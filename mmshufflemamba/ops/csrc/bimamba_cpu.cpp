@@ -204,7 +204,7 @@ struct TokenMajorIO {
       const int64_t t = time(i0 + j);
       const T* __restrict__ ur = u.row(b, t);
       const T* __restrict__ dr = delta.row(b, t);
-      for (int64_t g = 0; g < sp.n; ++g) {
+      for (int64_t g = 0; g < sp.count; ++g) {
         const LaneGroup& lg = sp.groups[g];
         load_lanes(ur + lg.d0, lg.nl, ut + (g * kChunk + j) * W);
         load_lanes(dr + lg.d0, lg.nl, dt + (g * kChunk + j) * W);
@@ -218,7 +218,7 @@ struct TokenMajorIO {
       const int64_t t = time(i0 + j);
       T* __restrict__ yrow = y.row(b, t);
       const X* __restrict__ zrow = z.row(b, t);
-      for (int64_t g = 0; g < sp.n; ++g) {
+      for (int64_t g = 0; g < sp.count; ++g) {
         const LaneGroup& lg = sp.groups[g];
         T* __restrict__ yr = yrow + lg.d0;
         const T* __restrict__ sj = s + (g * kChunk + j) * W;
@@ -255,7 +255,7 @@ struct TokenMajorIO {
       const T* __restrict__ dr = delta.row(b, t);
       const X* __restrict__ zr = z.row(b, t);
       const T* __restrict__ dyr = dy + (b * L + t) * D;
-      for (int64_t g = 0; g < sp.n; ++g) {
+      for (int64_t g = 0; g < sp.count; ++g) {
         const LaneGroup& lg = sp.groups[g];
         const int64_t o = (g * kChunk + j) * W;
         load_lanes(ur + lg.d0, lg.nl, ut + o);
@@ -291,7 +291,7 @@ struct TokenMajorIO {
     for (int64_t j = 0; j < K; ++j) {
       const int64_t t = time(i0 + j), row = (b * L + t) * D;
       T* __restrict__ dzrow = dz.row(b, t);
-      for (int64_t g = 0; g < sp.n; ++g) {
+      for (int64_t g = 0; g < sp.count; ++g) {
         const LaneGroup& lg = sp.groups[g];
         const int64_t o = (g * kChunk + j) * W;
         store_lanes(dut + o, lg.nl, du + row + lg.d0);

@@ -6,7 +6,7 @@
 //   h_t[n] = exp(dt_t A[d,n]) h_{t-1}[n] + dt_t u_t B_t[n],   s_t = sum_n C_t[n] h_t[n] + D_d u_t
 // ("t - 1" is the previous step in the direction of the scan). What happens to s (the z
 // gate, combining two directions) and where the rows live is the entry's business: an
-// entry hands the drivers an IO object that stages one chunk of one lane group into
+// entry hands the drivers an IO object that stages one chunk of a task's lane groups into
 // contiguous tiles and takes the results back (see ChannelMajorIO, TokenMajorIO).
 //
 // Layout of the work: the lanes of a vector are kLanes channels (16 in float32, 8 in
@@ -29,16 +29,16 @@
 // horizontal sums per step and state this replaced were about 16 of the loop's 35 vector
 // instructions). The states n do not interact within a step (only s sums over them), so
 // the float32 backward recomputes and runs the adjoint for blocks of 4 states at a time:
-// a block's states, decays and dL/dB, dL/dC for a chunk take 33 KB, which L1 holds, where
-// all 16 states' took 130 KB.
+// a block's states and decays for a chunk take 16.5 KB, which can stay in L1 from the
+// recomputation to the adjoint (all 16 states' took 65 KB; a size estimate, not measured).
 //
 // Speed: per state and step the scan needs one vector decay and two FMAs. Where AVX-512
 // is compiled in (float32, a compiled state size), the chunk loops are the *_v16 versions
 // below, in intrinsics: the decay is exp2_decay_v16 (vreduceps, a polynomial, vscalefps:
 // nine instructions with its product, against about fourteen for exp2_decay_f32
-// auto-vectorised), the kN states' h (forward, recompute) and carry (adjoint) stay in
-// registers through a chunk, and the step sizes' softplus and the z gate use cpu_math.h's
-// 16-lane forms. Elsewhere (float64, AVX2 builds, other state sizes) the compiler
+// auto-vectorised), the states' h (forward: all kN; backward: a block's) and the carry and
+// dA (adjoint, a block's) stay in registers through a chunk, and the step sizes' softplus
+// and the z gate use cpu_math.h's 16-lane forms. Elsewhere (float64, AVX2 builds, other state sizes) the compiler
 // vectorises the generic loops. bench_scan_ceiling.py times the bare arithmetic (in L1,
 // the same decay and flags) alternately with the fused forward scan of a ShuffleMamba-S
 // mixer. One thread, on the shared 2-core AVX-512 VM (2026-12-02, 9 pairs, medians): the
@@ -54,14 +54,15 @@
 // samples sit on the loads of rows a page apart. Those loads are not misses to memory: the
 // forward's time per token is about the same at L = 17, where every row stays in L1/L2,
 // as at 4097 (11.8 and 13.3 us). The 75% aimed at is not reached; the backward (recompute
-// + adjoint) is about 3.2x the forward. On a CPU with AMX and 2 MiB of L2 per core
+// + adjoint, all states at once) was about 3.2x the forward there. On a CPU with AMX and 2 MiB of L2 per core
 // (2026-12-06, one thread, 5 pairs): ceiling 6.7-7.1 G/s, the kernel at 40% / 35% at
 // L = 1025 / 4097; there the time per token grows 1.6x from L <= 257 to L >= 1025, and the
 // loads of the u, delta and z rows hold about a quarter of the forward's profile samples
-// (benchmarks/README.md, "On a CPU with AMX"). There the backward in blocks of 4 states took
-// 0.81x-0.88x the time of the backward over all 16 at L = 1025 and 4097 (2 runs of 21
-// alternated pairs), and is 2.8x-3.4x the forward (benchmarks/README.md, "The scan backward
-// in blocks of states").
+// (benchmarks/README.md, "On a CPU with AMX"). There the change to a backward in blocks of 4
+// states (with the rows read once per chunk for a task's lane groups and the gate split
+// around the scans) took the backward to 0.81x-0.88x its time at L = 1025 and 4097 (2 runs
+// of 21 alternated pairs); it is 2.8x-3.4x the forward (benchmarks/README.md, "The scan
+// backward in blocks of states").
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -96,10 +97,10 @@ std::vector<LaneGroup> lane_groups(int64_t dim, int64_t segment) {
   return groups;
 }
 
-// Lane groups n of a task, consecutive: their tiles lie kChunk * kLanes apart.
+// A task's lane groups, consecutive: their tiles lie kChunk * kLanes apart.
 struct Span {
   const LaneGroup* groups;
-  int64_t n;
+  int64_t count;
 };
 
 // Tasks per batch entry: enough for every thread, few partial buffers.
@@ -247,8 +248,10 @@ inline __m512 bc_vector(const float* __restrict__ v) {
   else return _mm512_loadu_ps(v);
 }
 
-// chunk_forward (kKeep false: h (N, W) advanced in place) and chunk_recompute (kKeep: the
-// states h (K + 1, N, W) from h[0] and the decays a (K, N, W) kept) on 16 lanes.
+// chunk_forward (kKeep false: h (N, W) advanced in place) and, for a block of kN states of
+// the backward (chunk_backward), the recomputation (kKeep: the states h (K + 1, kN, W) from
+// h[0] and the decays a (K, kN, W) kept) on 16 lanes. add_to_s: s already holds the other
+// blocks' part of the sum over states (and D u); else it starts from D u.
 template <int kN, bool kBcast, bool kKeep>
 inline void chunk_scan_v16(int64_t K, const LaneConsts<float>& g, const float* __restrict__ u,
                            const float* __restrict__ dt, const BCView<float>& bc,
@@ -327,10 +330,6 @@ inline void chunk_recompute(int64_t nstate, int64_t K, const LaneConsts<T>& g,
                             const BCView<T>& bc, T* __restrict__ h, T* __restrict__ a,
                             T* __restrict__ s) {
   constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
-#ifdef MMSHUFFLEMAMBA_HAS_AVX512
-  if constexpr (kVectorChunks<T, kN>)
-    return chunk_scan_v16<kN, kBcast, true>(K, g, u, dt, bc, h, a, s);
-#endif
   const int64_t N = kN > 0 ? kN : nstate;
   for (int64_t j = 0; j < K; ++j) {
     const T* __restrict__ uj = u + j * W;
@@ -371,8 +370,8 @@ struct Adjoint {
 };
 
 #ifdef MMSHUFFLEMAMBA_HAS_AVX512
-// States per block of the backward pass: 4 states' h, a and dbc for a chunk take 33 KB;
-// blocks of 2 and 8 were slower at L = 1025 and 4097 (benchmarks/README.md).
+// States per block of the backward pass: blocks of 2 and 8 were not faster than 4 at
+// L = 1025 and 4097 (benchmarks/README.md).
 template <int kN>
 constexpr int kStateBlock = kN % 4 == 0 ? 4 : kN;
 
@@ -525,14 +524,14 @@ inline void chunk_backward(int64_t nstate, int64_t K, const LaneGroup& lg, const
                            int64_t stride, const LaneConsts<T>& g, const T* u, const T* dt,
                            const T* dtg, const BCView<T>& bc, T* h, T* a, T* s, const T* gs,
                            const Adjoint<T>& acc, T* du, T* ddelta, T* dbc) {
-  constexpr int64_t W = kLanes<T>, bw = kBcast ? 1 : W;
+  constexpr int64_t W = kLanes<T>;
 #ifdef MMSHUFFLEMAMBA_HAS_AVX512
   if constexpr (kVectorChunks<T, kN>) {
     constexpr int kB = kStateBlock<kN>;
+    constexpr int64_t bw = kBcast ? 1 : W;
     for (int n0 = 0; n0 < kN; n0 += kB) {
       for (int64_t n = 0; n < kB; ++n) load_lanes(ck + (n0 + n) * stride, lg.nl, h + n * W);
-      LaneConsts<T> block = g;
-      block.A += n0 * W;
+      LaneConsts<T> block = g;  // the block's decay rates (chunk_scan_v16 reads A2 and skip)
       block.A2 += n0 * W;
       const BCView<T> bcb{bc.B + n0 * bw, bc.C + n0 * bw, bc.step};
       chunk_scan_v16<kB, kBcast, true>(K, block, u, dt, bcb, h, a, s, n0 > 0);
@@ -598,11 +597,11 @@ void scan_forward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& group
         bc(kBcast ? 0 : kChunk * 2 * N * W);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tpb, g0 = task % tpb * per_task, g1 = std::min(G, g0 + per_task);
-      const Span span{groups.data() + g0, std::max<int64_t>(0, g1 - g0)};
+      const Span span{groups.data() + std::min(g0, G), std::max<int64_t>(0, g1 - g0)};
       for (int dir = 0; dir < ndirs; ++dir) {
         const IO& io = dirs[dir];
         std::vector<LaneConsts<T>> consts;
-        consts.reserve(span.n);
+        consts.reserve(span.count);
         for (int64_t grp = g0; grp < g1; ++grp)
           consts.emplace_back(io.params, groups[grp], N,
                               c_buf.data() + (grp - g0) * LaneConsts<T>::size(N));
@@ -651,13 +650,13 @@ void scan_backward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& grou
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tpb, part = task % tpb;
       const int64_t g0 = part * per_task, g1 = std::min(G, g0 + per_task);
-      const Span span{groups.data() + g0, std::max<int64_t>(0, g1 - g0)};
+      const Span span{groups.data() + std::min(g0, G), std::max<int64_t>(0, g1 - g0)};
       for (int dir = 0; dir < ndirs; ++dir) {
         const IO& io = dirs[dir];
         std::vector<LaneConsts<T>> consts;
         std::vector<Adjoint<T>> accs;
-        consts.reserve(span.n);
-        accs.reserve(span.n);
+        consts.reserve(span.count);
+        accs.reserve(span.count);
         for (int64_t grp = g0; grp < g1; ++grp) {
           consts.emplace_back(io.params, groups[grp], N,
                               c_buf.data() + (grp - g0) * LaneConsts<T>::size(N));

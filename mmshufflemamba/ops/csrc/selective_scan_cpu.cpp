@@ -105,7 +105,7 @@ struct ChannelMajorIO {
 
   // The span's tiles: each lane group's rows are contiguous in t already.
   void load_inputs(int64_t b, Span sp, int64_t i0, int64_t K, T* ut, T* dt) const {
-    for (int64_t g = 0; g < sp.n; ++g) {
+    for (int64_t g = 0; g < sp.count; ++g) {
       gather(u, b, sp.groups[g], i0, K, ut + g * kChunk * W);
       gather(delta, b, sp.groups[g], i0, K, dt + g * kChunk * W);
     }
@@ -114,7 +114,7 @@ struct ChannelMajorIO {
   // out = s silu(z), or s: the gate computed on (step, lane) tiles, so that it vectorises.
   void store_out(int64_t b, Span sp, int64_t i0, int64_t K, const T* s) const {
     alignas(64) T tile[kChunk * W];
-    for (int64_t g = 0; g < sp.n; ++g) {
+    for (int64_t g = 0; g < sp.count; ++g) {
       const LaneGroup& lg = sp.groups[g];
       const T* sg = s + g * kChunk * W;
       if (!z) {
@@ -133,7 +133,7 @@ struct ChannelMajorIO {
   void load_backward(int64_t b, Span sp, int64_t i0, int64_t K, T* ut, T* dt, T* gs,
                      T* gz) const {
     load_inputs(b, sp, i0, K, ut, dt);
-    for (int64_t g = 0; g < sp.n; ++g) {
+    for (int64_t g = 0; g < sp.count; ++g) {
       const LaneGroup& lg = sp.groups[g];
       T* gsg = gs + g * kChunk * W;
       T* gzg = gz + g * kChunk * W;
@@ -153,7 +153,7 @@ struct ChannelMajorIO {
   void store_backward(int64_t b, Span sp, int64_t i0, int64_t K, const T* s, const T* gz,
                       const T* dut, const T* ddt) const {
     alignas(64) T tile[kChunk * W];
-    for (int64_t g = 0; g < sp.n; ++g) {
+    for (int64_t g = 0; g < sp.count; ++g) {
       const LaneGroup& lg = sp.groups[g];
       const int64_t o = g * kChunk * W;
       scatter(dut + o, b, lg, i0, K, du);
