@@ -248,18 +248,15 @@ struct TokenMajorIO {
   // gs = dL/ds = dy silu(z) / 2 and gz = dy silu'(z) / 2 (dL/dz = gz (s_f + s_b)).
   void load_backward(int64_t b, Span sp, int64_t i0, int64_t K, T* ut, T* dt, T* gs,
                      T* gz) const {
+    load_inputs(b, sp, i0, K, ut, dt);
     alignas(64) T zv[W], dyv[W];
     for (int64_t j = 0; j < K; ++j) {
       const int64_t t = time(i0 + j);
-      const T* __restrict__ ur = u.row(b, t);
-      const T* __restrict__ dr = delta.row(b, t);
       const X* __restrict__ zr = z.row(b, t);
       const T* __restrict__ dyr = dy + (b * L + t) * D;
       for (int64_t g = 0; g < sp.count; ++g) {
         const LaneGroup& lg = sp.groups[g];
         const int64_t o = (g * kChunk + j) * W;
-        load_lanes(ur + lg.d0, lg.nl, ut + o);
-        load_lanes(dr + lg.d0, lg.nl, dt + o);
         load_lanes(zr + lg.d0, lg.nl, zv);
         load_lanes(dyr + lg.d0, lg.nl, dyv);
 #ifdef MMSHUFFLEMAMBA_HAS_AVX512

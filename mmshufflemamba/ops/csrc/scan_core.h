@@ -38,8 +38,8 @@
 // nine instructions with its product, against about fourteen for exp2_decay_f32
 // auto-vectorised), the states' h (forward: all kN; backward: a block's) and the carry and
 // dA (adjoint, a block's) stay in registers through a chunk, and the step sizes' softplus
-// and the z gate use cpu_math.h's 16-lane forms. Elsewhere (float64, AVX2 builds, other state sizes) the compiler
-// vectorises the generic loops. bench_scan_ceiling.py times the bare arithmetic (in L1,
+// and the z gate use cpu_math.h's 16-lane forms. Elsewhere (float64, AVX2 builds, other
+// state sizes) the compiler vectorises the generic loops. bench_scan_ceiling.py times the bare arithmetic (in L1,
 // the same decay and flags) alternately with the fused forward scan of a ShuffleMamba-S
 // mixer. One thread, on the shared 2-core AVX-512 VM (2026-12-02, 9 pairs, medians): the
 // kernel at 1.37 / 1.43 G state updates/s at L = 1025 / 4097, 34% / 31% of a ceiling of
@@ -54,8 +54,8 @@
 // samples sit on the loads of rows a page apart. Those loads are not misses to memory: the
 // forward's time per token is about the same at L = 17, where every row stays in L1/L2,
 // as at 4097 (11.8 and 13.3 us). The 75% aimed at is not reached; the backward (recompute
-// + adjoint, all states at once) was about 3.2x the forward there. On a CPU with AMX and 2 MiB of L2 per core
-// (2026-12-06, one thread, 5 pairs): ceiling 6.7-7.1 G/s, the kernel at 40% / 35% at
+// + adjoint, all states at once) was about 3.2x the forward there. On a CPU with AMX and
+// 2 MiB of L2 per core (2026-12-06, one thread, 5 pairs): ceiling 6.7-7.1 G/s, the kernel at 40% / 35% at
 // L = 1025 / 4097; there the time per token grows 1.6x from L <= 257 to L >= 1025, and the
 // loads of the u, delta and z rows hold about a quarter of the forward's profile samples
 // (benchmarks/README.md, "On a CPU with AMX"). There the change to a backward in blocks of 4
@@ -518,7 +518,7 @@ inline void chunk_adjoint(int64_t nstate, int64_t K, const LaneConsts<T>& g,
 // A lane group's backward pass through one chunk: its states recomputed from the checkpoint
 // ck (N rows, `stride` apart) into h and a (scratch: (K + 1) N W and K N W), s (K, W) from
 // them, then the adjoint recurrence from gs (see chunk_adjoint). The float32 AVX-512 form
-// runs both, block of states by block, so that the block's h, a and share of dbc stay in L1.
+// runs both, block of states by block, so that a block's h and a are small (see the top).
 template <typename T, int kN, bool kBcast>
 inline void chunk_backward(int64_t nstate, int64_t K, const LaneGroup& lg, const T* ck,
                            int64_t stride, const LaneConsts<T>& g, const T* u, const T* dt,
