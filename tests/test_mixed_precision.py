@@ -35,9 +35,10 @@ def test_scan_state_stays_float32_under_autocast(monkeypatch, path):
             def __getattr__(self, name):
                 return getattr(kernel, name)
 
-            def bimamba_scan_forward(self, xz, u_f, u_b, delta_f, delta_b, *rest):
-                seen['dtypes'] = (u_f.dtype, delta_f.dtype, rest[3].dtype)  # u, delta, A
-                return kernel.bimamba_scan_forward(xz, u_f, u_b, delta_f, delta_b, *rest)
+            def bimamba_scan_forward(self, xz, u_f, u_b, dt_w_f, dt_w_b, x_dbl_f, *rest):
+                # u, x_proj's output (the step sizes' inputs), A
+                seen['dtypes'] = (u_f.dtype, x_dbl_f.dtype, rest[1].dtype)
+                return kernel.bimamba_scan_forward(xz, u_f, u_b, dt_w_f, dt_w_b, x_dbl_f, *rest)
 
         monkeypatch.setattr(bimamba, 'load_cpu_kernel', Spy)
     else:  # the unfused mixer with the PyTorch scan

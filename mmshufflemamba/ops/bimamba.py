@@ -5,9 +5,10 @@ combined scan output ``y`` ``(B, L, D)`` that ``out_proj`` reads:
 
 * the compiled kernel runs both directions' causal depthwise convolutions with their SiLU
   (the backward one anti-causal in the original token order: nothing is flipped);
-* torch runs the ``x_proj`` and ``dt_proj`` GEMMs, token-major on contiguous data;
+* torch runs the ``x_proj`` GEMM, token-major on contiguous data;
 * the compiled kernel runs both directions' selective scans (the backward one from t = L-1
-  down), ``D``, the ``z`` gate and ``(y_f + y_b) / 2``.
+  down), with ``dt_proj`` applied per chunk to ``x_proj``'s output (no ``(B, L, D)`` step-size
+  tensor is made), ``D``, the ``z`` gate and ``(y_f + y_b) / 2``.
 
 The backward pass recomputes the convolutions, the step sizes and the scans' states (from
 one checkpoint per ``chunk`` steps, the kernel module's constant, shared with the
@@ -52,15 +53,12 @@ def _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b):
                                                       conv_b_b)
 
 
-def _step_inputs(u: Tensor, xproj_w: Tensor, dtproj_w: Tensor) -> Tuple[Tensor, Tensor]:
-    """x_dbl = u @ W_x^T ``(B, L, R + 2N)`` and the step sizes' pre-bias ``(B, L, D)``."""
+def _x_proj(u: Tensor, xproj_w: Tensor) -> Tensor:
+    """x_dbl = u @ W_x^T ``(B, L, R + 2N)``: the step sizes' inputs, B and C."""
     B, L, D = u.shape
-    rank = dtproj_w.shape[1]
     # W_x^T copied to a contiguous (D, R + 2N) (172 KB at Vim-S sizes): MKL ran this thin
     # GEMM (56 columns) in 0.76x the time of the transposed view at L = 197 and 1025.
-    x_dbl = torch.mm(u.view(B * L, D), xproj_w.t().contiguous())
-    delta = torch.mm(x_dbl[:, :rank], dtproj_w.t())
-    return x_dbl.view(B, L, -1), delta.view(B, L, D)
+    return torch.mm(u.view(B * L, D), xproj_w.t().contiguous()).view(B, L, -1)
 
 
 @torch.library.custom_op('mmshufflemamba::bimamba_inner', mutates_args=(), device_types='cpu')
@@ -72,12 +70,11 @@ def _bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor, conv_w_b: Ten
     """Returns ``y`` and, for the backward pass, ``x_dbl_f``, ``x_dbl_b`` and the checkpoints."""
     kernel = load_cpu_kernel()
     u_f, u_b = _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b)
-    x_dbl_f, delta_f = _step_inputs(u_f, xproj_w_f, dtproj_w_f)
-    x_dbl_b, delta_b = _step_inputs(u_b, xproj_w_b, dtproj_w_b)
+    x_dbl_f, x_dbl_b = _x_proj(u_f, xproj_w_f), _x_proj(u_b, xproj_w_b)
     with record_function('mmshufflemamba::scan'):
         y, ckpt_f, ckpt_b = kernel.bimamba_scan_forward(
-            xz, u_f, u_b, delta_f, delta_b, x_dbl_f, x_dbl_b, dtproj_w_f.shape[1], A_f, A_b,
-            D_f, D_b, dt_bias_f, dt_bias_b)
+            xz, u_f, u_b, dtproj_w_f, dtproj_w_b, x_dbl_f, x_dbl_b, A_f, A_b, D_f, D_b,
+            dt_bias_f, dt_bias_b)
     return y, x_dbl_f, x_dbl_b, ckpt_f, ckpt_b
 
 
@@ -107,13 +104,11 @@ def _bimamba_inner_backward(dy: Tensor, xz: Tensor, conv_w_f: Tensor, conv_b_f: 
     B, L, D2 = xz.shape
     D, rank = D2 // 2, dtproj_w_f.shape[1]
     u_f, u_b = _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b)  # recomputed
-    delta_f = torch.mm(x_dbl_f.view(B * L, -1)[:, :rank], dtproj_w_f.t()).view(B, L, D)
-    delta_b = torch.mm(x_dbl_b.view(B * L, -1)[:, :rank], dtproj_w_b.t()).view(B, L, D)
     dxz = torch.empty(xz.shape, dtype=A_f.dtype)  # both directions add into it: full precision
     with record_function('mmshufflemamba::scan_backward'):
         (du_f, ddelta_f, dBC_f, dA_f, dD_f, dbias_f, du_b, ddelta_b, dBC_b, dA_b, dD_b,
          dbias_b) = kernel.bimamba_scan_backward(
-            dy.contiguous(), xz, u_f, u_b, delta_f, delta_b, x_dbl_f, x_dbl_b, rank, A_f, A_b,
+            dy.contiguous(), xz, u_f, u_b, dtproj_w_f, dtproj_w_b, x_dbl_f, x_dbl_b, A_f, A_b,
             D_f, D_b, dt_bias_f, dt_bias_b, ckpt_f, ckpt_b, dxz)
     grads = {}
     for s, u, x_dbl, ddelta, dBC, xproj_w, dtproj_w in (

@@ -1,7 +1,9 @@
 // Vim's bidirectional mixer between its GEMMs, fused on CPU: the two causal depthwise
 // convolutions with their SiLU, the selective scans of both directions, D, the z gate and
-// the (y_f + y_b) / 2 combine; forward and backward. The GEMMs (x_proj, dt_proj, and the
-// in/out projections) stay in torch (MKL); ops/bimamba.py strings the two together. The
+// the (y_f + y_b) / 2 combine; forward and backward. The step sizes' projection dt_proj is
+// made here too, per chunk, from x_proj's output (a (len, D) delta would be written by one
+// thin GEMM and read back by the scan, twice per pass). The other GEMMs (x_proj, the in/out
+// projections) stay in torch (MKL); ops/bimamba.py strings the two together. The
 // scans themselves are scan_core.h's, the same as the one-direction entry's; this file
 // says where the mixer's rows live (TokenMajorIO) and what happens to the outputs.
 //
@@ -12,6 +14,7 @@
 // down to 0:
 //   u_f[t] = silu(b_f + sum_k w_f[k] x[t - K + 1 + k])   u_b[t] = silu(b_b + sum_k w_b[k] x[t + K - 1 - k])
 //   h_t = exp(dt_t A) h_{t -+ 1} + dt_t u_t B_t,  s_t = C_t . h_t + D u_t,  dt = softplus(delta + bias)
+//   delta[t] = W_dt x_dbl[t, :R]   (x_dbl = x_proj(u): R step-size inputs, then B, then C)
 //   y[t] = (s_f[t] + s_b[t]) silu(z[t]) / 2
 // B_t and C_t are shared by all channels, so the scans broadcast them to the lanes.
 //
@@ -193,13 +196,57 @@ void conv_backward(Seq<const X> x, const T* wT_f, const T* b_f, const T* wT_b, c
 
 
 // ------------------------------------------------------------------------------- scans
+// The step sizes' pre-activations of n <= kStepBlock steps on kG vectors of channels:
+// out[g][j] = sum_r x[j R + r] w[g][r ld] (r < R; out[g] (n, W)). x holds kStepBlock rows of
+// R values (rows past n are read, their sums dropped). The kG x kStepBlock sums stay in
+// registers while w's rows stream through: per r, kG loads and kStepBlock broadcasts
+// feed kG kStepBlock FMAs.
+constexpr int64_t kStepBlock = 8;
+constexpr int64_t kMaxRank = 256;  // dt_rank the fused mixer takes (Vim: ceil(d_model / 16))
+
+template <int kG, typename T>
+inline void project_steps(const T* __restrict__ x, int64_t R, const T* const* w, int64_t ld,
+                          int64_t n, T* const* out) {
+  constexpr int64_t W = kLanes<T>, J = kStepBlock;
+#ifdef MMSHUFFLEMAMBA_HAS_AVX512
+  if constexpr (std::is_same_v<T, float>) {
+    __m512 acc[kG][J];
+    for (int g = 0; g < kG; ++g)
+      for (int64_t j = 0; j < J; ++j) acc[g][j] = _mm512_setzero_ps();
+    for (int64_t r = 0; r < R; ++r) {
+      __m512 wr[kG];
+      for (int g = 0; g < kG; ++g) wr[g] = _mm512_loadu_ps(w[g] + r * ld);
+#pragma GCC unroll 8
+      for (int64_t j = 0; j < J; ++j) {
+        const __m512 xj = _mm512_set1_ps(x[j * R + r]);
+        for (int g = 0; g < kG; ++g) acc[g][j] = _mm512_fmadd_ps(xj, wr[g], acc[g][j]);
+      }
+    }
+    for (int g = 0; g < kG; ++g)
+      for (int64_t j = 0; j < n; ++j) _mm512_storeu_ps(out[g] + j * W, acc[g][j]);
+    return;
+  }
+#endif
+  for (int g = 0; g < kG; ++g) {
+    std::fill(out[g], out[g] + n * W, T(0));
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t j = 0; j < n; ++j) {
+        const T xr = x[j * R + r];
+#pragma omp simd
+        for (int64_t l = 0; l < W; ++l) out[g][j * W + l] += xr * w[g][r * ld + l];
+      }
+  }
+}
+
 // One direction of the mixer's scan, for scan_core.h's drivers. Rows are (batch, len, D)
-// (u, delta, y, z, dy, the gradients) or (batch, len, N) (B, C: columns of x_dbl); z, the
-// second half of xz, is X (see the top).
+// (u, y, z, dy, the gradients) or columns of x_dbl (batch, len, R + 2 N) (the step-size
+// inputs, B, C); z, the second half of xz, is X (see the top).
 template <typename T, typename X>
 struct TokenMajorIO {
   static constexpr int64_t W = kLanes<T>;
-  Seq<const T> u, delta, Bm, Cm;
+  Seq<const T> u, xdt, Bm, Cm;  // xdt: x_dbl[..., :R]
+  const T* dtw;                 // W_dt^T (R, dtw_ld), zero past D
+  int64_t rank, dtw_ld;
   Seq<const X> z;
   ScanParams<T> params;
   bool reverse;  // the backward direction: scan step i is token L - 1 - i
@@ -223,15 +270,35 @@ struct TokenMajorIO {
   }
 
   // The span's tiles from / to whole rows: each row is visited once for all its lane groups.
+  // The delta tiles are projected from the chunk's x_dbl rows, two lane groups at a time
+  // (their rows of W_dt^T, R x 128 bytes, stay in L1 over the chunk).
   void load_inputs(int64_t b, Span sp, int64_t i0, int64_t K, T* ut, T* dt) const {
+    constexpr int64_t J = kStepBlock;
+    T xs[(kChunk + J) * kMaxRank];  // the chunk's step-size inputs, R per step, padded
+    for (int64_t j = 0; j < kChunk + J; ++j) {
+      const T* __restrict__ xr = xdt.row(b, time(i0 + std::min(j, K - 1)));
+      std::copy(xr, xr + rank, xs + j * rank);
+    }
     for (int64_t j = 0; j < K; ++j) {
-      const int64_t t = time(i0 + j);
-      const T* __restrict__ ur = u.row(b, t);
-      const T* __restrict__ dr = delta.row(b, t);
+      const T* __restrict__ ur = u.row(b, time(i0 + j));
       for (int64_t g = 0; g < sp.count; ++g) {
         const LaneGroup& lg = sp.groups[g];
         load_lanes(ur + lg.d0, lg.nl, ut + (g * kChunk + j) * W);
-        load_lanes(dr + lg.d0, lg.nl, dt + (g * kChunk + j) * W);
+      }
+    }
+    int64_t g = 0;
+    for (; g + 2 <= sp.count; g += 2) {
+      const T* w[2] = {dtw + sp.groups[g].d0, dtw + sp.groups[g + 1].d0};
+      for (int64_t j = 0; j < K; j += J) {
+        T* out[2] = {dt + (g * kChunk + j) * W, dt + ((g + 1) * kChunk + j) * W};
+        project_steps<2>(xs + j * rank, rank, w, dtw_ld, std::min(J, K - j), out);
+      }
+    }
+    if (g < sp.count) {
+      const T* w[1] = {dtw + sp.groups[g].d0};
+      for (int64_t j = 0; j < K; j += J) {
+        T* out[1] = {dt + (g * kChunk + j) * W};
+        project_steps<1>(xs + j * rank, rank, w, dtw_ld, std::min(J, K - j), out);
       }
     }
   }
@@ -429,15 +496,18 @@ std::vector<at::Tensor> bimamba_conv_backward(const at::Tensor& xz, const at::Te
 namespace {
 
 // One direction's inputs against xz's shape and u's dtype (the compute type).
-void check_scan(const at::Tensor& xz, const at::Tensor& u, const at::Tensor& delta,
-                const at::Tensor& x_dbl, int64_t rank, const at::Tensor& A, const at::Tensor& skip,
+void check_scan(const at::Tensor& xz, const at::Tensor& u, const at::Tensor& dt_w,
+                const at::Tensor& x_dbl, const at::Tensor& A, const at::Tensor& skip,
                 const at::Tensor& bias) {
   const int64_t B = xz.size(0), L = xz.size(1), D = xz.size(2) / 2, N = A.size(1);
+  const int64_t rank = dt_w.dim() == 2 ? dt_w.size(1) : -1;
   check_seq(u, u, "u");
-  check_seq(delta, u, "delta");
   check_seq(x_dbl, u, "x_dbl");
-  TORCH_CHECK(u.size(0) == B && u.size(1) == L && u.size(2) == D && delta.sizes() == u.sizes(),
-              "u and delta must be (B, L, D)");
+  TORCH_CHECK(u.size(0) == B && u.size(1) == L && u.size(2) == D, "u must be (B, L, D)");
+  TORCH_CHECK(dt_w.dim() == 2 && dt_w.size(0) == D && dt_w.scalar_type() == u.scalar_type(),
+              "dt_proj's weight must be (D, dt_rank) of dtype ", u.scalar_type());
+  TORCH_CHECK(rank >= 1 && rank <= kMaxRank, "the fused CPU mixer takes dt_rank 1 to ",
+              kMaxRank, "; got ", rank);
   TORCH_CHECK(x_dbl.size(0) == B && x_dbl.size(1) == L && x_dbl.size(2) == rank + 2 * N,
               "x_dbl must be (B, L, dt_rank + 2 N)");
   TORCH_CHECK(A.is_contiguous() && A.size(0) == D && A.scalar_type() == u.scalar_type(),
@@ -446,16 +516,29 @@ void check_scan(const at::Tensor& xz, const at::Tensor& u, const at::Tensor& del
   check_vec(bias, D, u, "delta_bias");
 }
 
-// One direction's IO with its inputs; outputs and gradients are set by the caller.
+// dt_proj's weight (D, R) as the scans read it: W_dt^T (R, D rounded up to whole vectors),
+// zero past D, so that a partial lane group's last lanes get zero step sizes.
+at::Tensor step_weights(const at::Tensor& dt_w, int64_t lanes) {
+  const int64_t D = dt_w.size(0), R = dt_w.size(1);
+  auto wT = at::zeros({R, ceil_div(D, lanes) * lanes}, dt_w.options());
+  wT.narrow(1, 0, D).copy_(dt_w.t());
+  return wT;
+}
+
+// One direction's IO with its inputs (dtw: step_weights); outputs and gradients are set by
+// the caller.
 template <typename T, typename X>
-TokenMajorIO<T, X> direction(const at::Tensor& xz, const at::Tensor& u,
-                             const at::Tensor& delta, const at::Tensor& x_dbl, int64_t rank,
-                             const at::Tensor& A, const at::Tensor& skip,
-                             const at::Tensor& bias, bool reverse, const at::Tensor& ckpt) {
+TokenMajorIO<T, X> direction(const at::Tensor& xz, const at::Tensor& u, const at::Tensor& dtw,
+                             const at::Tensor& x_dbl, const at::Tensor& A,
+                             const at::Tensor& skip, const at::Tensor& bias, bool reverse,
+                             const at::Tensor& ckpt) {
   TokenMajorIO<T, X> io{};
-  const int64_t D = xz.size(2) / 2, N = A.size(1);
+  const int64_t D = xz.size(2) / 2, N = A.size(1), rank = dtw.size(0);
   io.u = cseq<T>(u);
-  io.delta = cseq<T>(delta);
+  io.xdt = cseq<T>(x_dbl);
+  io.dtw = dtw.data_ptr<T>();
+  io.rank = rank;
+  io.dtw_ld = dtw.size(1);
   io.Bm = cseq<T>(x_dbl, rank);
   io.Cm = cseq<T>(x_dbl, rank + N);
   io.z = cseq<X>(xz, D);
@@ -472,20 +555,21 @@ TokenMajorIO<T, X> direction(const at::Tensor& xz, const at::Tensor& u,
 
 // Returns (y (B, L, D), ckpt_f, ckpt_b (B, nchunks, N, D)); z is xz[..., D:].
 std::vector<at::Tensor> bimamba_scan_forward(
-    const at::Tensor& xz, const at::Tensor& u_f, const at::Tensor& u_b, const at::Tensor& delta_f,
-    const at::Tensor& delta_b, const at::Tensor& x_dbl_f, const at::Tensor& x_dbl_b,
-    int64_t rank, const at::Tensor& A_f, const at::Tensor& A_b, const at::Tensor& D_f,
-    const at::Tensor& D_b, const at::Tensor& bias_f, const at::Tensor& bias_b) {
-  check_scan(xz, u_f, delta_f, x_dbl_f, rank, A_f, D_f, bias_f);
-  check_scan(xz, u_b, delta_b, x_dbl_b, rank, A_b, D_b, bias_b);
+    const at::Tensor& xz, const at::Tensor& u_f, const at::Tensor& u_b, const at::Tensor& dt_w_f,
+    const at::Tensor& dt_w_b, const at::Tensor& x_dbl_f, const at::Tensor& x_dbl_b,
+    const at::Tensor& A_f, const at::Tensor& A_b, const at::Tensor& D_f, const at::Tensor& D_b,
+    const at::Tensor& bias_f, const at::Tensor& bias_b) {
+  check_scan(xz, u_f, dt_w_f, x_dbl_f, A_f, D_f, bias_f);
+  check_scan(xz, u_b, dt_w_b, x_dbl_b, A_b, D_b, bias_b);
   const int64_t B = xz.size(0), L = xz.size(1), D = xz.size(2) / 2, N = A_f.size(1);
   auto y = at::empty({B, L, D}, u_f.options());
   auto ckpt_f = at::empty({B, ceil_div(L, kChunk), N, D}, u_f.options());
   auto ckpt_b = at::empty_like(ckpt_f);
   with_types(xz, u_f, [&]<typename T, typename X>() {
+    const auto dtw_f = step_weights(dt_w_f, kLanes<T>), dtw_b = step_weights(dt_w_b, kLanes<T>);
     TokenMajorIO<T, X> dirs[2] = {
-        direction<T, X>(xz, u_f, delta_f, x_dbl_f, rank, A_f, D_f, bias_f, false, ckpt_f),
-        direction<T, X>(xz, u_b, delta_b, x_dbl_b, rank, A_b, D_b, bias_b, true, ckpt_b)};
+        direction<T, X>(xz, u_f, dtw_f, x_dbl_f, A_f, D_f, bias_f, false, ckpt_f),
+        direction<T, X>(xz, u_b, dtw_b, x_dbl_b, A_b, D_b, bias_b, true, ckpt_b)};
     for (auto& io : dirs) io.y = seq<T>(y);
     const auto groups = lane_groups<T>(D, D);
     const int64_t tpb = tasks_per_batch(groups.size(), B);
@@ -500,13 +584,13 @@ std::vector<at::Tensor> bimamba_scan_forward(
 // ddelta (B, L, D), dBC (B, L, 2 N: dB then dC), dA (D, N), dD (D,), dbias (D,).
 std::vector<at::Tensor> bimamba_scan_backward(
     const at::Tensor& dy, const at::Tensor& xz, const at::Tensor& u_f, const at::Tensor& u_b,
-    const at::Tensor& delta_f, const at::Tensor& delta_b, const at::Tensor& x_dbl_f,
-    const at::Tensor& x_dbl_b, int64_t rank, const at::Tensor& A_f, const at::Tensor& A_b,
+    const at::Tensor& dt_w_f, const at::Tensor& dt_w_b, const at::Tensor& x_dbl_f,
+    const at::Tensor& x_dbl_b, const at::Tensor& A_f, const at::Tensor& A_b,
     const at::Tensor& D_f, const at::Tensor& D_b, const at::Tensor& bias_f,
     const at::Tensor& bias_b, const at::Tensor& ckpt_f, const at::Tensor& ckpt_b, at::Tensor& dxz) {
   check_seq(dxz, u_f, "dxz");
-  check_scan(xz, u_f, delta_f, x_dbl_f, rank, A_f, D_f, bias_f);
-  check_scan(xz, u_b, delta_b, x_dbl_b, rank, A_b, D_b, bias_b);
+  check_scan(xz, u_f, dt_w_f, x_dbl_f, A_f, D_f, bias_f);
+  check_scan(xz, u_b, dt_w_b, x_dbl_b, A_b, D_b, bias_b);
   const int64_t B = xz.size(0), L = xz.size(1), D = xz.size(2) / 2, N = A_f.size(1);
   TORCH_CHECK(dy.is_contiguous() && dy.sizes() == u_f.sizes(), "dy must be contiguous (B, L, D)");
   TORCH_CHECK(ckpt_f.is_contiguous() && ckpt_b.is_contiguous() &&
@@ -519,9 +603,10 @@ std::vector<at::Tensor> bimamba_scan_backward(
   with_types(xz, u_f, [&]<typename T, typename X>() {
     const auto groups = lane_groups<T>(D, D);
     const int64_t tpb = tasks_per_batch(groups.size(), B);
+    const auto dtw_f = step_weights(dt_w_f, kLanes<T>), dtw_b = step_weights(dt_w_b, kLanes<T>);
     TokenMajorIO<T, X> dirs[2] = {
-        direction<T, X>(xz, u_f, delta_f, x_dbl_f, rank, A_f, D_f, bias_f, false, ckpt_f),
-        direction<T, X>(xz, u_b, delta_b, x_dbl_b, rank, A_b, D_b, bias_b, true, ckpt_b)};
+        direction<T, X>(xz, u_f, dtw_f, x_dbl_f, A_f, D_f, bias_f, false, ckpt_f),
+        direction<T, X>(xz, u_b, dtw_b, x_dbl_b, A_b, D_b, bias_b, true, ckpt_b)};
     for (int i = 0; i < 2; ++i) {
       du[i] = at::empty({B, L, D}, opts);
       ddelta[i] = at::empty({B, L, D}, opts);

@@ -32,14 +32,14 @@ std::vector<at::Tensor> bimamba_conv_backward(const at::Tensor& xz, const at::Te
                                               const at::Tensor& b_b, const at::Tensor& du_f,
                                               const at::Tensor& du_b, at::Tensor& dxz);
 std::vector<at::Tensor> bimamba_scan_forward(
-    const at::Tensor& xz, const at::Tensor& u_f, const at::Tensor& u_b, const at::Tensor& delta_f,
-    const at::Tensor& delta_b, const at::Tensor& x_dbl_f, const at::Tensor& x_dbl_b,
-    int64_t rank, const at::Tensor& A_f, const at::Tensor& A_b, const at::Tensor& D_f,
-    const at::Tensor& D_b, const at::Tensor& bias_f, const at::Tensor& bias_b);
+    const at::Tensor& xz, const at::Tensor& u_f, const at::Tensor& u_b, const at::Tensor& dt_w_f,
+    const at::Tensor& dt_w_b, const at::Tensor& x_dbl_f, const at::Tensor& x_dbl_b,
+    const at::Tensor& A_f, const at::Tensor& A_b, const at::Tensor& D_f, const at::Tensor& D_b,
+    const at::Tensor& bias_f, const at::Tensor& bias_b);
 std::vector<at::Tensor> bimamba_scan_backward(
     const at::Tensor& dy, const at::Tensor& xz, const at::Tensor& u_f, const at::Tensor& u_b,
-    const at::Tensor& delta_f, const at::Tensor& delta_b, const at::Tensor& x_dbl_f,
-    const at::Tensor& x_dbl_b, int64_t rank, const at::Tensor& A_f, const at::Tensor& A_b,
+    const at::Tensor& dt_w_f, const at::Tensor& dt_w_b, const at::Tensor& x_dbl_f,
+    const at::Tensor& x_dbl_b, const at::Tensor& A_f, const at::Tensor& A_b,
     const at::Tensor& D_f, const at::Tensor& D_b, const at::Tensor& bias_f,
     const at::Tensor& bias_b, const at::Tensor& ckpt_f, const at::Tensor& ckpt_b, at::Tensor& dxz);
 
