@@ -56,9 +56,10 @@ def _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b):
 def _x_proj(u: Tensor, xproj_w: Tensor) -> Tensor:
     """x_dbl = u @ W_x^T ``(B, L, R + 2N)``: the step sizes' inputs, B and C."""
     B, L, D = u.shape
-    # W_x^T copied to a contiguous (D, R + 2N) (172 KB at Vim-S sizes): MKL ran this thin
-    # GEMM (56 columns) in 0.76x the time of the transposed view at L = 197 and 1025.
-    return torch.mm(u.view(B * L, D), xproj_w.t().contiguous()).view(B, L, -1)
+    # The transposed view, as nn.Linear passes it. (A contiguous copy of W_x^T ran in 0.76x
+    # the time on the AVX-512 VM of 2026-12-01; on the AMX VM of 2026-12-06 the view took
+    # 0.79x / 0.93x / 0.97x of copy + GEMM at L = 197 / 1025 / 4097, 61 alternated pairs.)
+    return torch.mm(u.view(B * L, D), xproj_w.t()).view(B, L, -1)
 
 
 @torch.library.custom_op('mmshufflemamba::bimamba_inner', mutates_args=(), device_types='cpu')
