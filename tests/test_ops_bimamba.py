@@ -69,9 +69,10 @@ def test_kernel_is_built():
 
 # (batch, L, channels, d_state, dt_rank): L = 1, odd L, the 32-step chunk and across it,
 # channel counts that leave a partial group of lanes (8 float64 lanes), every compiled
-# d_state, batch 1 and 2
+# d_state, batch 1 and 2; 2 x 150 rows, so that at 1 to 4 threads a task of the backward
+# convolution runs several blocks of 32 rows and a block ends at the batch boundary
 SHAPES = [(2, 9, 16, 4, 2), (1, 1, 16, 16, 2), (2, 33, 20, 16, 3), (1, 65, 7, 8, 1),
-          (2, 32, 16, 1, 2), (1, 31, 3, 4, 1)]
+          (2, 32, 16, 1, 2), (1, 31, 3, 4, 1), (2, 150, 12, 4, 2)]
 
 
 @pytest.mark.parametrize('shape', SHAPES)

@@ -121,74 +121,135 @@ void conv_forward(Seq<const X> x, const T* wT_f, const T* b_f, const T* wT_b, co
   });
 }
 
+// conv_backward for rows t0 .. t1 of batch entry b on channels d0 .. d0 + n
+// (kN > 0: n is kN, a vector width): dL/dx rows (the taps summed in registers, one store per
+// row) and the weight and bias gradients' sums over these rows, kept in `sums` (2 (K + 1)
+// vectors, L1) and added to the task's gw_f, gw_b ((K + 1, D) each) once. (Summing into dx
+// and gw row by row and tap by tap, two loads and a store per tap, took about half of the
+// backward convolution's time.)
+constexpr int64_t kConvRows = 32;
+
+// gp = dL/d(pre-activation) of both directions for rows a0 .. (row a at f + (a - a0) D).
+template <typename T>
+struct GpRows {
+  const T* f;
+  const T* b;
+  int64_t a0;
+};
+
+template <int64_t kN, typename T, typename X>
+inline void conv_grad_channels(Seq<const X> x, const T* __restrict__ wT_f,
+                               const T* __restrict__ wT_b, GpRows<T> gp, int64_t b, int64_t t0,
+                               int64_t t1,
+                               int64_t L, int64_t D, int64_t K, int64_t d0, int64_t n, Seq<T> dx,
+                               T* __restrict__ gw_f, T* __restrict__ gw_b, T* __restrict__ sums) {
+  constexpr int64_t kMax = kN > 0 ? kN : kLanes<T>;
+  if constexpr (kN > 0) n = kN;
+  T* __restrict__ sf = sums;                  // (K + 1, kMax): taps, then bias
+  T* __restrict__ sb = sums + (K + 1) * kMax;
+  std::fill(sums, sums + 2 * (K + 1) * kMax, T(0));
+  const T* __restrict__ gpf = gp.f + d0;  // row t at (t - gp.a0) D
+  const T* __restrict__ gpb = gp.b + d0;
+  for (int64_t t = t0; t < t1; ++t) {
+    const T* __restrict__ gf = gpf + (t - gp.a0) * D;
+    const T* __restrict__ gb = gpb + (t - gp.a0) * D;
+    alignas(64) T o[kMax];
+#pragma omp simd
+    for (int64_t l = 0; l < kMax; ++l) {
+      o[l] = T(0);
+      sf[K * kMax + l] += l < n ? gf[l] : T(0);
+      sb[K * kMax + l] += l < n ? gb[l] : T(0);
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      // x[t] feeds pre_f[t + K - 1 - k] and pre_b[t - K + 1 + k]
+      const int64_t tf = t + (K - 1) - k, tb = t - (K - 1) + k;
+      if (tf < L) {
+        const T* __restrict__ g = gpf + (tf - gp.a0) * D;
+        const T* __restrict__ w = wT_f + k * D + d0;
+#pragma omp simd
+        for (int64_t l = 0; l < kMax; ++l) o[l] += l < n ? w[l] * g[l] : T(0);
+      }
+      if (tb >= 0) {
+        const T* __restrict__ g = gpb + (tb - gp.a0) * D;
+        const T* __restrict__ w = wT_b + k * D + d0;
+#pragma omp simd
+        for (int64_t l = 0; l < kMax; ++l) o[l] += l < n ? w[l] * g[l] : T(0);
+      }
+      // dw_f[k] += gp_f[t] x[t - K + 1 + k]; dw_b[k] += gp_b[t] x[t + K - 1 - k]
+      const int64_t xf = t - (K - 1) + k, xb = t + (K - 1) - k;
+      if (xf >= 0) {
+        const X* __restrict__ xr = x.row(b, xf) + d0;
+#pragma omp simd
+        for (int64_t l = 0; l < kMax; ++l)
+          sf[k * kMax + l] += l < n ? gf[l] * static_cast<T>(xr[l]) : T(0);
+      }
+      if (xb < L) {
+        const X* __restrict__ xr = x.row(b, xb) + d0;
+#pragma omp simd
+        for (int64_t l = 0; l < kMax; ++l)
+          sb[k * kMax + l] += l < n ? gb[l] * static_cast<T>(xr[l]) : T(0);
+      }
+    }
+    std::copy(o, o + n, dx.row(b, t) + d0);
+  }
+  for (int64_t k = 0; k <= K; ++k)
+    for (int64_t l = 0; l < n; ++l) {
+      gw_f[k * D + d0 + l] += sf[k * kMax + l];
+      gw_b[k * D + d0 + l] += sb[k * kMax + l];
+    }
+}
+
 // From dL/du_f and dL/du_b: dL/dx (into dx, a strided view), and per-task partial sums of
 // the weight and bias gradients, partial: (tasks, 2, K + 1, D) (K weight rows, then bias).
+// A task takes its rows kConvRows at a time: gp = du * silu'(pre) for those rows and the
+// K - 1 on either side (the pre-activations recomputed; gp kept in a per-thread buffer of
+// kConvRows + 2 (K - 1) rows, not in (B, L, D) tensors), then conv_grad_channels per vector
+// of channels.
 template <typename T, typename X>
 void conv_backward(Seq<const X> x, const T* wT_f, const T* b_f, const T* wT_b, const T* b_b,
                    const T* du_f, const T* du_b, int64_t B, int64_t L, int64_t D, int64_t K,
-                   Seq<T> dx, T* gp_f, T* gp_b, T* partial, int64_t tasks) {
-  // 1. through the SiLUs: gp = du * silu'(pre), with the pre-activations recomputed
-  at::parallel_for(0, B * L, 16, [&](int64_t begin, int64_t end) {
-    const FlushDenormals ftz;
-    std::vector<T> pre_buf(2 * D);
-    T* __restrict__ pf = pre_buf.data();
-    T* __restrict__ pb = pf + D;
-    for (int64_t row = begin; row < end; ++row) {
-      conv_preactivations(x, wT_f, b_f, wT_b, b_b, row / L, row % L, L, D, K, pf, pb);
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) {
-        const T sf = sigmoid(pf[d]), sb = sigmoid(pb[d]);
-        gp_f[row * D + d] = du_f[row * D + d] * sf * (T(1) + pf[d] * (T(1) - sf));
-        gp_b[row * D + d] = du_b[row * D + d] * sb * (T(1) + pb[d] * (T(1) - sb));
-      }
-    }
-  });
-  // 2. dx, and the weight/bias gradients summed per task over its rows
-  const int64_t rows_per_task = ceil_div(B * L, tasks);
+                   Seq<T> dx, T* partial, int64_t tasks) {
+  constexpr int64_t W = kLanes<T>;
+  const int64_t rows_per_task = ceil_div(B * L, tasks), span = kConvRows + 2 * (K - 1);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormals ftz;
+    std::vector<T> gp(2 * span * D), pre(2 * D), sums(2 * (K + 1) * W);
+    T* __restrict__ gp_f = gp.data();
+    T* __restrict__ gp_b = gp_f + span * D;
+    T* __restrict__ pf = pre.data();
+    T* __restrict__ pb = pf + D;
     for (int64_t task = begin; task < end; ++task) {
       T* __restrict__ gw_f = partial + task * 2 * (K + 1) * D;
       T* __restrict__ gw_b = gw_f + (K + 1) * D;
       std::fill(gw_f, gw_f + 2 * (K + 1) * D, T(0));
       const int64_t r1 = std::min(B * L, (task + 1) * rows_per_task);
-      for (int64_t row = task * rows_per_task; row < r1; ++row) {
-        const int64_t b = row / L, t = row % L;
-        T* __restrict__ out = dx.row(b, t);
-        std::fill(out, out + D, T(0));
-        const T* __restrict__ gf = gp_f + row * D;
-        const T* __restrict__ gb = gp_b + row * D;
+      for (int64_t row = task * rows_per_task; row < r1;) {
+        const int64_t b = row / L, t0 = row % L;
+        const int64_t t1 = std::min({L, t0 + kConvRows, t0 + r1 - row});  // one batch entry
+        const int64_t a0 = std::max<int64_t>(0, t0 - (K - 1));
+        const int64_t a1 = std::min(L, t1 + (K - 1));
+        for (int64_t a = a0; a < a1; ++a) {  // through the SiLUs
+          conv_preactivations(x, wT_f, b_f, wT_b, b_b, b, a, L, D, K, pf, pb);
+          const T* __restrict__ gf = du_f + (b * L + a) * D;
+          const T* __restrict__ gb = du_b + (b * L + a) * D;
+          T* __restrict__ of = gp_f + (a - a0) * D;
+          T* __restrict__ ob = gp_b + (a - a0) * D;
 #pragma omp simd
-        for (int64_t d = 0; d < D; ++d) {
-          gw_f[K * D + d] += gf[d];
-          gw_b[K * D + d] += gb[d];
-        }
-        for (int64_t k = 0; k < K; ++k) {
-          // x[t] feeds pre_f[t + K - 1 - k] and pre_b[t - K + 1 + k]
-          const int64_t tf = t + (K - 1) - k, tb = t - (K - 1) + k;
-          if (tf < L) {
-            const T* __restrict__ g = gp_f + (b * L + tf) * D;
-#pragma omp simd
-            for (int64_t d = 0; d < D; ++d) out[d] += wT_f[k * D + d] * g[d];
-          }
-          if (tb >= 0) {
-            const T* __restrict__ g = gp_b + (b * L + tb) * D;
-#pragma omp simd
-            for (int64_t d = 0; d < D; ++d) out[d] += wT_b[k * D + d] * g[d];
-          }
-          // dw_f[k] += gp_f[t] x[t - K + 1 + k]; dw_b[k] += gp_b[t] x[t + K - 1 - k]
-          const int64_t sf = t - (K - 1) + k, sb = t + (K - 1) - k;
-          if (sf >= 0) {
-            const X* __restrict__ xr = x.row(b, sf);
-#pragma omp simd
-            for (int64_t d = 0; d < D; ++d) gw_f[k * D + d] += gf[d] * static_cast<T>(xr[d]);
-          }
-          if (sb < L) {
-            const X* __restrict__ xr = x.row(b, sb);
-#pragma omp simd
-            for (int64_t d = 0; d < D; ++d) gw_b[k * D + d] += gb[d] * static_cast<T>(xr[d]);
+          for (int64_t d = 0; d < D; ++d) {
+            const T sf = sigmoid(pf[d]), sb = sigmoid(pb[d]);
+            of[d] = gf[d] * sf * (T(1) + pf[d] * (T(1) - sf));
+            ob[d] = gb[d] * sb * (T(1) + pb[d] * (T(1) - sb));
           }
         }
+        const GpRows<T> g{gp_f, gp_b, a0};
+        int64_t d0 = 0;
+        for (; d0 + W <= D; d0 += W)
+          conv_grad_channels<W>(x, wT_f, wT_b, g, b, t0, t1, L, D, K, d0, W, dx, gw_f, gw_b,
+                                sums.data());
+        if (d0 < D)
+          conv_grad_channels<0>(x, wT_f, wT_b, g, b, t0, t1, L, D, K, d0, D - d0, dx, gw_f,
+                                gw_b, sums.data());
+        row += t1 - t0;
       }
     }
   });
@@ -479,13 +540,11 @@ std::vector<at::Tensor> bimamba_conv_backward(const at::Tensor& xz, const at::Te
   TORCH_CHECK(du_f.is_contiguous() && du_b.is_contiguous(), "du must be contiguous");
   const auto wT_f = w_f.reshape({D, K}).t().contiguous(), wT_b = w_b.reshape({D, K}).t().contiguous();
   const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(B * L, 4 * at::get_num_threads()));
-  auto gp_f = at::empty({B, L, D}, w_f.options()), gp_b = at::empty({B, L, D}, w_f.options());
   auto partial = at::empty({tasks, 2, K + 1, D}, w_f.options());
   with_types(xz, w_f, [&]<typename T, typename X>() {
     conv_backward<T, X>(cseq<X>(xz), wT_f.data_ptr<T>(), b_f.data_ptr<T>(), wT_b.data_ptr<T>(),
                         b_b.data_ptr<T>(), du_f.data_ptr<T>(), du_b.data_ptr<T>(), B, L, D, K,
-                        seq<T>(dxz), gp_f.data_ptr<T>(), gp_b.data_ptr<T>(),
-                        partial.data_ptr<T>(), tasks);
+                        seq<T>(dxz), partial.data_ptr<T>(), tasks);
   });
   const auto sums = partial.sum(0);  // (2, K + 1, D); the results must not alias each other
   return {sums[0].narrow(0, 0, K).t().contiguous().view(w_f.sizes()), sums[0][K].clone(),
