@@ -189,6 +189,38 @@ def test_unsupported_state_size_is_refused_clearly():
     assert not BiMambaMixer(16, d_state=3).fused(torch.zeros(1, 2, 16))
 
 
+def test_dt_rank_past_the_kernels_limit_takes_the_unfused_path():
+    limit = load_cpu_kernel().max_dt_rank
+    xz, p = make(1, 4, 8, 4, limit + 1)
+    with pytest.raises(RuntimeError, match=f'takes dt_rank 1 to {limit}; got {limit + 1}'):
+        bimamba_inner(xz, *(p[k] for k in ORDER))
+    assert BiMambaMixer(16, d_state=4, dt_rank=limit).fused(torch.zeros(1, 2, 16))
+    mixer = BiMambaMixer(16, d_state=4, dt_rank=limit + 1)
+    assert not mixer.fused(torch.zeros(1, 2, 16))
+    assert mixer(torch.randn(1, 3, 16)).shape == (1, 3, 16)  # the unfused path runs it
+
+
+def test_fused_mixer_equals_the_definition_in_one_task():
+    """One thread: one task holds all five lane groups (float64: 8 lanes each), so the step
+    sizes are projected two lane groups at a time and then one; dt_rank 40, past Vim-S's
+    24; 37 steps: a chunk and then 5, blocks of fewer than 8 steps."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        xz, p = make(1, 37, 40, 4, 40)
+        y = bimamba_inner(xz, *(p[k] for k in ORDER))
+        expected = definition(xz, p)
+        inputs = [xz] + [p[k] for k in ORDER]
+        grad_y = torch.randn_like(y)
+        ours = torch.autograd.grad(y, inputs, grad_y)
+        theirs = torch.autograd.grad(expected, inputs, grad_y)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-12)
+    for name, a, b in zip(('xz', ) + ORDER, ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+
+
 @pytest.mark.slow
 def test_scan_ceiling_benchmark_runs():
     """benchmarks/bench_scan_ceiling.py compiles its loop against the kernel's header and

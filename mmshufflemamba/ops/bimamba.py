@@ -33,15 +33,17 @@ __all__ = ['bimamba_inner', 'fused_mixer_available', 'FUSED_STATE_SIZES']
 FUSED_STATE_SIZES = (1, 4, 8, 16)  # the d_state values the kernel is compiled for
 
 
-def fused_mixer_available(x: Tensor, d_state: int) -> bool:
+def fused_mixer_available(x: Tensor, d_state: int, dt_rank: int = 1) -> bool:
     """Whether :func:`bimamba_inner` can run for ``x`` here: CPU, the kernel built, a
-    compiled d_state. (The mixer runs it only where its scan backend is ``compiled``.)"""
-    return _fused_mixer_available(x.device.type, d_state)
+    compiled d_state, dt_rank up to the kernel's ``max_dt_rank`` (256). (The mixer runs it
+    only where its scan backend is ``compiled``.)"""
+    return _fused_mixer_available(x.device.type, d_state, dt_rank)
 
 
 @torch.compiler.assume_constant_result
-def _fused_mixer_available(device: str, d_state: int) -> bool:
-    return device == 'cpu' and d_state in FUSED_STATE_SIZES and load_cpu_kernel() is not None
+def _fused_mixer_available(device: str, d_state: int, dt_rank: int) -> bool:
+    kernel = load_cpu_kernel() if device == 'cpu' and d_state in FUSED_STATE_SIZES else None
+    return kernel is not None and 1 <= dt_rank <= kernel.max_dt_rank
 
 
 # The kernels run inside record_function ranges, so that torch.profiler (and

@@ -122,7 +122,7 @@ class BiMambaMixer(nn.Module):
 
     def _runs_fused(self, x: Tensor, backend: str) -> bool:
         return self.use_fast_path and backend == 'compiled' and \
-            fused_mixer_available(x, self.d_state)
+            fused_mixer_available(x, self.d_state, self.dt_rank)
 
     def fused(self, x: Tensor) -> bool:
         """Whether :meth:`forward` takes the fused CPU path for inputs like ``x``."""

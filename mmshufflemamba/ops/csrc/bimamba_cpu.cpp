@@ -263,7 +263,6 @@ void conv_backward(Seq<const X> x, const T* wT_f, const T* b_f, const T* wT_b, c
 // registers while w's rows stream through: per r, kG loads and kStepBlock broadcasts
 // feed kG kStepBlock FMAs.
 constexpr int64_t kStepBlock = 8;
-constexpr int64_t kMaxRank = 256;  // dt_rank the fused mixer takes (Vim: ceil(d_model / 16))
 
 template <int kG, typename T>
 inline void project_steps(const T* __restrict__ x, int64_t R, const T* const* w, int64_t ld,
@@ -335,8 +334,8 @@ struct TokenMajorIO {
   // (their rows of W_dt^T, R x 128 bytes, stay in L1 over the chunk).
   void load_inputs(int64_t b, Span sp, int64_t i0, int64_t K, T* ut, T* dt) const {
     constexpr int64_t J = kStepBlock;
-    T xs[(kChunk + J) * kMaxRank];  // the chunk's step-size inputs, R per step, padded
-    for (int64_t j = 0; j < kChunk + J; ++j) {
+    T xs[kChunk * kMaxDtRank];  // the chunk's step-size inputs, R per step
+    for (int64_t j = 0; j < ceil_div(K, J) * J; ++j) {  // whole blocks: rows past K repeat K - 1
       const T* __restrict__ xr = xdt.row(b, time(i0 + std::min(j, K - 1)));
       std::copy(xr, xr + rank, xs + j * rank);
     }
@@ -565,8 +564,8 @@ void check_scan(const at::Tensor& xz, const at::Tensor& u, const at::Tensor& dt_
   TORCH_CHECK(u.size(0) == B && u.size(1) == L && u.size(2) == D, "u must be (B, L, D)");
   TORCH_CHECK(dt_w.dim() == 2 && dt_w.size(0) == D && dt_w.scalar_type() == u.scalar_type(),
               "dt_proj's weight must be (D, dt_rank) of dtype ", u.scalar_type());
-  TORCH_CHECK(rank >= 1 && rank <= kMaxRank, "the fused CPU mixer takes dt_rank 1 to ",
-              kMaxRank, "; got ", rank);
+  TORCH_CHECK(rank >= 1 && rank <= kMaxDtRank, "the fused CPU mixer takes dt_rank 1 to ",
+              kMaxDtRank, "; got ", rank, " (the unfused path runs any dt_rank)");
   TORCH_CHECK(x_dbl.size(0) == B && x_dbl.size(1) == L && x_dbl.size(2) == rank + 2 * N,
               "x_dbl must be (B, L, dt_rank + 2 N)");
   TORCH_CHECK(A.is_contiguous() && A.size(0) == D && A.scalar_type() == u.scalar_type(),

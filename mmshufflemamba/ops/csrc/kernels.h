@@ -24,6 +24,10 @@ std::vector<at::Tensor> selective_scan_backward(const at::Tensor& dout, const at
                                                 const c10::optional<at::Tensor>& bias,
                                                 bool softplus, const at::Tensor& checkpoints);
 
+// The largest dt_rank the fused mixer's kernels take (their per-chunk step-size inputs are a
+// stack tile); Vim's ceil(d_model / 16) is 12-64. Exported as the module's max_dt_rank.
+constexpr int64_t kMaxDtRank = 256;
+
 std::vector<at::Tensor> bimamba_conv_forward(const at::Tensor& xz, const at::Tensor& w_f,
                                              const at::Tensor& b_f, const at::Tensor& w_b,
                                              const at::Tensor& b_b);

@@ -19,4 +19,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bimamba_scan_backward", &bimamba_scan_backward,
         "scan backward: dz into dxz[..., D:]; (du, ddelta, dBC, dA, dD, dbias) per direction");
   m.attr("chunk") = kChunk;  // steps per checkpoint, both entries
+  m.attr("max_dt_rank") = kMaxDtRank;  // the fused mixer's
 }
