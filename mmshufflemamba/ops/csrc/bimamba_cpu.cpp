@@ -545,9 +545,13 @@ std::vector<at::Tensor> bimamba_conv_backward(const at::Tensor& xz, const at::Te
                         b_b.data_ptr<T>(), du_f.data_ptr<T>(), du_b.data_ptr<T>(), B, L, D, K,
                         seq<T>(dxz), partial.data_ptr<T>(), tasks);
   });
-  const auto sums = partial.sum(0);  // (2, K + 1, D); the results must not alias each other
-  return {sums[0].narrow(0, 0, K).t().contiguous().view(w_f.sizes()), sums[0][K].clone(),
-          sums[1].narrow(0, 0, K).t().contiguous().view(w_b.sizes()), sums[1][K].clone()};
+  // (2, K + 1, D). The results must not alias each other: each is a copy (a (D, 1)
+  // transpose counts as contiguous, so at K = 1 .contiguous() would return a view of sums).
+  const auto sums = partial.sum(0);
+  const auto weights = [&](int i, const at::Tensor& w) {
+    return sums[i].narrow(0, 0, K).t().clone(at::MemoryFormat::Contiguous).view(w.sizes());
+  };
+  return {weights(0, w_f), sums[0][K].clone(), weights(1, w_b), sums[1][K].clone()};
 }
 
 
