@@ -63,6 +63,19 @@ def make(batch, length, channels, state, rank, dtype=torch.float64, seed=1, taps
     return r(batch, length, 2 * channels), p
 
 
+def assert_equals_the_definition(xz, p):
+    """The fused mixer's output and every gradient against :func:`definition` (float64)."""
+    y = bimamba_inner(xz, *(p[k] for k in ORDER))
+    expected = definition(xz, p)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-12)
+    inputs = [xz] + [p[k] for k in ORDER]
+    grad_y = torch.randn_like(y)
+    ours = torch.autograd.grad(y, inputs, grad_y)
+    theirs = torch.autograd.grad(expected, inputs, grad_y)
+    for name, a, b in zip(('xz', ) + ORDER, ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+
+
 def test_kernel_is_built():
     assert load_cpu_kernel() is not None, 'run `python -m mmshufflemamba.ops.build --verbose`'
 
@@ -78,15 +91,7 @@ SHAPES = [(2, 9, 16, 4, 2), (1, 1, 16, 16, 2), (2, 33, 20, 16, 3), (1, 65, 7, 8,
 @pytest.mark.parametrize('shape', SHAPES)
 def test_fused_mixer_equals_the_definition(shape):
     xz, p = make(*shape)
-    y = bimamba_inner(xz, *(p[k] for k in ORDER))
-    expected = definition(xz, p)
-    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-12)
-    inputs = [xz] + [p[k] for k in ORDER]
-    grad_y = torch.randn_like(y)
-    ours = torch.autograd.grad(y, inputs, grad_y)
-    theirs = torch.autograd.grad(expected, inputs, grad_y)
-    for name, a, b in zip(('xz', ) + ORDER, ours, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+    assert_equals_the_definition(xz, p)
 
 
 @pytest.mark.parametrize('taps', [1, 2, 3, 7])
@@ -94,16 +99,7 @@ def test_fused_mixer_equals_the_definition_for_other_kernel_sizes(taps):
     """The convolutions take any d_conv (Vim uses 4): K - 1 rows of halo around each block
     of rows in the backward, none at K = 1 (whose (D, 1) weight gradients came back as
     views of one buffer, which the custom op refused as aliased outputs)."""
-    xz, p = make(2, 70, 12, 4, 2, taps=taps)
-    y = bimamba_inner(xz, *(p[k] for k in ORDER))
-    expected = definition(xz, p)
-    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-12)
-    inputs = [xz] + [p[k] for k in ORDER]
-    grad_y = torch.randn_like(y)
-    ours = torch.autograd.grad(y, inputs, grad_y)
-    theirs = torch.autograd.grad(expected, inputs, grad_y)
-    for name, a, b in zip(('xz', ) + ORDER, ours, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+    assert_equals_the_definition(*make(2, 70, 12, 4, 2, taps=taps))
 
 
 def test_fused_mixer_gradcheck():
@@ -224,18 +220,9 @@ def test_fused_mixer_equals_the_definition_in_one_task():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        xz, p = make(1, 37, 40, 4, 40)
-        y = bimamba_inner(xz, *(p[k] for k in ORDER))
-        expected = definition(xz, p)
-        inputs = [xz] + [p[k] for k in ORDER]
-        grad_y = torch.randn_like(y)
-        ours = torch.autograd.grad(y, inputs, grad_y)
-        theirs = torch.autograd.grad(expected, inputs, grad_y)
+        assert_equals_the_definition(*make(1, 37, 40, 4, 40))
     finally:
         torch.set_num_threads(threads)
-    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-12)
-    for name, a, b in zip(('xz', ) + ORDER, ours, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
 
 
 @pytest.mark.slow
