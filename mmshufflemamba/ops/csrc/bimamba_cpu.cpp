@@ -346,21 +346,18 @@ struct TokenMajorIO {
         load_lanes(ur + lg.d0, lg.nl, ut + (g * kChunk + j) * W);
       }
     }
+    const auto project = [&]<int kG>(int64_t g) {  // lane groups g .. g + kG
+      const T* w[kG];
+      for (int i = 0; i < kG; ++i) w[i] = dtw + sp.groups[g + i].d0;
+      for (int64_t j = 0; j < K; j += J) {
+        T* out[kG];
+        for (int i = 0; i < kG; ++i) out[i] = dt + ((g + i) * kChunk + j) * W;
+        project_steps<kG>(xs + j * rank, rank, w, dtw_ld, std::min(J, K - j), out);
+      }
+    };
     int64_t g = 0;
-    for (; g + 2 <= sp.count; g += 2) {
-      const T* w[2] = {dtw + sp.groups[g].d0, dtw + sp.groups[g + 1].d0};
-      for (int64_t j = 0; j < K; j += J) {
-        T* out[2] = {dt + (g * kChunk + j) * W, dt + ((g + 1) * kChunk + j) * W};
-        project_steps<2>(xs + j * rank, rank, w, dtw_ld, std::min(J, K - j), out);
-      }
-    }
-    if (g < sp.count) {
-      const T* w[1] = {dtw + sp.groups[g].d0};
-      for (int64_t j = 0; j < K; j += J) {
-        T* out[1] = {dt + (g * kChunk + j) * W};
-        project_steps<1>(xs + j * rank, rank, w, dtw_ld, std::min(J, K - j), out);
-      }
-    }
+    for (; g + 2 <= sp.count; g += 2) project.template operator()<2>(g);
+    if (g < sp.count) project.template operator()<1>(g);
   }
 
   void store_out(int64_t b, Span sp, int64_t i0, int64_t K, const T* s) const {
