@@ -1,11 +1,13 @@
 """The fused CPU mixer (``bimamba_inner``): values and gradients of every input against the
 sequential definition (Vim's token-major mixer with the textbook scan, both directions by
 flipping, as upstream writes it), in float64; the mixer's fused and unfused paths agree."""
+import contextlib
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmshufflemamba.models import BiMambaMixer
 from mmshufflemamba.ops import BACKEND_ENV, selective_scan_reference
@@ -174,6 +176,39 @@ def test_op_registration_holds_for_each_xz_dtype(dtype):
     xz, p = make(2, 9, 16, 4, 2, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     args = (xz.detach().to(dtype).requires_grad_(), ) + tuple(p[k] for k in ORDER)
     torch.library.opcheck(torch.ops.mmshufflemamba.bimamba_inner.default, args)
+
+
+def test_eager_calls_and_the_registered_op_compute_the_same():
+    """A plain call runs the op's functions through an autograd.Function (no dispatcher); a
+    call under a dispatch mode goes through the registered op. Same values and gradients,
+    bit for bit, and each call takes its path."""
+    xz, p = make(2, 37, 32, 16, 3, dtype=torch.float32, seed=6)
+    grad_y = torch.randn(2, 37, 32, generator=torch.Generator().manual_seed(7))
+    runs = []
+    for traced in (False, True):
+        inputs = [t.detach().clone().requires_grad_() for t in (xz, *(p[k] for k in ORDER))]
+        with (_RecordOps() if traced else contextlib.nullcontext()) as record:
+            y = bimamba_inner(*inputs)
+            y.backward(grad_y)
+        node = type(y.grad_fn).__name__
+        assert ('bimamba_inner' in node) == traced and ('EagerInner' in node) != traced, node
+        if traced:
+            assert {'bimamba_inner', 'bimamba_inner_backward'} <= set(record.names)
+        runs.append([y.detach()] + [t.grad for t in inputs])
+    for name, a, b in zip(('y', 'xz') + ORDER, *runs):
+        assert torch.equal(a, b), name
+
+
+class _RecordOps(TorchDispatchMode):
+    """The names of the ops dispatched while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize('bias', [False, True])

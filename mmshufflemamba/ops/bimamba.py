@@ -14,17 +14,21 @@ The backward pass recomputes the convolutions, the step sizes and the scans' sta
 one checkpoint per ``chunk`` steps, the kernel module's constant, shared with the
 one-direction scan: both run ``csrc/scan_core.h``) and writes the gradients of x and z straight into one
 ``dxz``. Both passes are ``torch.library`` custom ops with fake implementations and an
-autograd formula, so ``torch.compile`` and ``torch.export`` see two opaque ops instead of
-breaking the graph. Computed in float32 (float64 stays float64; bf16/fp16 inputs are
+autograd formula, so ``torch.compile`` and ``torch.export`` (and FakeTensors, dispatch modes,
+tensor subclasses) see two opaque ops instead of breaking the graph; a plain eager call runs
+the same two functions through an ``autograd.Function``, without the op's Python dispatch.
+Computed in float32 (float64 stays float64; bf16/fp16 inputs are
 computed in float32). A bfloat16 ``xz`` (``in_proj``'s output under bf16 autocast) is read
 by the kernels as it is, widened exactly as they load it: no float32 copy of it is made or
 kept for the backward pass, and its gradient comes back in bfloat16.
 """
+from contextlib import nullcontext
 from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.profiler import record_function
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .cpu_kernel import load_cpu_kernel
 
@@ -46,11 +50,16 @@ def _fused_mixer_available(device: str, d_state: int, dt_rank: int) -> bool:
     return kernel is not None and 1 <= dt_rank <= kernel.max_dt_rank
 
 
-# The kernels run inside record_function ranges, so that torch.profiler (and
-# benchmarks/bench_backbone.py's breakdown) shows the convolutions and the scans apart from
-# the GEMMs around them.
+def _profiled(name: str):
+    """A ``record_function`` range while torch.profiler records (so that it, and
+    benchmarks/bench_backbone.py's breakdown, shows the convolutions and the scans apart from
+    the GEMMs around them); otherwise nothing: a range costs about 7 us to open and close
+    even with no profiler, five per mixer and train step."""
+    return record_function(name) if torch.autograd._profiler_enabled() else nullcontext()
+
+
 def _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b):
-    with record_function('mmshufflemamba::conv'):
+    with _profiled('mmshufflemamba::conv'):
         return load_cpu_kernel().bimamba_conv_forward(xz, conv_w_f, conv_b_f, conv_w_b,
                                                       conv_b_b)
 
@@ -64,8 +73,7 @@ def _x_proj(u: Tensor, xproj_w: Tensor) -> Tensor:
     return torch.mm(u.view(B * L, D), xproj_w.t()).view(B, L, -1)
 
 
-@torch.library.custom_op('mmshufflemamba::bimamba_inner', mutates_args=(), device_types='cpu')
-def _bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor, conv_w_b: Tensor,
+def _inner_forward(xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor, conv_w_b: Tensor,
                    conv_b_b: Tensor, xproj_w_f: Tensor, xproj_w_b: Tensor, dtproj_w_f: Tensor,
                    dtproj_w_b: Tensor, dt_bias_f: Tensor, dt_bias_b: Tensor, A_f: Tensor,
                    A_b: Tensor, D_f: Tensor, D_b: Tensor
@@ -74,11 +82,15 @@ def _bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor, conv_w_b: Ten
     kernel = load_cpu_kernel()
     u_f, u_b = _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b)
     x_dbl_f, x_dbl_b = _x_proj(u_f, xproj_w_f), _x_proj(u_b, xproj_w_b)
-    with record_function('mmshufflemamba::scan'):
+    with _profiled('mmshufflemamba::scan'):
         y, ckpt_f, ckpt_b = kernel.bimamba_scan_forward(
             xz, u_f, u_b, dtproj_w_f, dtproj_w_b, x_dbl_f, x_dbl_b, A_f, A_b, D_f, D_b,
             dt_bias_f, dt_bias_b)
     return y, x_dbl_f, x_dbl_b, ckpt_f, ckpt_b
+
+
+_bimamba_inner = torch.library.custom_op('mmshufflemamba::bimamba_inner', _inner_forward,
+                                         mutates_args=(), device_types='cpu')
 
 
 @_bimamba_inner.register_fake
@@ -93,22 +105,20 @@ def _(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, xproj_w_f, xproj_w_b, dtproj_w
             A_f.new_empty(B, chunks, N, D), A_f.new_empty(B, chunks, N, D))
 
 
-@torch.library.custom_op('mmshufflemamba::bimamba_inner_backward', mutates_args=(),
-                         device_types='cpu')
-def _bimamba_inner_backward(dy: Tensor, xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor,
-                            conv_w_b: Tensor, conv_b_b: Tensor, xproj_w_f: Tensor,
-                            xproj_w_b: Tensor, dtproj_w_f: Tensor, dtproj_w_b: Tensor,
-                            dt_bias_f: Tensor, dt_bias_b: Tensor, A_f: Tensor, A_b: Tensor,
-                            D_f: Tensor, D_b: Tensor, x_dbl_f: Tensor, x_dbl_b: Tensor,
-                            ckpt_f: Tensor, ckpt_b: Tensor) -> List[Tensor]:
-    """Gradients of ``xz`` (in its dtype) and of the 14 weights, in :func:`_bimamba_inner`'s
+def _inner_backward(dy: Tensor, xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor,
+                    conv_w_b: Tensor, conv_b_b: Tensor, xproj_w_f: Tensor,
+                    xproj_w_b: Tensor, dtproj_w_f: Tensor, dtproj_w_b: Tensor,
+                    dt_bias_f: Tensor, dt_bias_b: Tensor, A_f: Tensor, A_b: Tensor,
+                    D_f: Tensor, D_b: Tensor, x_dbl_f: Tensor, x_dbl_b: Tensor,
+                    ckpt_f: Tensor, ckpt_b: Tensor) -> List[Tensor]:
+    """Gradients of ``xz`` (in its dtype) and of the 14 weights, in :func:`_inner_forward`'s
     order."""
     kernel = load_cpu_kernel()
     B, L, D2 = xz.shape
     D, rank = D2 // 2, dtproj_w_f.shape[1]
     u_f, u_b = _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b)  # recomputed
     dxz = torch.empty(xz.shape, dtype=A_f.dtype)  # both directions add into it: full precision
-    with record_function('mmshufflemamba::scan_backward'):
+    with _profiled('mmshufflemamba::scan_backward'):
         (du_f, ddelta_f, dBC_f, dA_f, dD_f, dbias_f, du_b, ddelta_b, dBC_b, dA_b, dD_b,
          dbias_b) = kernel.bimamba_scan_backward(
             dy.contiguous(), xz, u_f, u_b, dtproj_w_f, dtproj_w_b, x_dbl_f, x_dbl_b, A_f, A_b,
@@ -123,12 +133,17 @@ def _bimamba_inner_backward(dy: Tensor, xz: Tensor, conv_w_f: Tensor, conv_b_f: 
         grads[f'dtproj_w_{s}'] = torch.mm(ddelta.t(), x_dbl[:, :rank])
         grads[f'xproj_w_{s}'] = torch.mm(dx_dbl.t(), u.view(B * L, D))
         (du_f if s == 'f' else du_b).view(B * L, D).addmm_(dx_dbl, xproj_w)
-    with record_function('mmshufflemamba::conv_backward'):
+    with _profiled('mmshufflemamba::conv_backward'):
         dconv_w_f, dconv_b_f, dconv_w_b, dconv_b_b = kernel.bimamba_conv_backward(
             xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, du_f, du_b, dxz)
     return [dxz.to(xz.dtype), dconv_w_f, dconv_b_f, dconv_w_b, dconv_b_b, grads['xproj_w_f'],
             grads['xproj_w_b'], grads['dtproj_w_f'], grads['dtproj_w_b'], dbias_f, dbias_b,
             dA_f, dA_b, dD_f, dD_b]
+
+
+_bimamba_inner_backward = torch.library.custom_op(
+    'mmshufflemamba::bimamba_inner_backward', _inner_backward, mutates_args=(),
+    device_types='cpu')
 
 
 @_bimamba_inner_backward.register_fake
@@ -148,13 +163,35 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dy, *unused):
-    if dy is None:  # no gradient reached y (grads are not materialized): none for the inputs
-        return (None, ) * (len(ctx.saved_tensors) - 4)
-    return tuple(torch.ops.mmshufflemamba.bimamba_inner_backward(dy, *ctx.saved_tensors))
+def _backward_by(run_backward):
+    """The autograd formula, running the backward pass as ``run_backward``."""
+
+    def backward(ctx, dy, *unused):
+        if dy is None:  # no gradient reached y (grads are not materialized): none for the inputs
+            return (None, ) * (len(ctx.saved_tensors) - 4)
+        return tuple(run_backward(dy, *ctx.saved_tensors))
+
+    return backward
 
 
-_bimamba_inner.register_autograd(_backward, setup_context=_setup_context)
+_bimamba_inner.register_autograd(
+    _backward_by(torch.ops.mmshufflemamba.bimamba_inner_backward), setup_context=_setup_context)
+
+
+class _EagerInner(torch.autograd.Function):
+    """The custom op's forward, saved tensors and backward, without the dispatcher: in a
+    plain eager call the op's Python dispatch and its generated autograd wrapper cost about
+    160 us per mixer and train step (measured at a size where the kernels take 35 us)."""
+    forward = staticmethod(_inner_forward)
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward_by(_inner_backward))
+
+
+def _seen_by_a_tracer(tensors: List[Tensor]) -> bool:
+    """Whether torch.compile, torch.export, a FakeTensor or another dispatch mode, or a tensor
+    subclass sees this call: those get the registered op (with its fake implementation)."""
+    return (torch.compiler.is_compiling() or is_in_torch_dispatch_mode() or
+            any(type(t) is not Tensor for t in tensors))
 
 
 def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv_w_b: Tensor,
@@ -178,7 +215,9 @@ def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv
     weights = [w.to(compute) if w.dtype != compute else w for w in weights]
     # the kernels read xz in the compute dtype or in bfloat16
     xz_in = xz if xz.dtype in (compute, torch.bfloat16) else xz.to(compute)
+    op = (torch.ops.mmshufflemamba.bimamba_inner if _seen_by_a_tracer([xz_in] + weights)
+          else _EagerInner.apply)
     with torch.autocast('cpu', enabled=False):
-        y = torch.ops.mmshufflemamba.bimamba_inner(xz_in, *weights)[0]
+        y = op(xz_in, *weights)[0]
     return y.to(xz.dtype)
 
