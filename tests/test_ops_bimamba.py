@@ -197,6 +197,14 @@ def test_eager_calls_and_the_registered_op_compute_the_same():
         runs.append([y.detach()] + [t.grad for t in inputs])
     for name, a, b in zip(('y', 'xz') + ORDER, *runs):
         assert torch.equal(a, b), name
+    # the mixer passes its parameters (nn.Parameter, a tensor subclass): still the eager path
+    out = BiMambaMixer(16, d_state=4)(torch.randn(1, 5, 16))
+    nodes, seen = [out.grad_fn], []
+    while nodes:
+        node = nodes.pop()
+        seen.append(type(node).__name__)
+        nodes += [n for n, _ in node.next_functions if n is not None]
+    assert '_EagerInnerBackward' in seen, seen
 
 
 class _RecordOps(TorchDispatchMode):

@@ -28,9 +28,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 from torch.profiler import record_function
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from .cpu_kernel import load_cpu_kernel
+from .cpu_kernel import load_cpu_kernel, plain_eager_call
 
 __all__ = ['bimamba_inner', 'fused_mixer_available', 'FUSED_STATE_SIZES']
 
@@ -187,11 +186,6 @@ class _EagerInner(torch.autograd.Function):
     backward = staticmethod(_backward_by(_inner_backward))
 
 
-def _seen_by_a_tracer(tensors: List[Tensor]) -> bool:
-    """Whether torch.compile, torch.export, a FakeTensor or another dispatch mode, or a tensor
-    subclass sees this call: those get the registered op (with its fake implementation)."""
-    return (torch.compiler.is_compiling() or is_in_torch_dispatch_mode() or
-            any(type(t) is not Tensor for t in tensors))
 
 
 def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv_w_b: Tensor,
@@ -215,8 +209,9 @@ def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv
     weights = [w.to(compute) if w.dtype != compute else w for w in weights]
     # the kernels read xz in the compute dtype or in bfloat16
     xz_in = xz if xz.dtype in (compute, torch.bfloat16) else xz.to(compute)
-    op = (torch.ops.mmshufflemamba.bimamba_inner if _seen_by_a_tracer([xz_in] + weights)
-          else _EagerInner.apply)
+    # tracers, dispatch modes and tensor subclasses see the registered op
+    op = _EagerInner.apply if plain_eager_call(xz_in, *weights) else \
+        torch.ops.mmshufflemamba.bimamba_inner
     with torch.autocast('cpu', enabled=False):
         y = op(xz_in, *weights)[0]
     return y.to(xz.dtype)

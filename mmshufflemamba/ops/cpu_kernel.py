@@ -1,5 +1,5 @@
-"""Build and load the compiled CPU kernels (``csrc/``: the selective scan and the fused
-bidirectional mixer).
+"""Build and load the compiled CPU kernels (``csrc/``: the selective scan, the fused
+bidirectional mixer and RMSNorm).
 
 The kernel is compiled with ``torch.utils.cpp_extension`` the first time it is needed (or by
 ``python -m mmshufflemamba.ops.build``, which ``tools/install.sh`` runs) and cached in
@@ -26,11 +26,12 @@ from types import ModuleType
 from typing import List, Optional, Tuple
 
 import torch
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-__all__ = ['load_cpu_kernel', 'build_directory']
+__all__ = ['load_cpu_kernel', 'build_directory', 'plain_eager_call']
 
 _SOURCE_DIR = Path(__file__).with_name('csrc')
-_SOURCES = ('selective_scan_cpu.cpp', 'bimamba_cpu.cpp', 'module.cpp')
+_SOURCES = ('selective_scan_cpu.cpp', 'bimamba_cpu.cpp', 'rms_norm_cpu.cpp', 'module.cpp')
 _HEADERS = ('cpu_math.h', 'kernels.h', 'scan_core.h')
 _NAME = 'mmshufflemamba_scan_cpu'
 
@@ -133,3 +134,15 @@ def load_cpu_kernel(verbose: bool = False) -> Optional[ModuleType]:
             RuntimeWarning, stacklevel=2)
         return None
 
+
+
+def plain_eager_call(*tensors: torch.Tensor) -> bool:
+    """Whether a call on ``tensors`` is plain eager PyTorch: not seen by torch.compile or
+    torch.export, TorchScript tracing, a FakeTensor or another dispatch mode, nor made on a
+    tensor subclass other than ``nn.Parameter``. Only such calls may run the kernels through
+    an ``autograd.Function`` (the others need a registered op with a fake implementation, or
+    torch ops)."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or
+                is_in_torch_dispatch_mode() or
+                any(type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter
+                    for t in tensors))

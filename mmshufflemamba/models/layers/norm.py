@@ -4,6 +4,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from mmshufflemamba.ops.rms_norm import fused_rms_norm, fused_rms_norm_available
 from ..utils.precision import at_least_float32
 
 __all__ = ['RMSNorm', 'build_norm']
@@ -23,6 +24,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dims))
 
     def forward(self, x: Tensor) -> Tensor:  # (..., C) -> (..., C)
+        if fused_rms_norm_available(x, self.weight):  # the compiled kernel on CPU
+            return fused_rms_norm(x, self.weight, self.eps)
         x32 = at_least_float32(x)
         out = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (out * at_least_float32(self.weight)).to(x.dtype)

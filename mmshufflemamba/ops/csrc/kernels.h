@@ -1,6 +1,6 @@
 // The compiled CPU kernels' entry points, bound to Python in module.cpp: the one-direction
 // selective scan (selective_scan_cpu.cpp) and the fused bidirectional mixer
-// (bimamba_cpu.cpp). Both scan with scan_core.h.
+// (bimamba_cpu.cpp), both scanning with scan_core.h; RMSNorm (rms_norm_cpu.cpp).
 #pragma once
 
 #include <torch/extension.h>
@@ -46,5 +46,10 @@ std::vector<at::Tensor> bimamba_scan_backward(
     const at::Tensor& x_dbl_b, const at::Tensor& A_f, const at::Tensor& A_b,
     const at::Tensor& D_f, const at::Tensor& D_b, const at::Tensor& bias_f,
     const at::Tensor& bias_b, const at::Tensor& ckpt_f, const at::Tensor& ckpt_b, at::Tensor& dxz);
+
+// x, dy: (rows, C) contiguous; w: (C,); rstd: (rows,). forward: (y, rstd); backward: (dx, dw).
+std::vector<at::Tensor> rms_norm_forward(const at::Tensor& x, const at::Tensor& w, double eps);
+std::vector<at::Tensor> rms_norm_backward(const at::Tensor& dy, const at::Tensor& x,
+                                          const at::Tensor& w, const at::Tensor& rstd);
 
 }  // namespace mmshufflemamba_cpu
