@@ -34,9 +34,10 @@ setup(
     long_description=open('README.md').read() if osp.exists('README.md') else '',
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmshufflemamba', 'mmshufflemamba.*']),
-    # The CPU selective scan's source; it is compiled on first use (or by tools/install.sh
-    # via `python -m mmshufflemamba.ops.build`), against whatever torch is installed.
-    package_data={'mmshufflemamba.ops': ['csrc/*.cpp']},
+    # The CPU kernels' sources and headers; they are compiled on first use (or by
+    # tools/install.sh via `python -m mmshufflemamba.ops.build`), against whatever torch is
+    # installed.
+    package_data={'mmshufflemamba.ops': ['csrc/*.cpp', 'csrc/*.h']},
     python_requires='>=3.9',
     # torch is deliberately not listed: an install must never replace the user's torch.
     install_requires=read_requirements('runtime'),
