@@ -207,6 +207,32 @@ def test_eager_calls_and_the_registered_op_compute_the_same():
     assert '_EagerInnerBackward' in seen, seen
 
 
+def test_out_proj_inside_equals_the_definition_and_keeps_no_y():
+    """With out_proj's weight and bias: out_proj(definition) and every gradient (float64);
+    y is rebuilt in the backward pass, so no (B, L, D) tensor is kept; a second derivative
+    raises (the op is differentiable once)."""
+    xz, p = make(2, 37, 24, 16, 3, seed=8)
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(10, 24, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(10, generator=g, dtype=torch.float64, requires_grad=True)
+    inputs = (xz, *(p[k] for k in ORDER), w, b)
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        out = bimamba_inner(*inputs)
+    assert not [t for t in kept if t.shape == (2, 37, 24)]
+    expected = F.linear(definition(xz, p), w, b)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(out, inputs, grad_out, create_graph=True)
+    for name, a, e in zip(('xz', ) + ORDER + ('out_w', 'out_b'), got,
+                          torch.autograd.grad(expected, inputs, grad_out)):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-11, msg=name)
+    # x_proj's gradient is a product with dt_proj's weight: differentiated again, it would
+    # give part of a second derivative (silently wrong) were the op not marked
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(got[1 + ORDER.index('xproj_w_f')].sum(), p['dtproj_w_f'])
+
+
 class _RecordOps(TorchDispatchMode):
     """The names of the ops dispatched while active."""
 

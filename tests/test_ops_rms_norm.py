@@ -109,3 +109,42 @@ def test_the_kernels_switched_off_leave_the_torch_formula(monkeypatch):
 def test_wrong_width_is_refused():
     with pytest.raises(ValueError, match='the last dimension must be 8'):
         fused_rms_norm(torch.randn(2, 7), torch.ones(8), 1e-5)
+
+
+@pytest.mark.parametrize('case', ['transposed', 'one row', 'no rows'])
+def test_other_layouts_equal_the_definition(case):
+    g = torch.Generator().manual_seed(3)
+    x = {'transposed': torch.randn(16, 3, 5, generator=g, dtype=torch.float64).transpose(0, 2),
+         'one row': torch.randn(16, generator=g, dtype=torch.float64),
+         'no rows': torch.zeros(0, 4, 16, dtype=torch.float64)}[case].requires_grad_()
+    w = torch.randn(16, generator=g, dtype=torch.float64, requires_grad=True)
+    y = fused_rms_norm(x, w, 1e-5)
+    expected = definition(x, w, 1e-5)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-13)
+    dy = torch.ones_like(y)
+    for a, b in zip(torch.autograd.grad(y, (x, w), dy), torch.autograd.grad(expected, (x, w), dy)):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+
+
+def test_what_the_kernel_cannot_do_takes_the_torch_formula():
+    """torch.func transforms, forward-mode AD, an inference tensor that autograd would have
+    to keep, no channels: RMSNorm computes them with torch ops. A second derivative of the
+    kernel's output raises instead of coming out wrong."""
+    norm = RMSNorm(6).double()
+    x = torch.randn(2, 3, 6, dtype=torch.float64)
+    expected = torch.func.grad(lambda t: definition(t, norm.weight.detach(), norm.eps).sum())(x)
+    got = torch.func.grad(lambda t: torch.func.functional_call(norm, {}, (t, )).sum())(x)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        out = norm(fwAD.make_dual(x, torch.ones_like(x)))
+        assert fwAD.unpack_dual(out).tangent is not None
+    with torch.inference_mode():
+        frozen = torch.randn(2, 6, dtype=torch.float64)
+    assert not fused_rms_norm_available(frozen, norm.weight)
+    norm(frozen).sum().backward()
+    assert not fused_rms_norm_available(torch.zeros(2, 0), torch.ones(0))
+    x.requires_grad_()
+    (g, ) = torch.autograd.grad(norm(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()

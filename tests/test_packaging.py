@@ -17,5 +17,6 @@ def test_the_wheel_ships_every_kernel_source(tmp_path):
     wheel, = tmp_path.glob('mmshufflemamba-*.whl')
     shipped = {name for name in zipfile.ZipFile(wheel).namelist() if '/csrc/' in name}
     csrc = ROOT / 'mmshufflemamba' / 'ops' / 'csrc'
-    expected = {f'mmshufflemamba/ops/csrc/{path.name}' for path in csrc.iterdir()}
-    assert shipped == expected
+    expected = {f'mmshufflemamba/ops/csrc/{path.name}' for path in csrc.iterdir()
+                if path.suffix in ('.cpp', '.h')}
+    assert len(expected) >= 7 and shipped == expected

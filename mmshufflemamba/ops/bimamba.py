@@ -75,9 +75,11 @@ def _x_proj(u: Tensor, xproj_w: Tensor) -> Tensor:
 def _inner_forward(xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor, conv_w_b: Tensor,
                    conv_b_b: Tensor, xproj_w_f: Tensor, xproj_w_b: Tensor, dtproj_w_f: Tensor,
                    dtproj_w_b: Tensor, dt_bias_f: Tensor, dt_bias_b: Tensor, A_f: Tensor,
-                   A_b: Tensor, D_f: Tensor, D_b: Tensor
+                   A_b: Tensor, D_f: Tensor, D_b: Tensor, out_w: Optional[Tensor] = None,
+                   out_b: Optional[Tensor] = None
                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns ``y`` and, for the backward pass, ``x_dbl_f``, ``x_dbl_b`` and the checkpoints."""
+    """Returns ``y`` (or ``out_proj(y)`` with ``out_w``) and, for the backward pass,
+    ``x_dbl_f``, ``x_dbl_b`` and the checkpoints."""
     kernel = load_cpu_kernel()
     u_f, u_b = _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b)
     x_dbl_f, x_dbl_b = _x_proj(u_f, xproj_w_f), _x_proj(u_b, xproj_w_b)
@@ -85,7 +87,14 @@ def _inner_forward(xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor, conv_w_b: Ten
         y, ckpt_f, ckpt_b = kernel.bimamba_scan_forward(
             xz, u_f, u_b, dtproj_w_f, dtproj_w_b, x_dbl_f, x_dbl_b, A_f, A_b, D_f, D_b,
             dt_bias_f, dt_bias_b)
+    if out_w is not None:
+        y = _out_proj(y, out_w, out_b)
     return y, x_dbl_f, x_dbl_b, ckpt_f, ckpt_b
+
+
+def _out_proj(y: Tensor, out_w: Tensor, out_b: Optional[Tensor]) -> Tensor:
+    """``out_proj`` in its weight's dtype (bf16 under autocast, as nn.Linear would run)."""
+    return torch.nn.functional.linear(y.to(out_w.dtype), out_w, out_b)
 
 
 _bimamba_inner = torch.library.custom_op('mmshufflemamba::bimamba_inner', _inner_forward,
@@ -94,13 +103,14 @@ _bimamba_inner = torch.library.custom_op('mmshufflemamba::bimamba_inner', _inner
 
 @_bimamba_inner.register_fake
 def _(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, xproj_w_f, xproj_w_b, dtproj_w_f,
-      dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b):
+      dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b, out_w=None, out_b=None):
     B, L, D2 = xz.shape
     D, N = D2 // 2, A_f.shape[1]
     chunk = load_cpu_kernel().chunk  # steps per checkpoint, as the kernel was built
     chunks = (L + chunk - 1) // chunk
     x_dbl = A_f.new_empty(B, L, xproj_w_f.shape[0])  # everything computed has A's dtype
-    return (A_f.new_empty(B, L, D), x_dbl, torch.empty_like(x_dbl),
+    y = A_f.new_empty(B, L, D) if out_w is None else out_w.new_empty(B, L, out_w.shape[0])
+    return (y, x_dbl, torch.empty_like(x_dbl),
             A_f.new_empty(B, chunks, N, D), A_f.new_empty(B, chunks, N, D))
 
 
@@ -108,20 +118,34 @@ def _inner_backward(dy: Tensor, xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor,
                     conv_w_b: Tensor, conv_b_b: Tensor, xproj_w_f: Tensor,
                     xproj_w_b: Tensor, dtproj_w_f: Tensor, dtproj_w_b: Tensor,
                     dt_bias_f: Tensor, dt_bias_b: Tensor, A_f: Tensor, A_b: Tensor,
-                    D_f: Tensor, D_b: Tensor, x_dbl_f: Tensor, x_dbl_b: Tensor,
-                    ckpt_f: Tensor, ckpt_b: Tensor) -> List[Tensor]:
-    """Gradients of ``xz`` (in its dtype) and of the 14 weights, in :func:`_inner_forward`'s
-    order."""
+                    D_f: Tensor, D_b: Tensor, out_w: Optional[Tensor], out_b: Optional[Tensor],
+                    x_dbl_f: Tensor, x_dbl_b: Tensor, ckpt_f: Tensor, ckpt_b: Tensor
+                    ) -> List[Tensor]:
+    """Gradients of ``xz`` (in its dtype) and of the 16 weights, in :func:`_inner_forward`'s
+    order; an empty tensor for ``out_w`` and ``out_b`` when absent. With ``out_w``, ``dy``
+    is the gradient of ``out_proj(y)``, and ``y``, which out_proj's weight gradient needs,
+    is rebuilt by the scan backward instead of kept."""
     kernel = load_cpu_kernel()
     B, L, D2 = xz.shape
     D, rank = D2 // 2, dtproj_w_f.shape[1]
+    y, dout = None, None
+    if out_w is not None:
+        dout = dy
+        dy = torch.matmul(dout, out_w).to(A_f.dtype)  # dL/dy, in out_proj's dtype first
+        y = A_f.new_empty(B, L, D)
     u_f, u_b = _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b)  # recomputed
     dxz = torch.empty(xz.shape, dtype=A_f.dtype)  # both directions add into it: full precision
     with _profiled('mmshufflemamba::scan_backward'):
         (du_f, ddelta_f, dBC_f, dA_f, dD_f, dbias_f, du_b, ddelta_b, dBC_b, dA_b, dD_b,
          dbias_b) = kernel.bimamba_scan_backward(
             dy.contiguous(), xz, u_f, u_b, dtproj_w_f, dtproj_w_b, x_dbl_f, x_dbl_b, A_f, A_b,
-            D_f, D_b, dt_bias_f, dt_bias_b, ckpt_f, ckpt_b, dxz)
+            D_f, D_b, dt_bias_f, dt_bias_b, ckpt_f, ckpt_b, dxz, y)
+    dout_w, dout_b = xz.new_empty(0), xz.new_empty(0)  # two: the op's outputs may not alias
+    if out_w is not None:
+        dout = dout.reshape(B * L, -1)
+        dout_w = torch.mm(dout.t(), y.view(B * L, D).to(dout.dtype))
+        if out_b is not None:
+            dout_b = dout.sum(0)
     grads = {}
     for s, u, x_dbl, ddelta, dBC, xproj_w, dtproj_w in (
             ('f', u_f, x_dbl_f, ddelta_f, dBC_f, xproj_w_f, dtproj_w_f),
@@ -137,7 +161,7 @@ def _inner_backward(dy: Tensor, xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor,
             xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, du_f, du_b, dxz)
     return [dxz.to(xz.dtype), dconv_w_f, dconv_b_f, dconv_w_b, dconv_b_b, grads['xproj_w_f'],
             grads['xproj_w_b'], grads['dtproj_w_f'], grads['dtproj_w_b'], dbias_f, dbias_b,
-            dA_f, dA_b, dD_f, dD_b]
+            dA_f, dA_b, dD_f, dD_b, dout_w, dout_b]
 
 
 _bimamba_inner_backward = torch.library.custom_op(
@@ -147,10 +171,12 @@ _bimamba_inner_backward = torch.library.custom_op(
 
 @_bimamba_inner_backward.register_fake
 def _(dy, xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, xproj_w_f, xproj_w_b, dtproj_w_f,
-      dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b, x_dbl_f, x_dbl_b, ckpt_f, ckpt_b):
+      dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b, out_w, out_b, x_dbl_f, x_dbl_b,
+      ckpt_f, ckpt_b):
     weights = (conv_w_f, conv_b_f, conv_w_b, conv_b_b, xproj_w_f, xproj_w_b, dtproj_w_f,
-               dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b)
-    return [torch.empty_like(xz)] + [torch.empty_like(w) for w in weights]
+               dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b, out_w, out_b)
+    return [torch.empty_like(xz)] + [xz.new_empty(0) if w is None else torch.empty_like(w)
+                                     for w in weights]
 
 
 def _setup_context(ctx, inputs, output):
@@ -166,9 +192,12 @@ def _backward_by(run_backward):
     """The autograd formula, running the backward pass as ``run_backward``."""
 
     def backward(ctx, dy, *unused):
+        saved = ctx.saved_tensors  # once: activation checkpointing unpacks each save once
+        inputs = saved[:-4]
         if dy is None:  # no gradient reached y (grads are not materialized): none for the inputs
-            return (None, ) * (len(ctx.saved_tensors) - 4)
-        return tuple(run_backward(dy, *ctx.saved_tensors))
+            return (None, ) * len(inputs)
+        grads = run_backward(dy, *saved)
+        return tuple(None if x is None else g for x, g in zip(inputs, grads))  # out_w, out_b
 
     return backward
 
@@ -180,10 +209,12 @@ _bimamba_inner.register_autograd(
 class _EagerInner(torch.autograd.Function):
     """The custom op's forward, saved tensors and backward, without the dispatcher: in a
     plain eager call the op's Python dispatch and its generated autograd wrapper cost about
-    160 us per mixer and train step (measured at a size where the kernels take 35 us)."""
+    160 us per mixer and train step (measured at a size where the kernels take 35 us).
+    Differentiable once, as the op (a second derivative raises)."""
     forward = staticmethod(_inner_forward)
     setup_context = staticmethod(_setup_context)
-    backward = staticmethod(_backward_by(_inner_backward))
+    backward = staticmethod(torch.autograd.function.once_differentiable(
+        _backward_by(_inner_backward)))
 
 
 
@@ -191,13 +222,19 @@ class _EagerInner(torch.autograd.Function):
 def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv_w_b: Tensor,
                   conv_b_b: Optional[Tensor], xproj_w_f: Tensor, xproj_w_b: Tensor,
                   dtproj_w_f: Tensor, dtproj_w_b: Tensor, dt_bias_f: Tensor, dt_bias_b: Tensor,
-                  A_f: Tensor, A_b: Tensor, D_f: Tensor, D_b: Tensor) -> Tensor:
-    """The fused mixer: ``xz`` ``(B, L, 2 D)`` -> ``y`` ``(B, L, D)``, both directions.
+                  A_f: Tensor, A_b: Tensor, D_f: Tensor, D_b: Tensor,
+                  out_proj_w: Optional[Tensor] = None,
+                  out_proj_b: Optional[Tensor] = None) -> Tensor:
+    """The fused mixer: ``xz`` ``(B, L, 2 D)`` -> ``y`` ``(B, L, D)``, both directions, or,
+    given ``out_proj``'s weight ``(C, D)`` (and bias), ``out_proj(y)`` ``(B, L, C)``.
 
     Weights in the mixer's own shapes (conv ``(D, 1, K)``, x_proj ``(R + 2N, D)``, dt_proj
     ``(D, R)``, A ``(D, N)`` already ``-exp(A_log)``). Differentiable in every input.
     Computed in float32 (float64 for float64 ``xz``); a bfloat16 ``xz`` is read without a
-    copy, other half types are copied to float32. ``y`` has ``xz``'s dtype.
+    copy, other half types are copied to float32. ``y`` has ``xz``'s dtype; ``out_proj`` runs
+    in its weight's dtype, or in the autocast dtype where CPU autocast is on (as
+    ``nn.Linear`` would). With ``out_proj``, ``y`` is not kept for the backward pass: the
+    scan backward rebuilds it for out_proj's weight gradient (``D`` floats per token less).
     """
     compute = torch.float64 if xz.dtype == torch.float64 else torch.float32
     if conv_b_f is None:
@@ -207,12 +244,17 @@ def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv
     weights = [conv_w_f, conv_b_f, conv_w_b, conv_b_b, xproj_w_f, xproj_w_b, dtproj_w_f,
                dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b]
     weights = [w.to(compute) if w.dtype != compute else w for w in weights]
+    projection = [w for w in (out_proj_w, out_proj_b) if w is not None]
+    if projection and torch.is_autocast_enabled('cpu'):
+        projection = [w.to(torch.get_autocast_dtype('cpu')) for w in projection]
+    out_proj = projection + [None] * (2 - len(projection))
+    if out_proj_w is None and out_proj_b is not None:
+        raise ValueError('bimamba_inner: out_proj_b needs out_proj_w.')
     # the kernels read xz in the compute dtype or in bfloat16
     xz_in = xz if xz.dtype in (compute, torch.bfloat16) else xz.to(compute)
     # tracers, dispatch modes and tensor subclasses see the registered op
-    op = _EagerInner.apply if plain_eager_call(xz_in, *weights) else \
+    op = _EagerInner.apply if plain_eager_call(xz_in, *weights, *projection) else \
         torch.ops.mmshufflemamba.bimamba_inner
     with torch.autocast('cpu', enabled=False):
-        y = op(xz_in, *weights)[0]
-    return y.to(xz.dtype)
-
+        y = op(xz_in, *weights, *out_proj)[0]
+    return y if out_proj_w is not None else y.to(xz.dtype)

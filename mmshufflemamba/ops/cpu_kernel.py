@@ -138,11 +138,14 @@ def load_cpu_kernel(verbose: bool = False) -> Optional[ModuleType]:
 
 def plain_eager_call(*tensors: torch.Tensor) -> bool:
     """Whether a call on ``tensors`` is plain eager PyTorch: not seen by torch.compile or
-    torch.export, TorchScript tracing, a FakeTensor or another dispatch mode, nor made on a
-    tensor subclass other than ``nn.Parameter``. Only such calls may run the kernels through
-    an ``autograd.Function`` (the others need a registered op with a fake implementation, or
+    torch.export, TorchScript tracing, a FakeTensor or another dispatch mode, a torch.func
+    transform (grad, vmap, jacrev) or forward-mode AD, nor made on a tensor subclass other
+    than ``nn.Parameter``. Only such calls may run the kernels through an
+    ``autograd.Function`` (the others need a registered op with a fake implementation, or
     torch ops)."""
     return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or
                 is_in_torch_dispatch_mode() or
+                torch._C._functorch.peek_interpreter_stack() is not None or
+                torch.autograd.forward_ad._current_level >= 0 or
                 any(type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter
                     for t in tensors))

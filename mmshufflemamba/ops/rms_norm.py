@@ -1,5 +1,6 @@
 """RMSNorm on CPU by the compiled kernel (``csrc/rms_norm_cpu.cpp``): one pass over the rows
-forward and one backward, keeping only ``x`` and one ``rstd`` per row for the backward pass.
+forward and one backward, keeping only ``x`` (a contiguous copy where it is not contiguous)
+and one ``rstd`` per row for the backward pass.
 
 Composed of torch ops, the norm was six ops forward and about as many backward, and kept
 ``x * rstd`` besides ``x``. :class:`~mmshufflemamba.models.layers.RMSNorm` calls
@@ -18,12 +19,14 @@ __all__ = ['fused_rms_norm', 'fused_rms_norm_available']
 def fused_rms_norm_available(x: Tensor, weight: Tensor) -> bool:
     """Whether :func:`fused_rms_norm` can run ``x`` with ``weight``: a plain eager call on
     CPU (:func:`~.cpu_kernel.plain_eager_call`), float32 or float64 with the weight's dtype,
+    at least one channel, not an inference tensor where autograd would have to keep it,
     the compiled kernels in use (``MMSHUFFLEMAMBA_SCAN_BACKEND`` auto or ``compiled``) and
     built."""
     return (x.device.type == 'cpu' and x.dtype in (torch.float32, torch.float64) and
-            weight.dtype == x.dtype and weight.device.type == 'cpu' and
-            env_backend() in (None, 'compiled') and plain_eager_call(x, weight) and
-            load_cpu_kernel() is not None)
+            weight.dtype == x.dtype and weight.device.type == 'cpu' and weight.numel() > 0 and
+            plain_eager_call(x, weight) and  # first: tracers stop here
+            not (x.is_inference() and torch.is_grad_enabled()) and
+            env_backend() in (None, 'compiled') and load_cpu_kernel() is not None)
 
 
 class _FusedRMSNorm(torch.autograd.Function):

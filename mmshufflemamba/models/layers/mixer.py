@@ -26,7 +26,8 @@ class BiMambaMixer(nn.Module):
 
     * on CPU, where the compiled kernel is available and the scan backend is ``compiled``
       (the default there), :func:`~mmshufflemamba.ops.bimamba.bimamba_inner` runs
-      everything between the projections fused, token-major, nothing flipped;
+      everything after ``in_proj`` fused, token-major, nothing flipped (``out_proj`` in it,
+      so that its input is rebuilt in the backward pass instead of kept);
     * elsewhere, the two branches run channel-major through
       :func:`~mmshufflemamba.ops.selective_scan` (mamba_ssm, Triton or PyTorch on CUDA;
       the PyTorch scan on CPU with ``MMSHUFFLEMAMBA_SCAN_BACKEND=torch``).
@@ -132,14 +133,14 @@ class BiMambaMixer(nn.Module):
         xz = self.in_proj(hidden)  # (B, L, 2 d_inner): one GEMM on contiguous tokens
         backend = choose_backend(xz, requested=self.scan_backend)  # once per forward
         if self._runs_fused(xz, backend):
-            y = bimamba_inner(
+            # out_proj inside: its input y is rebuilt in the backward pass, not kept
+            return bimamba_inner(
                 xz, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight,
                 self.conv1d_b.bias, self.x_proj.weight, self.x_proj_b.weight,
                 self.dt_proj.weight, self.dt_proj_b.weight, self.dt_proj.bias,
                 self.dt_proj_b.bias, -torch.exp(at_least_float32(self.A_log)),
                 -torch.exp(at_least_float32(self.A_b_log)), at_least_float32(self.D),
-                at_least_float32(self.D_b))  # (B, L, d_inner)
-            return self.out_proj(y)
+                at_least_float32(self.D_b), self.out_proj.weight, self.out_proj.bias)
         x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) views
         y_fwd = self._branch(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log,
                              self.D, backend)
@@ -154,7 +155,8 @@ def use_scan_backend(model: nn.Module, backend: Optional[str]) -> Iterator[nn.Mo
     """Within this context every :class:`BiMambaMixer` in ``model`` runs ``backend`` (a key
     of :data:`mmshufflemamba.ops.BACKENDS`; None: the automatic choice), e.g.
     ``'exportable'`` for ``torch.onnx.export(dynamo=True)`` or ``'stand_in'`` for a FLOP
-    tracer; each mixer's own setting is restored after. Yields ``model``."""
+    tracer; each mixer's own setting is restored after. Yields ``model``. (Only the scan:
+    the norms' compiled kernel follows ``MMSHUFFLEMAMBA_SCAN_BACKEND`` alone.)"""
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f'{backend!r} is not a selective-scan backend; use None (auto) or '
                          f'one of {", ".join(BACKENDS)}.')

@@ -312,7 +312,7 @@ struct TokenMajorIO {
   bool reverse;  // the backward direction: scan step i is token L - 1 - i
   int64_t L, D, N;
   T* ckpt;       // (batch, nchunks, N, D)
-  Seq<T> y;      // forward: the first direction stores s, the second combines
+  Seq<T> y;      // the first direction stores s, the second combines (backward: optional)
   // backward
   const T* dy;   // (batch, len, D), contiguous
   Seq<T> dz;     // dxz[..., D:]: the first direction stores, the second adds
@@ -429,7 +429,7 @@ struct TokenMajorIO {
   }
 
   // Backward, after the scans: du, ddelta, and this direction's share of dL/dz, gz s (the
-  // first direction stores it, the second adds).
+  // first direction stores it, the second adds); with y set, y as store_out makes it.
   void store_backward(int64_t b, Span sp, int64_t i0, int64_t K, const T* s, const T* gz,
                       const T* dut, const T* ddt) const {
     alignas(64) T dzv[W];
@@ -448,6 +448,7 @@ struct TokenMajorIO {
         store_lanes(dzv, lg.nl, dzrow + lg.d0);
       }
     }
+    if (y.p) store_out(b, sp, i0, K, s);  // y rebuilt, as the forward pass made it
   }
 
   template <bool kBcast>
@@ -646,19 +647,24 @@ std::vector<at::Tensor> bimamba_scan_forward(
   return {y, ckpt_f, ckpt_b};
 }
 
-// Writes dL/dz into dxz[..., D:]; returns, per direction f then b: du (B, L, D),
+// Writes dL/dz into dxz[..., D:] and, when y (B, L, D) is given, the forward pass's output
+// into it, rebuilt from the outputs the backward pass recomputes anyway (so that a caller
+// that projects y need not keep it); returns, per direction f then b: du (B, L, D),
 // ddelta (B, L, D), dBC (B, L, 2 N: dB then dC), dA (D, N), dD (D,), dbias (D,).
 std::vector<at::Tensor> bimamba_scan_backward(
     const at::Tensor& dy, const at::Tensor& xz, const at::Tensor& u_f, const at::Tensor& u_b,
     const at::Tensor& dt_w_f, const at::Tensor& dt_w_b, const at::Tensor& x_dbl_f,
     const at::Tensor& x_dbl_b, const at::Tensor& A_f, const at::Tensor& A_b,
     const at::Tensor& D_f, const at::Tensor& D_b, const at::Tensor& bias_f,
-    const at::Tensor& bias_b, const at::Tensor& ckpt_f, const at::Tensor& ckpt_b, at::Tensor& dxz) {
+    const at::Tensor& bias_b, const at::Tensor& ckpt_f, const at::Tensor& ckpt_b, at::Tensor& dxz,
+    const c10::optional<at::Tensor>& y) {
   check_seq(dxz, u_f, "dxz");
   check_scan(xz, u_f, dt_w_f, x_dbl_f, A_f, D_f, bias_f);
   check_scan(xz, u_b, dt_w_b, x_dbl_b, A_b, D_b, bias_b);
   const int64_t B = xz.size(0), L = xz.size(1), D = xz.size(2) / 2, N = A_f.size(1);
   TORCH_CHECK(dy.is_contiguous() && dy.sizes() == u_f.sizes(), "dy must be contiguous (B, L, D)");
+  if (y) check_seq(*y, u_f, "y");
+  TORCH_CHECK(!y || y->sizes() == u_f.sizes(), "y must be (B, L, D)");
   TORCH_CHECK(ckpt_f.is_contiguous() && ckpt_b.is_contiguous() &&
                   ckpt_f.sizes() == at::IntArrayRef({B, ceil_div(L, kChunk), N, D}) &&
                   ckpt_b.sizes() == ckpt_f.sizes(),
@@ -688,6 +694,7 @@ std::vector<at::Tensor> bimamba_scan_backward(
       io.dBC = dBC[i].data_ptr<T>();
       io.grads = {dA[i].data_ptr<T>(), dskip[i].data_ptr<T>(), dbias[i].data_ptr<T>()};
       io.tpb = tpb;
+      if (y) io.y = seq<T>(*y);
     }
     with_state_size(N, [&]<int kN>() {
       scan_backward<T, kN, true>(dirs, 2, groups, B, L, N, D, tpb);

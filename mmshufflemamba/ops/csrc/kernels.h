@@ -45,7 +45,8 @@ std::vector<at::Tensor> bimamba_scan_backward(
     const at::Tensor& dt_w_f, const at::Tensor& dt_w_b, const at::Tensor& x_dbl_f,
     const at::Tensor& x_dbl_b, const at::Tensor& A_f, const at::Tensor& A_b,
     const at::Tensor& D_f, const at::Tensor& D_b, const at::Tensor& bias_f,
-    const at::Tensor& bias_b, const at::Tensor& ckpt_f, const at::Tensor& ckpt_b, at::Tensor& dxz);
+    const at::Tensor& bias_b, const at::Tensor& ckpt_f, const at::Tensor& ckpt_b, at::Tensor& dxz,
+    const c10::optional<at::Tensor>& y);
 
 // x, dy: (rows, C) contiguous; w: (C,); rstd: (rows,). forward: (y, rstd); backward: (dx, dw).
 std::vector<at::Tensor> rms_norm_forward(const at::Tensor& x, const at::Tensor& w, double eps);

@@ -17,7 +17,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bimamba_scan_forward", &bimamba_scan_forward,
         "both directions' scans, D, z gate, combine: (y, ckpt_f, ckpt_b)");
   m.def("bimamba_scan_backward", &bimamba_scan_backward,
-        "scan backward: dz into dxz[..., D:]; (du, ddelta, dBC, dA, dD, dbias) per direction");
+        "scan backward: dz into dxz[..., D:], y rebuilt into y if given; (du, ddelta, dBC, dA, "
+        "dD, dbias) per direction");
   m.def("rms_norm_forward", &rms_norm_forward, "RMSNorm of (rows, C): (y, rstd)");
   m.def("rms_norm_backward", &rms_norm_backward, "RMSNorm backward: (dx, dw)");
   m.attr("chunk") = kChunk;  // steps per checkpoint, both entries

@@ -6,8 +6,8 @@
 // about as many backward, each a pass over the rows, and its weight gradient a strided
 // reduction over them; it kept x rstd for the backward pass besides x. Here the backward
 // pass needs only x (the residual stream, kept anyway) and rstd (one value per row).
-// Rows run in parallel; the weight gradient is summed per task over its rows, then over
-// the tasks.
+// Rows run in parallel; the weight gradient is summed per task over its rows in double
+// (tens of thousands of rows at a training batch), then over the tasks.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -52,14 +52,14 @@ void forward_rows(const T* __restrict__ xp, const T* __restrict__ wp, T eps, int
 }
 
 // Rows task * rows / tasks .. (task + 1) * rows / tasks per task; its weight gradient into
-// its row of partial (tasks, C).
+// its row of partial (tasks, C), in double.
 template <typename T>
 void backward_rows(const T* __restrict__ dyp, const T* __restrict__ xp,
                    const T* __restrict__ wp, const T* __restrict__ rp, int64_t rows, int64_t C,
-                   int64_t tasks, T* __restrict__ dxp, T* __restrict__ partial) {
+                   int64_t tasks, T* __restrict__ dxp, double* __restrict__ partial) {
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t task = t0; task < t1; ++task) {
-      T* __restrict__ dw = partial + task * C;
+      double* __restrict__ dw = partial + task * C;
       for (int64_t r = task * rows / tasks; r < (task + 1) * rows / tasks; ++r) {
         const T* __restrict__ xr = xp + r * C;
         const T* __restrict__ dyr = dyp + r * C;
@@ -70,7 +70,7 @@ void backward_rows(const T* __restrict__ dyp, const T* __restrict__ xp,
         for (int64_t c = 0; c < C; ++c) {
           const T xh = xr[c] * s;
           dot += dyr[c] * wp[c] * xh;
-          dw[c] += dyr[c] * xh;
+          dw[c] += static_cast<double>(dyr[c] * xh);
         }
         const T mean = dot / T(C);
 #pragma omp simd
@@ -108,13 +108,13 @@ std::vector<at::Tensor> rms_norm_backward(const at::Tensor& dy, const at::Tensor
   const int64_t tasks =
       std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows / 16));
   at::Tensor dx = at::empty_like(x);
-  at::Tensor partial = at::zeros({tasks, C}, x.options());
+  at::Tensor partial = at::zeros({tasks, C}, x.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rms_norm_backward", [&] {
     backward_rows<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                             w.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), rows, C, tasks,
-                            dx.data_ptr<scalar_t>(), partial.data_ptr<scalar_t>());
+                            dx.data_ptr<scalar_t>(), partial.data_ptr<double>());
   });
-  return {dx, tasks == 1 ? partial.view({C}) : partial.sum(0)};
+  return {dx, partial.sum(0).to(x.scalar_type())};
 }
 
 }  // namespace mmshufflemamba_cpu
