@@ -1,7 +1,8 @@
-"""Vim's bidirectional mixer between ``in_proj`` and ``out_proj``, fused on CPU.
+"""Vim's bidirectional mixer after ``in_proj``, fused on CPU.
 
 ``bimamba_inner(xz, ...)`` maps ``in_proj``'s output ``xz`` ``(B, L, 2 D)`` (x, then z) to the
-combined scan output ``y`` ``(B, L, D)`` that ``out_proj`` reads:
+combined scan output ``y`` ``(B, L, D)`` that ``out_proj`` reads, or, given ``out_proj``'s
+weight, to ``out_proj(y)``:
 
 * the compiled kernel runs both directions' causal depthwise convolutions with their SiLU
   (the backward one anti-causal in the original token order: nothing is flipped);
@@ -13,7 +14,8 @@ combined scan output ``y`` ``(B, L, D)`` that ``out_proj`` reads:
 The backward pass recomputes the convolutions, the step sizes and the scans' states (from
 one checkpoint per ``chunk`` steps, the kernel module's constant, shared with the
 one-direction scan: both run ``csrc/scan_core.h``) and writes the gradients of x and z straight into one
-``dxz``. Both passes are ``torch.library`` custom ops with fake implementations and an
+``dxz``; with ``out_proj`` it also rebuilds ``y`` from the outputs it recomputes, for
+``out_proj``'s weight gradient, so ``y`` is never kept. Both passes are ``torch.library`` custom ops with fake implementations and an
 autograd formula, so ``torch.compile`` and ``torch.export`` (and FakeTensors, dispatch modes,
 tensor subclasses) see two opaque ops instead of breaking the graph; a plain eager call runs
 the same two functions through an ``autograd.Function``, without the op's Python dispatch.
