@@ -13,14 +13,15 @@ weight, to ``out_proj(y)``:
 
 The backward pass recomputes the convolutions, the step sizes and the scans' states (from
 one checkpoint per ``chunk`` steps, the kernel module's constant, shared with the
-one-direction scan: both run ``csrc/scan_core.h``) and writes the gradients of x and z straight into one
-``dxz``; with ``out_proj`` it also rebuilds ``y`` from the outputs it recomputes, for
-``out_proj``'s weight gradient, so ``y`` is never kept. Both passes are ``torch.library`` custom ops with fake implementations and an
-autograd formula, so ``torch.compile`` and ``torch.export`` (and FakeTensors, dispatch modes,
-tensor subclasses) see two opaque ops instead of breaking the graph; a plain eager call runs
-the same two functions through an ``autograd.Function``, without the op's Python dispatch.
-Computed in float32 (float64 stays float64; bf16/fp16 inputs are
-computed in float32). A bfloat16 ``xz`` (``in_proj``'s output under bf16 autocast) is read
+one-direction scan: both run ``csrc/scan_core.h``) and writes the gradients of x and z
+straight into one ``dxz``; with ``out_proj`` it also rebuilds ``y`` from the outputs it
+recomputes, for ``out_proj``'s weight gradient, so ``y`` is never kept. Both passes are
+``torch.library`` custom ops with fake implementations and an autograd formula, so
+``torch.compile`` and ``torch.export`` (and FakeTensors, dispatch modes, torch.func,
+tensor subclasses) see two opaque ops instead of breaking the graph; a plain eager call
+runs the same two functions through an ``autograd.Function``, without the op's Python
+dispatch. Computed in float32 (float64 stays float64; bf16/fp16 inputs are computed in
+float32). A bfloat16 ``xz`` (``in_proj``'s output under bf16 autocast) is read
 by the kernels as it is, widened exactly as they load it: no float32 copy of it is made or
 kept for the backward pass, and its gradient comes back in bfloat16.
 """
@@ -219,8 +220,6 @@ class _EagerInner(torch.autograd.Function):
         _backward_by(_inner_backward)))
 
 
-
-
 def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv_w_b: Tensor,
                   conv_b_b: Optional[Tensor], xproj_w_f: Tensor, xproj_w_b: Tensor,
                   dtproj_w_f: Tensor, dtproj_w_b: Tensor, dt_bias_f: Tensor, dt_bias_b: Tensor,
@@ -238,6 +237,8 @@ def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv
     ``nn.Linear`` would). With ``out_proj``, ``y`` is not kept for the backward pass: the
     scan backward rebuilds it for out_proj's weight gradient (``D`` floats per token less).
     """
+    if out_proj_w is None and out_proj_b is not None:
+        raise ValueError('bimamba_inner: out_proj_b needs out_proj_w.')
     compute = torch.float64 if xz.dtype == torch.float64 else torch.float32
     if conv_b_f is None:
         conv_b_f = conv_w_f.new_zeros(conv_w_f.shape[0])
@@ -250,8 +251,6 @@ def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv
     if projection and torch.is_autocast_enabled('cpu'):
         projection = [w.to(torch.get_autocast_dtype('cpu')) for w in projection]
     out_proj = projection + [None] * (2 - len(projection))
-    if out_proj_w is None and out_proj_b is not None:
-        raise ValueError('bimamba_inner: out_proj_b needs out_proj_w.')
     # the kernels read xz in the compute dtype or in bfloat16
     xz_in = xz if xz.dtype in (compute, torch.bfloat16) else xz.to(compute)
     # tracers, dispatch modes and tensor subclasses see the registered op
