@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -201,3 +202,16 @@ def triton_scan_with_tiles(chunk: int, block_d: int) -> Callable:
     return functools.partial(_selective_scan_triton, D=None, z=None, delta_bias=None,
                              delta_softplus=False, return_last_state=False, chunk=chunk,
                              block_d=block_d)
+
+
+class RecordOps(TorchDispatchMode):
+    """Runs every op as it is and records its name (``names``): what a dispatch mode (as
+    torch.export's FakeTensors) sees of a call."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from helpers import RecordOps
 
 from mmshufflemamba.models import BiMambaMixer
 from mmshufflemamba.ops import BACKEND_ENV, selective_scan_reference
@@ -187,7 +187,7 @@ def test_eager_calls_and_the_registered_op_compute_the_same():
     runs = []
     for traced in (False, True):
         inputs = [t.detach().clone().requires_grad_() for t in (xz, *(p[k] for k in ORDER))]
-        with (_RecordOps() if traced else contextlib.nullcontext()) as record:
+        with (RecordOps() if traced else contextlib.nullcontext()) as record:
             y = bimamba_inner(*inputs)
             y.backward(grad_y)
         node = type(y.grad_fn).__name__
@@ -231,18 +231,6 @@ def test_out_proj_inside_equals_the_definition_and_keeps_no_y():
     # give part of a second derivative (silently wrong) were the op not marked
     with pytest.raises(RuntimeError):
         torch.autograd.grad(got[1 + ORDER.index('xproj_w_f')].sum(), p['dtproj_w_f'])
-
-
-class _RecordOps(TorchDispatchMode):
-    """The names of the ops dispatched while active."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize('bias', [False, True])

@@ -247,14 +247,14 @@ def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv
     weights = [conv_w_f, conv_b_f, conv_w_b, conv_b_b, xproj_w_f, xproj_w_b, dtproj_w_f,
                dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b]
     weights = [w.to(compute) if w.dtype != compute else w for w in weights]
-    projection = [w for w in (out_proj_w, out_proj_b) if w is not None]
-    if projection and torch.is_autocast_enabled('cpu'):
-        projection = [w.to(torch.get_autocast_dtype('cpu')) for w in projection]
-    out_proj = projection + [None] * (2 - len(projection))
+    out_proj = [out_proj_w, out_proj_b]
+    if torch.is_autocast_enabled('cpu'):  # as nn.Linear runs under autocast
+        out_proj = [w if w is None else w.to(torch.get_autocast_dtype('cpu')) for w in out_proj]
     # the kernels read xz in the compute dtype or in bfloat16
     xz_in = xz if xz.dtype in (compute, torch.bfloat16) else xz.to(compute)
     # tracers, dispatch modes and tensor subclasses see the registered op
-    op = _EagerInner.apply if plain_eager_call(xz_in, *weights, *projection) else \
+    given = [w for w in out_proj if w is not None]
+    op = _EagerInner.apply if plain_eager_call(xz_in, *weights, *given) else \
         torch.ops.mmshufflemamba.bimamba_inner
     with torch.autocast('cpu', enabled=False):
         y = op(xz_in, *weights, *out_proj)[0]

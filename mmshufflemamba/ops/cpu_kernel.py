@@ -135,7 +135,6 @@ def load_cpu_kernel(verbose: bool = False) -> Optional[ModuleType]:
         return None
 
 
-
 def plain_eager_call(*tensors: torch.Tensor) -> bool:
     """Whether a call on ``tensors`` is plain eager PyTorch: not seen by torch.compile or
     torch.export, TorchScript tracing, a FakeTensor or another dispatch mode, a torch.func

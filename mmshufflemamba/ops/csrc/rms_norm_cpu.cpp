@@ -21,9 +21,9 @@
 namespace mmshufflemamba_cpu {
 namespace {
 
-void check_norm(const at::Tensor& x, const at::Tensor& w, const char* name) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(), name,
-              " must be a contiguous CPU (rows, channels) tensor");
+void check_norm(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(),
+              "x must be a contiguous CPU (rows, channels) tensor");
   TORCH_CHECK(w.dim() == 1 && w.is_contiguous() && w.numel() == x.size(1) &&
                   w.scalar_type() == x.scalar_type(),
               "the weight must be contiguous, with one value per channel (", x.size(1),
@@ -83,7 +83,7 @@ void backward_rows(const T* __restrict__ dyp, const T* __restrict__ xp,
 }  // namespace
 
 std::vector<at::Tensor> rms_norm_forward(const at::Tensor& x, const at::Tensor& w, double eps) {
-  check_norm(x, w, "x");
+  check_norm(x, w);
   const int64_t rows = x.size(0), C = x.size(1);
   at::Tensor y = at::empty_like(x);
   at::Tensor rstd = at::empty({rows}, x.options());
@@ -96,7 +96,7 @@ std::vector<at::Tensor> rms_norm_forward(const at::Tensor& x, const at::Tensor& 
 
 std::vector<at::Tensor> rms_norm_backward(const at::Tensor& dy, const at::Tensor& x,
                                           const at::Tensor& w, const at::Tensor& rstd) {
-  check_norm(x, w, "x");
+  check_norm(x, w);
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.is_contiguous() &&
                   dy.scalar_type() == x.scalar_type(),
               "dy must be contiguous, of x's shape and dtype");
