@@ -111,3 +111,40 @@ def test_dead_rank_makes_the_other_exit(tmp_path):
     finally:
         for node in nodes:
             kill_tree(node.pid)
+
+
+def gloo_worker_threads():
+    """Names of this process's threads that gloo's process group runs its work on."""
+    names = []
+    for tid in os.listdir('/proc/self/task'):
+        try:
+            with open(f'/proc/self/task/{tid}/comm') as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:  # a thread that ended while listed
+            pass
+    return [n for n in names if n.startswith('pt_gloo')]
+
+
+@pytest.mark.skipif(not osp.isdir('/proc/self/task'), reason='reads threads from /proc')
+def test_finish_distributed_joins_gloo_threads_while_a_cycle_holds_the_group():
+    """A runner's reference cycles keep the DDP wrapper, so the group, alive after the run.
+    finish_distributed must still end gloo's worker threads before it returns: a thread
+    left behind can abort the process at interpreter exit (stop 32's CI run)."""
+    import torch.distributed as dist
+
+    from mmshufflemamba.apis import finish_distributed
+    assert not dist.is_initialized()
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{free_port()}', rank=0,
+                            world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
+        ddp(torch.randn(3, 4)).sum().backward()
+        assert gloo_worker_threads()  # they name themselves when they start: after a collective
+        ddp.cycle = [ddp]  # as the runner's hooks and wrapper refer to each other
+        del ddp
+    except BaseException:
+        dist.destroy_process_group()
+        raise
+    finish_distributed()
+    assert not dist.is_initialized()
+    assert not gloo_worker_threads()

@@ -199,16 +199,24 @@ def build_runner(cfg):
 def finish_distributed() -> None:
     """Shut the process group down after a run that succeeded on every rank.
 
-    Without it, gloo's worker threads can outlive the interpreter and abort the process at
-    exit (SIGABRT, "terminate called without an active exception") after a finished run.
-    Destroying the group alone still aborted 3 of 13 two-process CPU runs here; with a
-    barrier first (no rank tears down while another is in its last collective), 0 of 28.
+    Call it once nothing holds the runner. A gloo worker thread lets go of a finished
+    collective's tensors after the caller has its result, and letting go of a tensor Python
+    has seen takes the GIL: during interpreter finalization that kills the thread inside a
+    ``noexcept`` frame, and the process aborts ("terminate called without an active
+    exception") after a finished run. The group's destructor joins those threads, but the
+    runner's reference cycles hold the DDP wrapper, which holds the group, until a garbage
+    collection. So: a barrier (no rank tears down while another is in its last collective),
+    ``destroy_process_group``, and a collection, which destroys the group while the
+    interpreter runs (the binding releases the GIL while the threads finish).
     Not called after a failure: a collective shutdown could hang on ranks that are gone.
     """
+    import gc
+
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()  # every rank done with its last collective before any tears down
+        dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def check_data_paths(cfg, loaders=('train_dataloader', 'val_dataloader', 'test_dataloader')):
