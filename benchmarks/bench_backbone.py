@@ -3,10 +3,13 @@
     python benchmarks/bench_backbone.py [--sizes 224 512 1024 2048] [--batches 1 8]
         [--dtypes fp32 bf16] [--modes forward train] [--repeats 3] [--threads N]
         [--memory-sizes 1024 2048] [--breakdown-sizes 512 1024] [--max-cell-seconds 300]
+        [--recompute-xz]
 
 The comparison a user of mmpretrain would make: DeiT-S is mmpretrain's
 ``VisionTransformer(arch='deit-small')`` (patch 16), ShuffleMamba-S is ours (``arch='small'``),
 both built for the input size (``img_size``) with ``out_type='cls_token'``, from seed 0.
+``--recompute-xz`` builds ShuffleMamba-S with ``mixer_cfg=dict(recompute_xz=True)`` (less
+training memory, one more GEMM per block in the backward pass).
 
 1. **Speed.** Both models live in this one process. Per cell (size, batch, dtype, mode):
    one warm-up run of each model, then ``--repeats`` rounds in which each runs once, the
@@ -43,6 +46,7 @@ MODELS = ('ShuffleMamba-S', 'DeiT-S')
 TOKEN_EXPONENT = {'ShuffleMamba-S': 1, 'DeiT-S': 2}  # time and memory vs tokens, at most
 DTYPES = ('fp32', 'bf16')
 MODES = ('forward', 'train')
+RECOMPUTE_XZ = '--recompute-xz' in sys.argv  # read by the workers too (run_child passes it)
 
 
 def build(name: str, size: int):
@@ -51,7 +55,8 @@ def build(name: str, size: int):
     torch.manual_seed(0)
     if name == 'ShuffleMamba-S':
         from mmshufflemamba.models import ShuffleMamba
-        return ShuffleMamba(arch='small', img_size=size, out_type='cls_token')
+        return ShuffleMamba(arch='small', img_size=size, out_type='cls_token',
+                            mixer_cfg=dict(recompute_xz=RECOMPUTE_XZ))
     from mmpretrain.models import VisionTransformer
     return VisionTransformer(arch='deit-small', img_size=size, patch_size=16,
                              out_type='cls_token')
@@ -144,6 +149,7 @@ def run_child(*args) -> dict:
     """A worker in a fresh process, with this process's thread count."""
     import torch
     proc = subprocess.run([sys.executable, __file__, '--threads', str(torch.get_num_threads()),
+                           *(['--recompute-xz'] if RECOMPUTE_XZ else []),
                            '--worker', *map(str, args)],
                           capture_output=True, text=True)
     if proc.returncode:
@@ -328,6 +334,8 @@ def main() -> None:
     parser.add_argument('--breakdown-sizes', type=int, nargs='*', default=[224, 512, 1024])
     parser.add_argument('--verbose', action='store_true',
                         help='also print every run of every cell (as HTML comments)')
+    parser.add_argument('--recompute-xz', action='store_true',
+                        help='ShuffleMamba-S with mixer_cfg=dict(recompute_xz=True)')
     parser.add_argument('--worker', nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch

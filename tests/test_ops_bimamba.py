@@ -3,6 +3,7 @@ sequential definition (Vim's token-major mixer with the textbook scan, both dire
 flipping, as upstream writes it), in float64; the mixer's fused and unfused paths agree."""
 import contextlib
 import os
+import weakref
 
 import pytest
 import torch
@@ -250,6 +251,78 @@ def test_mixer_paths_agree(monkeypatch, bias):
         outs.append([out.detach(), hidden.grad] + [q.grad for q in mixer.parameters()])
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def mixer_run(mixer, hidden, **autocast):
+    """Output, dL/dhidden and every parameter's gradient of a square loss, and whether
+    in_proj's output xz was alive once the forward pass returned."""
+    made = []
+    handle = mixer.in_proj.register_forward_hook(lambda m, i, o: made.append(weakref.ref(o)))
+    mixer.zero_grad()
+    hidden = hidden.detach().requires_grad_()
+    with torch.autocast('cpu', **autocast) if autocast else contextlib.nullcontext():
+        out = mixer(hidden)
+    handle.remove()
+    xz_kept = made[0]() is not None
+    out.float().square().sum().backward()
+    return [out, hidden.grad] + [q.grad for q in mixer.parameters()], xz_kept
+
+
+@pytest.mark.parametrize('autocast', [{}, dict(dtype=torch.bfloat16)])
+def test_recompute_xz_frees_xz_and_gives_the_same_gradients_bit_for_bit(autocast):
+    torch.manual_seed(0)
+    mixer = BiMambaMixer(32, bias=True)
+    hidden = torch.randn(2, 45, 32)
+    kept, kept_alive = mixer_run(mixer, hidden, **autocast)
+    mixer.recompute_xz = True
+    remade, remade_alive = mixer_run(mixer, hidden, **autocast)
+    assert kept_alive and not remade_alive
+    for a, b in zip(kept, remade):
+        assert torch.equal(a, b)
+
+
+def test_recompute_xz_refuses_an_input_changed_in_place():
+    mixer = BiMambaMixer(16, recompute_xz=True)
+    hidden = torch.randn(1, 9, 16, requires_grad=True)
+    x = hidden * 1  # a non-leaf, changed in place below
+    out = mixer(x)
+    x.mul_(2)
+    with pytest.raises(RuntimeError, match='modified in place after the forward pass'):
+        out.sum().backward()
+
+
+def test_recompute_xz_leaves_other_saved_tensor_hooks_in_charge():
+    """Under activation checkpointing (or a user's offloading hooks) those hooks decide
+    what is kept: replacing them would keep what they discard. A block with with_cp and
+    recompute_xz computes what a plain block computes."""
+    from mmshufflemamba.models.layers.block import MambaBlock
+    from mmshufflemamba.models.layers.mixer import _remade_when_unpacked
+    x = torch.randn(4, requires_grad=True)
+    target = x * 2
+    outer, remade = [], []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: outer.append(t) or t, lambda t: t):
+        with _remade_when_unpacked(target, lambda: remade.append(1) or x * 2, [x]):
+            (target * target).sum().backward()
+    assert len(outer) == 2 and not remade
+    target = x * 2
+    with _remade_when_unpacked(target, lambda: remade.append(1) or x.detach() * 2, [x]):
+        y = (target * target).sum()
+    y.backward()
+    assert remade == [1, 1]
+
+    torch.manual_seed(0)
+    block = MambaBlock(16, mixer_cfg=dict(recompute_xz=True), with_cp=True).train()
+    reference = MambaBlock(16).train()
+    reference.load_state_dict(block.state_dict())
+    results = []
+    for model in (block, reference):
+        hidden = torch.randn(1, 11, 16, generator=torch.Generator().manual_seed(1),
+                             requires_grad=True)
+        out, residual = model(hidden)
+        (out.sum() + residual.sum()).backward()
+        results.append([out, hidden.grad] + [q.grad for q in model.parameters()])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 def test_unsupported_state_size_is_refused_clearly():

@@ -1,13 +1,14 @@
 """The bidirectional Mamba mixer of Vision Mamba ("bimamba v2")."""
 import contextlib
 import math
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from mmshufflemamba.ops import BACKENDS, causal_conv1d, choose_backend, selective_scan
 from mmshufflemamba.ops.bimamba import bimamba_inner, fused_mixer_available
+from mmshufflemamba.ops.cpu_kernel import plain_eager_call
 from ..utils.precision import at_least_float32
 
 __all__ = ['BiMambaMixer', 'use_scan_backend']
@@ -42,6 +43,7 @@ class BiMambaMixer(nn.Module):
             :func:`use_scan_backend`).
         use_fast_path: Run the fused CPU op where the backend is ``compiled``; False runs
             the two directions unfused through the compiled scan instead.
+        recompute_xz: The ``recompute_xz`` argument, settable later.
 
     Args:
         embed_dims: Model width ``d_model``.
@@ -54,6 +56,13 @@ class BiMambaMixer(nn.Module):
         dt_init_floor: Lower clamp of the initial step size.
         conv_bias: Bias in the causal convs.
         bias: Bias in ``in_proj``/``out_proj``.
+        recompute_xz: On the fused CPU path, let go of ``in_proj``'s output ``xz`` after the
+            forward pass and compute it again from ``in_proj``'s input (kept for its weight
+            gradient anyway) when the backward pass needs it: ``2 d_inner`` floats per token
+            less kept for training (1536 for ShuffleMamba-S, about half of what a block
+            keeps), for one more ``in_proj`` GEMM per block in the backward pass. The
+            gradients are the same, bit for bit. Not with ``with_cp`` or other saved-tensor
+            hooks active (those decide what is kept), nor under torch.compile.
     """
 
     def __init__(self,
@@ -66,7 +75,8 @@ class BiMambaMixer(nn.Module):
                  dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4,
                  conv_bias: bool = True,
-                 bias: bool = False):
+                 bias: bool = False,
+                 recompute_xz: bool = False):
         super().__init__()
         self.embed_dims = embed_dims
         self.d_state = d_state
@@ -96,6 +106,7 @@ class BiMambaMixer(nn.Module):
         self.out_proj = nn.Linear(d_inner, embed_dims, bias=bias)
         self.scan_backend: Optional[str] = None
         self.use_fast_path = True
+        self.recompute_xz = recompute_xz
 
     def _init_dt_proj(self, dt_proj: nn.Linear, dt_min: float, dt_max: float,
                       dt_init_floor: float) -> None:
@@ -129,18 +140,34 @@ class BiMambaMixer(nn.Module):
         """Whether :meth:`forward` takes the fused CPU path for inputs like ``x``."""
         return self._runs_fused(x, choose_backend(x, requested=self.scan_backend))
 
+    def _in_proj_again(self, hidden: Tensor) -> Callable[[], Tensor]:
+        """``in_proj(hidden)`` as this forward pass computes it (same autocast state)."""
+        autocast = torch.is_autocast_enabled('cpu'), torch.get_autocast_dtype('cpu')
+
+        def again() -> Tensor:
+            with torch.no_grad(), torch.autocast('cpu', enabled=autocast[0],
+                                                 dtype=autocast[1]):
+                return nn.functional.linear(hidden, self.in_proj.weight, self.in_proj.bias)
+
+        return again
+
     def forward(self, hidden: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
         xz = self.in_proj(hidden)  # (B, L, 2 d_inner): one GEMM on contiguous tokens
         backend = choose_backend(xz, requested=self.scan_backend)  # once per forward
         if self._runs_fused(xz, backend):
-            # out_proj inside: its input y is rebuilt in the backward pass, not kept
-            return bimamba_inner(
-                xz, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight,
-                self.conv1d_b.bias, self.x_proj.weight, self.x_proj_b.weight,
-                self.dt_proj.weight, self.dt_proj_b.weight, self.dt_proj.bias,
-                self.dt_proj_b.bias, -torch.exp(at_least_float32(self.A_log)),
-                -torch.exp(at_least_float32(self.A_b_log)), at_least_float32(self.D),
-                at_least_float32(self.D_b), self.out_proj.weight, self.out_proj.bias)
+            keep_xz = contextlib.nullcontext()
+            if self.recompute_xz and torch.is_grad_enabled() and plain_eager_call(hidden, xz):
+                keep_xz = _remade_when_unpacked(xz, self._in_proj_again(hidden),
+                                                (hidden, *self.in_proj.parameters()))
+            with keep_xz:
+                # out_proj inside: its input y is rebuilt in the backward pass, not kept
+                return bimamba_inner(
+                    xz, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight,
+                    self.conv1d_b.bias, self.x_proj.weight, self.x_proj_b.weight,
+                    self.dt_proj.weight, self.dt_proj_b.weight, self.dt_proj.bias,
+                    self.dt_proj_b.bias, -torch.exp(at_least_float32(self.A_log)),
+                    -torch.exp(at_least_float32(self.A_b_log)), at_least_float32(self.D),
+                    at_least_float32(self.D_b), self.out_proj.weight, self.out_proj.bias)
         x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) views
         y_fwd = self._branch(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log,
                              self.D, backend)
@@ -148,6 +175,50 @@ class BiMambaMixer(nn.Module):
                              self.dt_proj_b, self.A_b_log, self.D_b, backend)
         y = (y_fwd + y_bwd.flip(-1)) / 2
         return self.out_proj(y.transpose(1, 2))
+
+
+class _Remade:
+    """What autograd keeps of xz under :func:`_remade_when_unpacked`: its shape."""
+    __slots__ = ('shape', )
+
+    def __init__(self, shape: torch.Size):
+        self.shape = shape
+
+
+@contextlib.contextmanager
+def _remade_when_unpacked(target: Tensor, remake: Callable[[], Tensor],
+                          inputs: Sequence[Tensor]) -> Iterator[None]:
+    """Within this context, autograd saves ``target`` (xz, or a view of all of it) as a recipe:
+    ``remake()`` makes it again when the backward pass unpacks it, so it is freed after the
+    forward pass. Every other saved tensor is kept as usual. ``inputs`` (what ``remake``
+    reads) may not change in place before then, as autograd requires of saved tensors.
+    Does nothing under other saved-tensor hooks (activation checkpointing, offloading):
+    theirs decide what is kept."""
+    top_hooks = getattr(torch._C._autograd, '_top_saved_tensors_default_hooks', None)
+    if top_hooks is None or top_hooks(False) is not None:  # (None: cannot tell, keep xz)
+        yield
+        return
+    ptr, dtype, numel = target.data_ptr(), target.dtype, target.numel()
+    versions = [t._version for t in inputs]
+
+    def pack(t: Tensor):
+        if t.data_ptr() == ptr and t.dtype == dtype and t.numel() == numel and \
+                t.is_contiguous():
+            return _Remade(t.shape)
+        return t
+
+    def unpack(saved):
+        if not isinstance(saved, _Remade):
+            return saved
+        if [t._version for t in inputs] != versions:
+            raise RuntimeError(
+                'a tensor the backward pass recomputes (recompute_xz: in_proj\'s output) '
+                'cannot be: in_proj\'s input or weights were modified in place after the '
+                'forward pass. Modify copies, or set recompute_xz=False.')
+        return remake().view(saved.shape)
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield
 
 
 @contextlib.contextmanager
