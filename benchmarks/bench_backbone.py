@@ -319,7 +319,7 @@ def breakdown_table(sizes: List[int]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,  # RECOMPUTE_XZ
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--sizes', type=int, nargs='+', default=[224, 512, 1024, 2048])
     parser.add_argument('--batches', type=int, nargs='+', default=[1, 8])

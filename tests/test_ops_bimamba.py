@@ -253,32 +253,47 @@ def test_mixer_paths_agree(monkeypatch, bias):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
-def mixer_run(mixer, hidden, **autocast):
+def mixer_run(monkeypatch, mixer, hidden, **autocast):
     """Output, dL/dhidden and every parameter's gradient of a square loss, and whether
-    in_proj's output xz was alive once the forward pass returned."""
+    in_proj's output xz (what the fused op got) was alive once the forward pass returned."""
+    import mmshufflemamba.models.layers.mixer as mixer_module
     made = []
-    handle = mixer.in_proj.register_forward_hook(lambda m, i, o: made.append(weakref.ref(o)))
+
+    def recording(xz, *args):
+        made.append(weakref.ref(xz))
+        return bimamba_inner(xz, *args)
+
+    monkeypatch.setattr(mixer_module, 'bimamba_inner', recording)
     mixer.zero_grad()
     hidden = hidden.detach().requires_grad_()
     with torch.autocast('cpu', **autocast) if autocast else contextlib.nullcontext():
         out = mixer(hidden)
-    handle.remove()
     xz_kept = made[0]() is not None
     out.float().square().sum().backward()
     return [out, hidden.grad] + [q.grad for q in mixer.parameters()], xz_kept
 
 
+@pytest.mark.parametrize('bias', [False, True])
 @pytest.mark.parametrize('autocast', [{}, dict(dtype=torch.bfloat16)])
-def test_recompute_xz_frees_xz_and_gives_the_same_gradients_bit_for_bit(autocast):
+def test_recompute_xz_frees_xz_and_gives_the_same_gradients_bit_for_bit(monkeypatch, autocast,
+                                                                         bias):
     torch.manual_seed(0)
-    mixer = BiMambaMixer(32, bias=True)
+    mixer = BiMambaMixer(32, bias=bias)
     hidden = torch.randn(2, 45, 32)
-    kept, kept_alive = mixer_run(mixer, hidden, **autocast)
+    kept, kept_alive = mixer_run(monkeypatch, mixer, hidden, **autocast)
     mixer.recompute_xz = True
-    remade, remade_alive = mixer_run(mixer, hidden, **autocast)
+    remade, remade_alive = mixer_run(monkeypatch, mixer, hidden, **autocast)
     assert kept_alive and not remade_alive
     for a, b in zip(kept, remade):
         assert torch.equal(a, b)
+
+
+def test_recompute_xz_keeps_xz_where_in_proj_may_not_be_plain_linear(monkeypatch):
+    """A hook on in_proj could change its output, which the recompute would not see."""
+    mixer = BiMambaMixer(16, recompute_xz=True)
+    mixer.in_proj.register_forward_hook(lambda module, args, out: out * 2)
+    hidden = torch.randn(1, 9, 16)
+    assert mixer_run(monkeypatch, mixer, hidden)[1]
 
 
 def test_recompute_xz_refuses_an_input_changed_in_place():
@@ -291,7 +306,7 @@ def test_recompute_xz_refuses_an_input_changed_in_place():
         out.sum().backward()
 
 
-def test_recompute_xz_leaves_other_saved_tensor_hooks_in_charge():
+def test_recompute_xz_leaves_other_saved_tensor_hooks_in_charge(monkeypatch):
     """Under activation checkpointing (or a user's offloading hooks) those hooks decide
     what is kept: replacing them would keep what they discard. A block with with_cp and
     recompute_xz computes what a plain block computes."""
@@ -312,6 +327,9 @@ def test_recompute_xz_leaves_other_saved_tensor_hooks_in_charge():
 
     torch.manual_seed(0)
     block = MambaBlock(16, mixer_cfg=dict(recompute_xz=True), with_cp=True).train()
+    recomputed = []
+    monkeypatch.setattr(block.mixer, '_in_proj_again',
+                        lambda *a: lambda: recomputed.append(1) or F.linear(*a))
     reference = MambaBlock(16).train()
     reference.load_state_dict(block.state_dict())
     results = []
@@ -323,6 +341,7 @@ def test_recompute_xz_leaves_other_saved_tensor_hooks_in_charge():
         results.append([out, hidden.grad] + [q.grad for q in model.parameters()])
     for a, b in zip(*results):
         assert torch.equal(a, b)
+    assert not recomputed  # the checkpoint's hooks, not ours, handled the block's saves
 
 
 def test_unsupported_state_size_is_refused_clearly():

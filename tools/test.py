@@ -71,7 +71,7 @@ def main() -> None:
     runner = build_runner(cfg)
     add_result_dump(runner, args.out, args.out_item)
     metrics = runner.test()
-    del runner  # the process group is destroyed with the last reference to it
+    del runner  # unreferenced: finish_distributed's collection frees it and the process group
     finish_distributed()
     if args.out and args.out_item == 'metrics':
         import mmengine

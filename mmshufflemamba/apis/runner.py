@@ -206,8 +206,10 @@ def finish_distributed() -> None:
     exception") after a finished run. The group's destructor joins those threads, but the
     runner's reference cycles hold the DDP wrapper, which holds the group, until a garbage
     collection. So: a barrier (no rank tears down while another is in its last collective),
-    ``destroy_process_group``, and a collection, which destroys the group while the
-    interpreter runs (the binding releases the GIL while the threads finish).
+    ``destroy_process_group``, a collection (the wrapper and its C++ reducer go, while a
+    reference held here keeps the group), then that reference dropped last: the Python
+    binding releases the GIL while the group's destructor joins the threads, so a thread
+    that needs the GIL to finish can (the reducer's destructor would hold it: a hang).
     Not called after a failure: a collective shutdown could hang on ranks that are gone.
     """
     import gc
@@ -215,8 +217,10 @@ def finish_distributed() -> None:
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+        group = dist.group.WORLD
         dist.destroy_process_group()
         gc.collect()
+        del group
 
 
 def check_data_paths(cfg, loaders=('train_dataloader', 'val_dataloader', 'test_dataloader')):

@@ -61,8 +61,9 @@ class BiMambaMixer(nn.Module):
             gradient anyway) when the backward pass needs it: ``2 d_inner`` floats per token
             less kept for training (1536 for ShuffleMamba-S, about half of what a block
             keeps), for one more ``in_proj`` GEMM per block in the backward pass. The
-            gradients are the same, bit for bit. Not with ``with_cp`` or other saved-tensor
-            hooks active (those decide what is kept), nor under torch.compile.
+            gradients are the same, bit for bit. xz is kept as usual off the fused path,
+            under ``with_cp`` or other saved-tensor hooks (those decide what is kept),
+            under tracers, and where in_proj is not a plain hook-free nn.Linear.
     """
 
     def __init__(self,
@@ -140,25 +141,42 @@ class BiMambaMixer(nn.Module):
         """Whether :meth:`forward` takes the fused CPU path for inputs like ``x``."""
         return self._runs_fused(x, choose_backend(x, requested=self.scan_backend))
 
-    def _in_proj_again(self, hidden: Tensor) -> Callable[[], Tensor]:
-        """``in_proj(hidden)`` as this forward pass computes it (same autocast state)."""
+    def _in_proj_again(self, hidden: Tensor, weight: Tensor,
+                       bias: Optional[Tensor]) -> Callable[[], Tensor]:
+        """``in_proj(hidden)`` as this forward pass computes it: these tensors, this
+        autocast state."""
         autocast = torch.is_autocast_enabled('cpu'), torch.get_autocast_dtype('cpu')
 
         def again() -> Tensor:
             with torch.no_grad(), torch.autocast('cpu', enabled=autocast[0],
                                                  dtype=autocast[1]):
-                return nn.functional.linear(hidden, self.in_proj.weight, self.in_proj.bias)
+                return nn.functional.linear(hidden, weight, bias)
 
         return again
+
+    def _can_recompute_xz(self, hidden: Tensor, xz: Tensor) -> bool:
+        """xz is plain ``F.linear(hidden, in_proj.weight, in_proj.bias)``: an nn.Linear
+        without hooks that could change its output, untouched since, on a contiguous input
+        (the GEMM path, so the bits, do not depend on ``requires_grad`` then), in plain
+        eager autograd."""
+        in_proj = self.in_proj
+        return (self.recompute_xz and torch.is_grad_enabled() and type(in_proj) is nn.Linear
+                and not (in_proj._forward_hooks or in_proj._forward_pre_hooks
+                         or nn.modules.module._global_forward_hooks
+                         or nn.modules.module._global_forward_pre_hooks)
+                and xz._version == 0 and hidden.is_contiguous()
+                and plain_eager_call(hidden, xz))
 
     def forward(self, hidden: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
         xz = self.in_proj(hidden)  # (B, L, 2 d_inner): one GEMM on contiguous tokens
         backend = choose_backend(xz, requested=self.scan_backend)  # once per forward
         if self._runs_fused(xz, backend):
             keep_xz = contextlib.nullcontext()
-            if self.recompute_xz and torch.is_grad_enabled() and plain_eager_call(hidden, xz):
-                keep_xz = _remade_when_unpacked(xz, self._in_proj_again(hidden),
-                                                (hidden, *self.in_proj.parameters()))
+            if self._can_recompute_xz(hidden, xz):
+                weight, bias = self.in_proj.weight, self.in_proj.bias
+                keep_xz = _remade_when_unpacked(
+                    xz, self._in_proj_again(hidden, weight, bias),
+                    [t for t in (hidden, weight, bias) if t is not None])
             with keep_xz:
                 # out_proj inside: its input y is rebuilt in the backward pass, not kept
                 return bimamba_inner(
