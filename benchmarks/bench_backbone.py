@@ -46,7 +46,7 @@ MODELS = ('ShuffleMamba-S', 'DeiT-S')
 TOKEN_EXPONENT = {'ShuffleMamba-S': 1, 'DeiT-S': 2}  # time and memory vs tokens, at most
 DTYPES = ('fp32', 'bf16')
 MODES = ('forward', 'train')
-RECOMPUTE_XZ = '--recompute-xz' in sys.argv  # read by the workers too (run_child passes it)
+RECOMPUTE_XZ = False  # --recompute-xz, set by main (run_child passes it on to the workers)
 
 
 def build(name: str, size: int):
@@ -319,7 +319,7 @@ def breakdown_table(sizes: List[int]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,  # RECOMPUTE_XZ
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--sizes', type=int, nargs='+', default=[224, 512, 1024, 2048])
     parser.add_argument('--batches', type=int, nargs='+', default=[1, 8])
@@ -338,6 +338,8 @@ def main() -> None:
                         help='ShuffleMamba-S with mixer_cfg=dict(recompute_xz=True)')
     parser.add_argument('--worker', nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global RECOMPUTE_XZ
+    RECOMPUTE_XZ = args.recompute_xz
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
