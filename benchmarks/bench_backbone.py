@@ -3,13 +3,14 @@
     python benchmarks/bench_backbone.py [--sizes 224 512 1024 2048] [--batches 1 8]
         [--dtypes fp32 bf16] [--modes forward train] [--repeats 3] [--threads N]
         [--memory-sizes 1024 2048] [--breakdown-sizes 512 1024] [--max-cell-seconds 300]
-        [--recompute-xz]
+        [--recompute]
 
 The comparison a user of mmpretrain would make: DeiT-S is mmpretrain's
 ``VisionTransformer(arch='deit-small')`` (patch 16), ShuffleMamba-S is ours (``arch='small'``),
 both built for the input size (``img_size``) with ``out_type='cls_token'``, from seed 0.
-``--recompute-xz`` builds ShuffleMamba-S with ``mixer_cfg=dict(recompute_xz=True)`` (less
-training memory, one more GEMM per block in the backward pass).
+``--recompute`` builds ShuffleMamba-S with ``mixer_cfg=dict(recompute=True)`` (less training
+memory, more work in the backward pass: in_proj's and x_proj's GEMMs, the norm and the scans'
+forward again).
 
 1. **Speed.** Both models live in this one process. Per cell (size, batch, dtype, mode):
    one warm-up run of each model, then ``--repeats`` rounds in which each runs once, the
@@ -27,7 +28,11 @@ training memory, one more GEMM per block in the backward pass).
    table 2, scaled the same way), is skipped and its row says why.
 2. **Peak training memory** (``--memory-sizes``): one child process per (model, size), one
    fp32 batch-1 train step, its high-water RSS (``ru_maxrss``) above the RSS once model and
-   input exist. Runs first: table 1 uses it to skip cells that would not fit or take too long.
+   input exist. Twice: with glibc's default heap, which keeps freed memory (see
+   ``FIXED_MMAP``), as a user on Linux sees it; and with a fixed mmap threshold, which
+   returns freed tensors at once, so that the peak is what the tensors themselves take.
+   Runs first: table 1 uses the first figure to skip cells that would not fit or take too
+   long.
 3. **Where a train step spends its time** (``--breakdown-sizes``): torch profiler, self CPU
    time of one fp32 batch-1 train step of each model by kind of op (GEMMs, ShuffleMamba's
    scans and convolutions, DeiT's attention, everything else).
@@ -46,7 +51,11 @@ MODELS = ('ShuffleMamba-S', 'DeiT-S')
 TOKEN_EXPONENT = {'ShuffleMamba-S': 1, 'DeiT-S': 2}  # time and memory vs tokens, at most
 DTYPES = ('fp32', 'bf16')
 MODES = ('forward', 'train')
-RECOMPUTE_XZ = False  # --recompute-xz, set by main (run_child passes it on to the workers)
+# glibc's heap keeps memory that was freed: once a block of up to 32 MiB is freed, blocks
+# of that size come from the heap, and the heap does not shrink under blocks still in use.
+# Table 2's second figure fixes the threshold, so that freed tensors go back at once.
+FIXED_MMAP = {'MALLOC_MMAP_THRESHOLD_': '131072'}
+RECOMPUTE = False  # --recompute, set by main (run_child passes it on to the workers)
 
 
 def build(name: str, size: int):
@@ -56,7 +65,7 @@ def build(name: str, size: int):
     if name == 'ShuffleMamba-S':
         from mmshufflemamba.models import ShuffleMamba
         return ShuffleMamba(arch='small', img_size=size, out_type='cls_token',
-                            mixer_cfg=dict(recompute_xz=RECOMPUTE_XZ))
+                            mixer_cfg=dict(recompute=RECOMPUTE))
     from mmpretrain.models import VisionTransformer
     return VisionTransformer(arch='deit-small', img_size=size, patch_size=16,
                              out_type='cls_token')
@@ -145,13 +154,14 @@ def worker_memory(name: str, size: int) -> dict:
     return dict(peak_mib=memory.extra_mib(), seconds=seconds)
 
 
-def run_child(*args) -> dict:
-    """A worker in a fresh process, with this process's thread count."""
+def run_child(*args, env: Optional[Dict[str, str]] = None) -> dict:
+    """A worker in a fresh process, with this process's thread count (and ``env`` added to
+    its environment)."""
     import torch
     proc = subprocess.run([sys.executable, __file__, '--threads', str(torch.get_num_threads()),
-                           *(['--recompute-xz'] if RECOMPUTE_XZ else []),
+                           *(['--recompute'] if RECOMPUTE else []),
                            '--worker', *map(str, args)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env={**os.environ, **(env or {})})
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ['killed'])[-1]
         return dict(error=f'exit {proc.returncode}: {last[:80]}')
@@ -160,20 +170,24 @@ def run_child(*args) -> dict:
 
 def memory_table(sizes: List[int]) -> Dict[Tuple[str, int], dict]:
     print('\n## 2. Peak training memory (fp32, batch 1, one train step per child process, '
-          'high-water RSS above model + input)\n')
-    print('| px | tokens | ShuffleMamba-S MiB | DeiT-S MiB | ShuffleMamba-S / DeiT-S |')
-    print('|---|---|---|---|---|')
+          'high-water RSS above model + input; glibc\'s default heap, and with '
+          f'{" ".join(f"{k}={v}" for k, v in FIXED_MMAP.items())})\n')
+    print('| px | tokens | ShuffleMamba-S MiB | DeiT-S MiB | ShuffleMamba-S / DeiT-S '
+          '| fixed mmap threshold: ShuffleMamba-S MiB | DeiT-S MiB | ratio |')
+    print('|---|---|---|---|---|---|---|---|')
     result = {}
     for size in sizes:
-        for name in MODELS:
-            result[(name, size)] = run_child('memory', name, size)
-        ours, theirs = result[(MODELS[0], size)], result[(MODELS[1], size)]
-        cells = [f'{r["peak_mib"]:.0f}' if 'peak_mib' in r else f'failed ({r["error"]})'
-                 for r in (ours, theirs)]
-        ratio = (f'{ours["peak_mib"] / theirs["peak_mib"]:.2f}x'
-                 if 'peak_mib' in ours and 'peak_mib' in theirs else '-')
-        print(f'| {size} | {(size // 16) ** 2 + 1} | {cells[0]} | {cells[1]} | {ratio} |',
-              flush=True)
+        cells = []
+        for env in ({}, FIXED_MMAP):
+            runs = [run_child('memory', name, size, env=env) for name in MODELS]
+            if not env:  # table 1's estimates use the default allocator's
+                result.update({(name, size): r for name, r in zip(MODELS, runs)})
+            ours, theirs = runs
+            cells += [f'{r["peak_mib"]:.0f}' if 'peak_mib' in r else f'failed ({r["error"]})'
+                      for r in runs]
+            cells.append(f'{ours["peak_mib"] / theirs["peak_mib"]:.2f}x'
+                         if 'peak_mib' in ours and 'peak_mib' in theirs else '-')
+        print(f'| {size} | {(size // 16) ** 2 + 1} | {" | ".join(cells)} |', flush=True)
     return result
 
 
@@ -334,12 +348,12 @@ def main() -> None:
     parser.add_argument('--breakdown-sizes', type=int, nargs='*', default=[224, 512, 1024])
     parser.add_argument('--verbose', action='store_true',
                         help='also print every run of every cell (as HTML comments)')
-    parser.add_argument('--recompute-xz', action='store_true',
-                        help='ShuffleMamba-S with mixer_cfg=dict(recompute_xz=True)')
+    parser.add_argument('--recompute', action='store_true',
+                        help='ShuffleMamba-S with mixer_cfg=dict(recompute=True)')
     parser.add_argument('--worker', nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global RECOMPUTE_XZ
-    RECOMPUTE_XZ = args.recompute_xz
+    global RECOMPUTE
+    RECOMPUTE = args.recompute
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)

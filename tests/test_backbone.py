@@ -283,3 +283,23 @@ def test_activation_checkpointing_gives_the_same_values_and_gradients():
         out.square().sum().backward()
     for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_recompute_gives_the_same_values_and_gradients_bit_for_bit():
+    """``mixer_cfg=dict(recompute=True)`` with the layer-wise shuffle and drop path in
+    training (the same seed: the recomputation draws no random numbers)."""
+    cfg = dict(TINY, shuffle_rate=0.5, drop_path_rate=0.2)
+    torch.manual_seed(0)
+    plain = ShuffleMamba(**cfg).train()
+    lean = ShuffleMamba(**dict(cfg, mixer_cfg=dict(d_state=4, recompute=True))).train()
+    lean.load_state_dict(plain.state_dict())
+    assert all(m.recompute for m in lean.modules() if isinstance(m, BiMambaMixer))
+    x = torch.randn(2, 3, 32, 32)
+    results = []
+    for model in (plain, lean):
+        torch.manual_seed(1)
+        out = model(x)[0]
+        out.square().sum().backward()
+        results.append([out] + [p.grad for p in model.parameters()])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

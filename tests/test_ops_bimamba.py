@@ -3,11 +3,12 @@ sequential definition (Vim's token-major mixer with the textbook scan, both dire
 flipping, as upstream writes it), in float64; the mixer's fused and unfused paths agree."""
 import contextlib
 import os
-import weakref
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+from torch.multiprocessing.reductions import StorageWeakRef
 from helpers import RecordOps
 
 from mmshufflemamba.models import BiMambaMixer
@@ -253,83 +254,125 @@ def test_mixer_paths_agree(monkeypatch, bias):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
-def mixer_run(monkeypatch, mixer, hidden, **autocast):
-    """Output, dL/dhidden and every parameter's gradient of a square loss, and whether
-    in_proj's output xz (what the fused op got) was alive once the forward pass returned."""
+@pytest.mark.parametrize('traced', [False, True])
+@pytest.mark.parametrize('out_proj', [False, True])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_recompute_keeps_only_the_inputs_and_gives_the_same_gradients_bit_for_bit(
+        dtype, out_proj, traced):
+    """``recompute=True``: autograd keeps the op's inputs only (not x_dbl or the
+    checkpoints); the backward pass makes them again. Eager and through the registered op."""
+    xz, p = make(2, 70, 32, 16, 3, dtype=torch.float32, seed=10)
+    g = torch.Generator().manual_seed(11)
+    extra = [torch.randn(12, 32, generator=g), torch.randn(12, generator=g)] if out_proj else []
+    runs = []
+    for recompute in (False, True):
+        inputs = [xz.detach().to(dtype)] + [t.detach() for t in (*(p[k] for k in ORDER), *extra)]
+        inputs = [t.clone().requires_grad_() for t in inputs]
+        kept = []
+        with (RecordOps() if traced else contextlib.nullcontext()), \
+                torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t,
+                                                         lambda t: t):
+            y = bimamba_inner(*inputs, recompute=recompute)
+        y.float().square().sum().backward()
+        others = [t for t in kept if not any(t is i for i in inputs)]
+        assert len(others) == (0 if recompute else 4)  # x_dbl_f, x_dbl_b, ckpt_f, ckpt_b
+        runs.append([y] + [t.grad for t in inputs])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def mixer_run(monkeypatch, module, hidden, *args, **autocast):
+    """Output(s), the inputs' and every parameter's gradients of a square loss, and whether
+    the memory of the mixer's input and of in_proj's output xz (what the fused op got) was
+    still in use once the forward pass returned."""
     import mmshufflemamba.models.layers.mixer as mixer_module
+    mixer = module if isinstance(module, BiMambaMixer) else module.mixer
     made = []
 
-    def recording(xz, *args):
-        made.append(weakref.ref(xz))
-        return bimamba_inner(xz, *args)
+    def recording(xz, *args, **kwargs):
+        made.append(StorageWeakRef(xz.untyped_storage()))
+        return bimamba_inner(xz, *args, **kwargs)
+
+    def mixer_forward(hidden, *args, forward=mixer.forward):
+        made.append(StorageWeakRef(hidden.untyped_storage()))
+        return forward(hidden, *args)
 
     monkeypatch.setattr(mixer_module, 'bimamba_inner', recording)
-    mixer.zero_grad()
-    hidden = hidden.detach().requires_grad_()
+    monkeypatch.setattr(mixer, 'forward', mixer_forward)
+    module.zero_grad()
+    inputs = [t.detach().requires_grad_() for t in (hidden, *args)]
     with torch.autocast('cpu', **autocast) if autocast else contextlib.nullcontext():
-        out = mixer(hidden)
-    xz_kept = made[0]() is not None
-    out.float().square().sum().backward()
-    return [out, hidden.grad] + [q.grad for q in mixer.parameters()], xz_kept
+        outs = module(*inputs)
+    outs = outs if isinstance(outs, tuple) else (outs, )
+    alive = [not ref.expired() for ref in made]
+    sum(out.float().square().sum() for out in outs).backward()
+    monkeypatch.undo()
+    return [*outs, *(t.grad for t in inputs)] + [q.grad for q in module.parameters()], alive
 
 
 @pytest.mark.parametrize('bias', [False, True])
 @pytest.mark.parametrize('autocast', [{}, dict(dtype=torch.bfloat16)])
-def test_recompute_xz_frees_xz_and_gives_the_same_gradients_bit_for_bit(monkeypatch, autocast,
-                                                                         bias):
+def test_recompute_frees_xz_and_gives_the_same_gradients_bit_for_bit(monkeypatch, autocast,
+                                                                     bias):
     torch.manual_seed(0)
     mixer = BiMambaMixer(32, bias=bias)
     hidden = torch.randn(2, 45, 32)
-    kept, kept_alive = mixer_run(monkeypatch, mixer, hidden, **autocast)
-    mixer.recompute_xz = True
-    remade, remade_alive = mixer_run(monkeypatch, mixer, hidden, **autocast)
+    kept, (_, kept_alive) = mixer_run(monkeypatch, mixer, hidden, **autocast)
+    mixer.recompute = True
+    remade, (_, remade_alive) = mixer_run(monkeypatch, mixer, hidden, **autocast)
     assert kept_alive and not remade_alive
     for a, b in zip(kept, remade):
         assert torch.equal(a, b)
 
 
-def test_recompute_xz_keeps_xz_where_in_proj_may_not_be_plain_linear(monkeypatch):
+@pytest.mark.parametrize('autocast', [{}, dict(dtype=torch.bfloat16)])
+def test_recompute_in_a_block_frees_the_norms_output_too(monkeypatch, autocast):
+    """In a block the norm's output (in_proj's input) is made again from the residual
+    stream, which the norm keeps; outputs and gradients bit for bit the same."""
+    from mmshufflemamba.models.layers.block import MambaBlock
+    torch.manual_seed(0)
+    block = MambaBlock(32, drop_path_rate=0.0).train()
+    g = torch.Generator().manual_seed(1)
+    hidden, residual = torch.randn(2, 45, 32, generator=g), torch.randn(2, 45, 32, generator=g)
+    kept, kept_alive = mixer_run(monkeypatch, block, hidden, residual, **autocast)
+    block.mixer.recompute = True
+    remade, remade_alive = mixer_run(monkeypatch, block, hidden, residual, **autocast)
+    # (under autocast in_proj keeps a bfloat16 copy of its input, not the input itself)
+    assert kept_alive == [not autocast, True] and remade_alive == [False, False]
+    for a, b in zip(kept, remade):
+        assert torch.equal(a, b)
+
+
+def test_recompute_keeps_xz_where_in_proj_may_not_be_plain_linear(monkeypatch):
     """A hook on in_proj could change its output, which the recompute would not see."""
-    mixer = BiMambaMixer(16, recompute_xz=True)
+    mixer = BiMambaMixer(16, recompute=True)
     mixer.in_proj.register_forward_hook(lambda module, args, out: out * 2)
     hidden = torch.randn(1, 9, 16)
-    assert mixer_run(monkeypatch, mixer, hidden)[1]
+    assert mixer_run(monkeypatch, mixer, hidden)[1] == [True, True]
 
 
-def test_recompute_xz_refuses_an_input_changed_in_place():
-    mixer = BiMambaMixer(16, recompute_xz=True)
+def test_recompute_refuses_an_input_changed_in_place():
+    from mmshufflemamba.models.layers.block import MambaBlock
     hidden = torch.randn(1, 9, 16, requires_grad=True)
-    x = hidden * 1  # a non-leaf, changed in place below
-    out = mixer(x)
-    x.mul_(2)
-    with pytest.raises(RuntimeError, match='modified in place after the forward pass'):
-        out.sum().backward()
+    for module in (BiMambaMixer(16, recompute=True),
+                   MambaBlock(16, mixer_cfg=dict(recompute=True))):
+        x = hidden * 1  # a non-leaf, changed in place below
+        out = module(x)
+        x.mul_(2)
+        with pytest.raises(RuntimeError, match='modified in place after the forward pass'):
+            (out if isinstance(out, Tensor) else out[0]).sum().backward()
 
 
-def test_recompute_xz_leaves_other_saved_tensor_hooks_in_charge(monkeypatch):
+def test_recompute_leaves_other_saved_tensor_hooks_in_charge(monkeypatch):
     """Under activation checkpointing (or a user's offloading hooks) those hooks decide
     what is kept: replacing them would keep what they discard. A block with with_cp and
-    recompute_xz computes what a plain block computes."""
+    recompute computes what a plain block computes."""
+    import mmshufflemamba.models.layers.mixer as mixer_module
     from mmshufflemamba.models.layers.block import MambaBlock
-    from mmshufflemamba.models.layers.mixer import _remade_when_unpacked
-    x = torch.randn(4, requires_grad=True)
-    target = x * 2
-    outer, remade = [], []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: outer.append(t) or t, lambda t: t):
-        with _remade_when_unpacked(target, lambda: remade.append(1) or x * 2, [x]):
-            (target * target).sum().backward()
-    assert len(outer) == 2 and not remade
-    target = x * 2
-    with _remade_when_unpacked(target, lambda: remade.append(1) or x.detach() * 2, [x]):
-        y = (target * target).sum()
-    y.backward()
-    assert remade == [1, 1]
-
+    added = []
+    monkeypatch.setattr(mixer_module._Recipes, 'add', lambda self, *a: added.append(a))
     torch.manual_seed(0)
-    block = MambaBlock(16, mixer_cfg=dict(recompute_xz=True), with_cp=True).train()
-    recomputed = []
-    monkeypatch.setattr(block.mixer, '_in_proj_again',
-                        lambda *a: lambda: recomputed.append(1) or F.linear(*a))
+    block = MambaBlock(16, mixer_cfg=dict(recompute=True), with_cp=True).train()
     reference = MambaBlock(16).train()
     reference.load_state_dict(block.state_dict())
     results = []
@@ -341,7 +384,10 @@ def test_recompute_xz_leaves_other_saved_tensor_hooks_in_charge(monkeypatch):
         results.append([out, hidden.grad] + [q.grad for q in model.parameters()])
     for a, b in zip(*results):
         assert torch.equal(a, b)
-    assert not recomputed  # the checkpoint's hooks, not ours, handled the block's saves
+    assert not added  # the checkpoint's hooks, not ours, handled the block's saves
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        assert not mixer_module._Recipes.possible()
+    assert mixer_module._Recipes.possible()
 
 
 def test_unsupported_state_size_is_refused_clearly():

@@ -79,10 +79,10 @@ def _inner_forward(xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor, conv_w_b: Ten
                    conv_b_b: Tensor, xproj_w_f: Tensor, xproj_w_b: Tensor, dtproj_w_f: Tensor,
                    dtproj_w_b: Tensor, dt_bias_f: Tensor, dt_bias_b: Tensor, A_f: Tensor,
                    A_b: Tensor, D_f: Tensor, D_b: Tensor, out_w: Optional[Tensor] = None,
-                   out_b: Optional[Tensor] = None
+                   out_b: Optional[Tensor] = None, recompute: bool = False
                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``y`` (or ``out_proj(y)`` with ``out_w``) and, for the backward pass,
-    ``x_dbl_f``, ``x_dbl_b`` and the checkpoints."""
+    ``x_dbl_f``, ``x_dbl_b`` and the checkpoints (which it keeps unless ``recompute``)."""
     kernel = load_cpu_kernel()
     u_f, u_b = _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b)
     x_dbl_f, x_dbl_b = _x_proj(u_f, xproj_w_f), _x_proj(u_b, xproj_w_b)
@@ -106,7 +106,8 @@ _bimamba_inner = torch.library.custom_op('mmshufflemamba::bimamba_inner', _inner
 
 @_bimamba_inner.register_fake
 def _(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, xproj_w_f, xproj_w_b, dtproj_w_f,
-      dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b, out_w=None, out_b=None):
+      dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b, out_w=None, out_b=None,
+      recompute=False):
     B, L, D2 = xz.shape
     D, N = D2 // 2, A_f.shape[1]
     chunk = load_cpu_kernel().chunk  # steps per checkpoint, as the kernel was built
@@ -122,33 +123,43 @@ def _inner_backward(dy: Tensor, xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor,
                     xproj_w_b: Tensor, dtproj_w_f: Tensor, dtproj_w_b: Tensor,
                     dt_bias_f: Tensor, dt_bias_b: Tensor, A_f: Tensor, A_b: Tensor,
                     D_f: Tensor, D_b: Tensor, out_w: Optional[Tensor], out_b: Optional[Tensor],
-                    x_dbl_f: Tensor, x_dbl_b: Tensor, ckpt_f: Tensor, ckpt_b: Tensor
-                    ) -> List[Tensor]:
+                    x_dbl_f: Optional[Tensor], x_dbl_b: Optional[Tensor],
+                    ckpt_f: Optional[Tensor], ckpt_b: Optional[Tensor]) -> List[Tensor]:
     """Gradients of ``xz`` (in its dtype) and of the 16 weights, in :func:`_inner_forward`'s
     order; an empty tensor for ``out_w`` and ``out_b`` when absent. With ``out_w``, ``dy``
     is the gradient of ``out_proj(y)``, and ``y``, which out_proj's weight gradient needs,
-    is rebuilt by the scan backward instead of kept."""
+    is rebuilt by the scan backward instead of kept. Without ``x_dbl_*`` and the checkpoints
+    (``recompute``), the forward pass's x_proj GEMMs and scans run again first."""
     kernel = load_cpu_kernel()
     B, L, D2 = xz.shape
     D, rank = D2 // 2, dtproj_w_f.shape[1]
-    y, dout = None, None
+    dout = None
     if out_w is not None:
         dout = dy
         dy = torch.matmul(dout, out_w).to(A_f.dtype)  # dL/dy, in out_proj's dtype first
-        y = A_f.new_empty(B, L, D)
     u_f, u_b = _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b)  # recomputed
+    dout_w, dout_b = xz.new_empty(0), xz.new_empty(0)  # two: the op's outputs may not alias
+    rebuilt_y = None  # the scan backward's buffer for y, where out_proj needs it
+    if ckpt_f is None:  # recompute: the forward's x_dbl, checkpoints (and y) made again
+        x_dbl_f, x_dbl_b = _x_proj(u_f, xproj_w_f), _x_proj(u_b, xproj_w_b)
+        with _profiled('mmshufflemamba::scan'):
+            y, ckpt_f, ckpt_b = kernel.bimamba_scan_forward(
+                xz, u_f, u_b, dtproj_w_f, dtproj_w_b, x_dbl_f, x_dbl_b, A_f, A_b, D_f, D_b,
+                dt_bias_f, dt_bias_b)
+        if out_w is not None:  # done with y before the scan backward's outputs exist
+            dout_w, dout_b = _out_proj_grads(dout, y, out_b is not None)
+        del y
+    elif out_w is not None:
+        rebuilt_y = A_f.new_empty(B, L, D)
     dxz = torch.empty(xz.shape, dtype=A_f.dtype)  # both directions add into it: full precision
     with _profiled('mmshufflemamba::scan_backward'):
         (du_f, ddelta_f, dBC_f, dA_f, dD_f, dbias_f, du_b, ddelta_b, dBC_b, dA_b, dD_b,
          dbias_b) = kernel.bimamba_scan_backward(
             dy.contiguous(), xz, u_f, u_b, dtproj_w_f, dtproj_w_b, x_dbl_f, x_dbl_b, A_f, A_b,
-            D_f, D_b, dt_bias_f, dt_bias_b, ckpt_f, ckpt_b, dxz, y)
-    dout_w, dout_b = xz.new_empty(0), xz.new_empty(0)  # two: the op's outputs may not alias
-    if out_w is not None:
-        dout = dout.reshape(B * L, -1)
-        dout_w = torch.mm(dout.t(), y.view(B * L, D).to(dout.dtype))
-        if out_b is not None:
-            dout_b = dout.sum(0)
+            D_f, D_b, dt_bias_f, dt_bias_b, ckpt_f, ckpt_b, dxz, rebuilt_y)
+    del dy, ckpt_f, ckpt_b
+    if rebuilt_y is not None:
+        dout_w, dout_b = _out_proj_grads(dout, rebuilt_y, out_b is not None)
     grads = {}
     for s, u, x_dbl, ddelta, dBC, xproj_w, dtproj_w in (
             ('f', u_f, x_dbl_f, ddelta_f, dBC_f, xproj_w_f, dtproj_w_f),
@@ -167,6 +178,14 @@ def _inner_backward(dy: Tensor, xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor,
             dA_f, dA_b, dD_f, dD_b, dout_w, dout_b]
 
 
+def _out_proj_grads(dout: Tensor, y: Tensor, bias: bool) -> Tuple[Tensor, Tensor]:
+    """out_proj's weight and bias gradients from ``dout`` ``(B, L, C)`` and its input ``y``
+    ``(B, L, D)`` (an empty tensor for an absent bias)."""
+    dout = dout.reshape(-1, dout.shape[-1])
+    weight = torch.mm(dout.t(), y.view(dout.shape[0], -1).to(dout.dtype))
+    return weight, dout.sum(0) if bias else dout.new_empty(0)
+
+
 _bimamba_inner_backward = torch.library.custom_op(
     'mmshufflemamba::bimamba_inner_backward', _inner_backward, mutates_args=(),
     device_types='cpu')
@@ -183,9 +202,11 @@ def _(dy, xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, xproj_w_f, xproj_w_b, dtpr
 
 
 def _setup_context(ctx, inputs, output):
-    y, x_dbl_f, x_dbl_b, ckpt_f, ckpt_b = output
-    ctx.save_for_backward(*inputs, x_dbl_f, x_dbl_b, ckpt_f, ckpt_b)
-    ctx.mark_non_differentiable(x_dbl_f, x_dbl_b, ckpt_f, ckpt_b)
+    *tensors, recompute = inputs
+    y, *state = output  # x_dbl_f, x_dbl_b, ckpt_f, ckpt_b
+    ctx.recompute = recompute
+    ctx.save_for_backward(*tensors, *([] if recompute else state))
+    ctx.mark_non_differentiable(*state)
     # The saved outputs get no gradient: without this autograd zero-fills one of each
     # shape for the backward pass (at 512 px, 11 ms of a train step went to those fills).
     ctx.set_materialize_grads(False)
@@ -196,11 +217,12 @@ def _backward_by(run_backward):
 
     def backward(ctx, dy, *unused):
         saved = ctx.saved_tensors  # once: activation checkpointing unpacks each save once
-        inputs = saved[:-4]
+        inputs, state = (saved, [None] * 4) if ctx.recompute else (saved[:-4], saved[-4:])
         if dy is None:  # no gradient reached y (grads are not materialized): none for the inputs
-            return (None, ) * len(inputs)
-        grads = run_backward(dy, *saved)
-        return tuple(None if x is None else g for x, g in zip(inputs, grads))  # out_w, out_b
+            return (None, ) * (len(inputs) + 1)
+        grads = run_backward(dy, *inputs, *state)
+        # none for out_w, out_b where absent, and for the recompute flag
+        return tuple(None if x is None else g for x, g in zip(inputs, grads)) + (None, )
 
     return backward
 
@@ -225,7 +247,7 @@ def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv
                   dtproj_w_f: Tensor, dtproj_w_b: Tensor, dt_bias_f: Tensor, dt_bias_b: Tensor,
                   A_f: Tensor, A_b: Tensor, D_f: Tensor, D_b: Tensor,
                   out_proj_w: Optional[Tensor] = None,
-                  out_proj_b: Optional[Tensor] = None) -> Tensor:
+                  out_proj_b: Optional[Tensor] = None, recompute: bool = False) -> Tensor:
     """The fused mixer: ``xz`` ``(B, L, 2 D)`` -> ``y`` ``(B, L, D)``, both directions, or,
     given ``out_proj``'s weight ``(C, D)`` (and bias), ``out_proj(y)`` ``(B, L, C)``.
 
@@ -236,6 +258,9 @@ def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv
     in its weight's dtype, or in the autocast dtype where CPU autocast is on (as
     ``nn.Linear`` would). With ``out_proj``, ``y`` is not kept for the backward pass: the
     scan backward rebuilds it for out_proj's weight gradient (``D`` floats per token less).
+    ``recompute``: keep only the inputs for the backward pass, which runs the x_proj GEMMs
+    and the scans' forward again for ``x_dbl`` and the checkpoints (``R + 2N + 2 N D / 32``
+    floats per token less: 880 for ShuffleMamba-S); the same gradients, bit for bit.
     """
     if out_proj_w is None and out_proj_b is not None:
         raise ValueError('bimamba_inner: out_proj_b needs out_proj_w.')
@@ -257,5 +282,5 @@ def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv
     op = _EagerInner.apply if plain_eager_call(xz_in, *weights, *given) else \
         torch.ops.mmshufflemamba.bimamba_inner
     with torch.autocast('cpu', enabled=False):
-        y = op(xz_in, *weights, *out_proj)[0]
+        y = op(xz_in, *weights, *out_proj, recompute)[0]
     return y if out_proj_w is not None else y.to(xz.dtype)

@@ -68,7 +68,7 @@ class ShuffleMamba(BaseModule):
             (``-1``: nothing).
         with_cp: Activation checkpointing in every block.
         mixer_cfg: Extra arguments of :class:`BiMambaMixer` (``d_state``, ``expand``,
-            ``recompute_xz``, ...).
+            ``recompute``, ...).
         out_scales: For dense prediction: resample the ``featmap`` outputs into a
             pyramid, output ``k`` by ``out_scales[k]``. Scales are relative to the token
             map's stride ``patch_stride``: ``(4, 2, 1, 0.5)`` gives strides 4/8/16/32 for

@@ -6,7 +6,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from ..utils.precision import at_least_float32
-from .mixer import BiMambaMixer
+from .mixer import BiMambaMixer, Recipe
 from .norm import build_norm
 
 __all__ = ['MambaBlock', 'DropPath']
@@ -63,17 +63,37 @@ class MambaBlock(nn.Module):
         self.norm = build_norm(norm_type, embed_dims, norm_eps)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
-    def add_and_norm(self, hidden: Tensor, residual: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        """The block's Add -> Norm; returns ``(normed, residual)``."""
+    def add_and_norm(self, hidden: Tensor,
+                     residual: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Recipe]]:
+        """The block's Add -> Norm; returns ``(normed, residual, recipe)``, the recipe being
+        how to compute ``normed`` again where the mixer may let go of it (its ``recompute``),
+        else None."""
         residual = hidden if residual is None else residual + self.drop_path(hidden)
-        normed = self.norm(residual.to(self.norm.weight.dtype))
+        x = residual.to(self.norm.weight.dtype)
+        normed = self.norm(x)
         if self.residual_in_fp32:
             residual = at_least_float32(residual)
-        return normed, residual
+        return normed, residual, self._norm_again(x)
+
+    def _norm_again(self, x: Tensor) -> Optional[Recipe]:
+        """``norm(x)`` as this forward pass computes it (this autocast state), or None
+        where the mixer does not recompute or a hook could change the norm's output."""
+        norm = self.norm
+        if not self.mixer.recompute or norm._forward_hooks or norm._forward_pre_hooks:
+            return None
+        device = x.device.type
+        autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+
+        def again() -> Tensor:
+            with torch.no_grad(), torch.autocast(device, enabled=autocast[0],
+                                                 dtype=autocast[1]):
+                return norm(x)
+
+        return Recipe(again, [x, *norm.parameters()])
 
     def _forward(self, hidden: Tensor, residual: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        normed, residual = self.add_and_norm(hidden, residual)
-        return self.mixer(normed), residual
+        normed, residual, recipe = self.add_and_norm(hidden, residual)
+        return self.mixer(normed, recipe), residual
 
     def forward(self, hidden: Tensor,
                 residual: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:

@@ -1,7 +1,7 @@
 """The bidirectional Mamba mixer of Vision Mamba ("bimamba v2")."""
 import contextlib
 import math
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -11,7 +11,15 @@ from mmshufflemamba.ops.bimamba import bimamba_inner, fused_mixer_available
 from mmshufflemamba.ops.cpu_kernel import plain_eager_call
 from ..utils.precision import at_least_float32
 
-__all__ = ['BiMambaMixer', 'use_scan_backend']
+__all__ = ['BiMambaMixer', 'Recipe', 'use_scan_backend']
+
+
+class Recipe(NamedTuple):
+    """How to compute a tensor again in the backward pass: ``remake()`` gives it bit for bit
+    (the forward pass's tensors, autocast state and code), as long as none of ``inputs``
+    (the tensors it reads) changes in place in between."""
+    remake: Callable[[], Tensor]
+    inputs: Sequence[Tensor]
 
 
 class BiMambaMixer(nn.Module):
@@ -43,7 +51,7 @@ class BiMambaMixer(nn.Module):
             :func:`use_scan_backend`).
         use_fast_path: Run the fused CPU op where the backend is ``compiled``; False runs
             the two directions unfused through the compiled scan instead.
-        recompute_xz: The ``recompute_xz`` argument, settable later.
+        recompute: The ``recompute`` argument, settable later.
 
     Args:
         embed_dims: Model width ``d_model``.
@@ -56,14 +64,15 @@ class BiMambaMixer(nn.Module):
         dt_init_floor: Lower clamp of the initial step size.
         conv_bias: Bias in the causal convs.
         bias: Bias in ``in_proj``/``out_proj``.
-        recompute_xz: On the fused CPU path, let go of ``in_proj``'s output ``xz`` after the
-            forward pass and compute it again from ``in_proj``'s input (kept for its weight
-            gradient anyway) when the backward pass needs it: ``2 d_inner`` floats per token
-            less kept for training (1536 for ShuffleMamba-S, about half of what a block
-            keeps), for one more ``in_proj`` GEMM per block in the backward pass. The
-            gradients are the same, bit for bit. xz is kept as usual off the fused path,
-            under ``with_cp`` or other saved-tensor hooks (those decide what is kept),
-            under tracers, and where in_proj is not a plain hook-free nn.Linear.
+        recompute: Less training memory for more work in the backward pass: let go of
+            activations after the forward pass and compute them again, bit for bit, when
+            the backward pass needs them. On the fused CPU path: ``in_proj``'s output xz,
+            x_proj's outputs and the scans' checkpoints (``2 d_inner + R + 2N + 2 N d_inner
+            / 32`` floats per token: 2416 for ShuffleMamba-S), for one more ``in_proj`` GEMM,
+            x_proj GEMMs and scan forward per block; on any path, ``in_proj``'s input where
+            the caller passes its recipe (:class:`MambaBlock` does: its norm). Everything is
+            kept as usual under ``with_cp`` or other saved-tensor hooks (those decide what
+            is kept), under tracers, and where in_proj is not a plain hook-free nn.Linear.
     """
 
     def __init__(self,
@@ -77,7 +86,7 @@ class BiMambaMixer(nn.Module):
                  dt_init_floor: float = 1e-4,
                  conv_bias: bool = True,
                  bias: bool = False,
-                 recompute_xz: bool = False):
+                 recompute: bool = False):
         super().__init__()
         self.embed_dims = embed_dims
         self.d_state = d_state
@@ -107,7 +116,7 @@ class BiMambaMixer(nn.Module):
         self.out_proj = nn.Linear(d_inner, embed_dims, bias=bias)
         self.scan_backend: Optional[str] = None
         self.use_fast_path = True
-        self.recompute_xz = recompute_xz
+        self.recompute = recompute
 
     def _init_dt_proj(self, dt_proj: nn.Linear, dt_min: float, dt_max: float,
                       dt_init_floor: float) -> None:
@@ -141,51 +150,47 @@ class BiMambaMixer(nn.Module):
         """Whether :meth:`forward` takes the fused CPU path for inputs like ``x``."""
         return self._runs_fused(x, choose_backend(x, requested=self.scan_backend))
 
-    def _in_proj_again(self, hidden: Tensor, weight: Tensor,
-                       bias: Optional[Tensor]) -> Callable[[], Tensor]:
-        """``in_proj(hidden)`` as this forward pass computes it: these tensors, this
-        autocast state."""
-        autocast = torch.is_autocast_enabled('cpu'), torch.get_autocast_dtype('cpu')
-
-        def again() -> Tensor:
-            with torch.no_grad(), torch.autocast('cpu', enabled=autocast[0],
-                                                 dtype=autocast[1]):
-                return nn.functional.linear(hidden, weight, bias)
-
-        return again
-
-    def _can_recompute_xz(self, hidden: Tensor, xz: Tensor) -> bool:
-        """xz is plain ``F.linear(hidden, in_proj.weight, in_proj.bias)``: an nn.Linear
-        without hooks that could change its output, untouched since, on a contiguous input
-        (the GEMM path, so the bits, do not depend on ``requires_grad`` then), in plain
-        eager autograd."""
+    def _recomputes(self, hidden: Tensor) -> bool:
+        """Whether this forward pass may let go of what :attr:`recompute` names: training in
+        plain eager autograd under no other saved-tensor hooks, ``in_proj`` a plain
+        nn.Linear without hooks that could change its output, on a contiguous input (the
+        GEMM path, so the bits, do not depend on ``requires_grad`` then)."""
         in_proj = self.in_proj
-        return (self.recompute_xz and torch.is_grad_enabled() and type(in_proj) is nn.Linear
+        return (self.recompute and torch.is_grad_enabled() and type(in_proj) is nn.Linear
                 and not (in_proj._forward_hooks or in_proj._forward_pre_hooks
                          or nn.modules.module._global_forward_hooks
                          or nn.modules.module._global_forward_pre_hooks)
-                and xz._version == 0 and hidden.is_contiguous()
-                and plain_eager_call(hidden, xz))
+                and hidden.is_contiguous() and plain_eager_call(hidden)
+                and _Recipes.possible())
 
-    def forward(self, hidden: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
+    def forward(self, hidden: Tensor,
+                hidden_recipe: Optional[Recipe] = None) -> Tensor:  # (B, L, C) -> (B, L, C)
+        """``hidden_recipe``: how to compute ``hidden`` again (the block's norm), so that,
+        with :attr:`recompute`, in_proj need not keep it either."""
+        if not self._recomputes(hidden):
+            return self._forward(hidden)
+        recipes = _Recipes()
+        with recipes.hooks():
+            if hidden_recipe is not None:
+                recipes.add(hidden, hidden_recipe)
+            return self._forward(hidden, recipes, hidden_recipe)
+
+    def _forward(self, hidden: Tensor, recipes: Optional['_Recipes'] = None,
+                 hidden_recipe: Optional[Recipe] = None) -> Tensor:
         xz = self.in_proj(hidden)  # (B, L, 2 d_inner): one GEMM on contiguous tokens
         backend = choose_backend(xz, requested=self.scan_backend)  # once per forward
         if self._runs_fused(xz, backend):
-            keep_xz = contextlib.nullcontext()
-            if self._can_recompute_xz(hidden, xz):
-                weight, bias = self.in_proj.weight, self.in_proj.bias
-                keep_xz = _remade_when_unpacked(
-                    xz, self._in_proj_again(hidden, weight, bias),
-                    [t for t in (hidden, weight, bias) if t is not None])
-            with keep_xz:
-                # out_proj inside: its input y is rebuilt in the backward pass, not kept
-                return bimamba_inner(
-                    xz, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight,
-                    self.conv1d_b.bias, self.x_proj.weight, self.x_proj_b.weight,
-                    self.dt_proj.weight, self.dt_proj_b.weight, self.dt_proj.bias,
-                    self.dt_proj_b.bias, -torch.exp(at_least_float32(self.A_log)),
-                    -torch.exp(at_least_float32(self.A_b_log)), at_least_float32(self.D),
-                    at_least_float32(self.D_b), self.out_proj.weight, self.out_proj.bias)
+            if recipes is not None:  # xz = in_proj(hidden) again, from hidden's recipe if any
+                recipes.add(xz, self._in_proj_again(hidden, hidden_recipe))
+            # out_proj inside: its input y is rebuilt in the backward pass, not kept
+            return bimamba_inner(
+                xz, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight,
+                self.conv1d_b.bias, self.x_proj.weight, self.x_proj_b.weight,
+                self.dt_proj.weight, self.dt_proj_b.weight, self.dt_proj.bias,
+                self.dt_proj_b.bias, -torch.exp(at_least_float32(self.A_log)),
+                -torch.exp(at_least_float32(self.A_b_log)), at_least_float32(self.D),
+                at_least_float32(self.D_b), self.out_proj.weight, self.out_proj.bias,
+                recompute=recipes is not None)
         x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) views
         y_fwd = self._branch(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log,
                              self.D, backend)
@@ -194,49 +199,70 @@ class BiMambaMixer(nn.Module):
         y = (y_fwd + y_bwd.flip(-1)) / 2
         return self.out_proj(y.transpose(1, 2))
 
+    def _in_proj_again(self, hidden: Tensor, hidden_recipe: Optional[Recipe]) -> Recipe:
+        """``in_proj(hidden)`` as this forward pass computes it: these tensors (hidden made
+        again by its recipe where it has one), this autocast state."""
+        weight, bias = self.in_proj.weight, self.in_proj.bias
+        params = [t for t in (weight, bias) if t is not None]
+        remake_hidden = (lambda: hidden) if hidden_recipe is None else hidden_recipe.remake
+        autocast = torch.is_autocast_enabled('cpu'), torch.get_autocast_dtype('cpu')
+
+        def again() -> Tensor:
+            with torch.no_grad(), torch.autocast('cpu', enabled=autocast[0],
+                                                 dtype=autocast[1]):
+                return nn.functional.linear(remake_hidden(), weight, bias)
+
+        return Recipe(again, params if hidden_recipe is not None else [hidden, *params])
+
 
 class _Remade:
-    """What autograd keeps of xz under :func:`_remade_when_unpacked`: its shape."""
-    __slots__ = ('shape', )
+    """What autograd keeps of a tensor under :class:`_Recipes`: its shape and recipe."""
+    __slots__ = ('shape', 'recipe', 'versions')
 
-    def __init__(self, shape: torch.Size):
-        self.shape = shape
+    def __init__(self, shape: torch.Size, recipe: Recipe, versions: List[int]):
+        self.shape, self.recipe, self.versions = shape, recipe, versions
 
 
-@contextlib.contextmanager
-def _remade_when_unpacked(target: Tensor, remake: Callable[[], Tensor],
-                          inputs: Sequence[Tensor]) -> Iterator[None]:
-    """Within this context, autograd saves ``target`` (xz, or a view of all of it) as a recipe:
-    ``remake()`` makes it again when the backward pass unpacks it, so it is freed after the
-    forward pass. Every other saved tensor is kept as usual. ``inputs`` (what ``remake``
-    reads) may not change in place before then, as autograd requires of saved tensors.
-    Does nothing under other saved-tensor hooks (activation checkpointing, offloading):
-    theirs decide what is kept."""
-    top_hooks = getattr(torch._C._autograd, '_top_saved_tensors_default_hooks', None)
-    if top_hooks is None or top_hooks(False) is not None:  # (None: cannot tell, keep xz)
-        yield
-        return
-    ptr, dtype, numel = target.data_ptr(), target.dtype, target.numel()
-    versions = [t._version for t in inputs]
+class _Recipes:
+    """Saved-tensor hooks under which autograd keeps the tensors given to :meth:`add` (or
+    views of all of one) as their recipes, so that they are freed after the forward pass
+    and made again when the backward pass unpacks them. Every other saved tensor is kept as
+    usual."""
 
-    def pack(t: Tensor):
-        if t.data_ptr() == ptr and t.dtype == dtype and t.numel() == numel and \
-                t.is_contiguous():
-            return _Remade(t.shape)
+    def __init__(self):
+        self._targets = []  # (data_ptr, dtype, numel, recipe)
+
+    @staticmethod
+    def possible() -> bool:
+        """False under other saved-tensor hooks (activation checkpointing, offloading):
+        theirs decide what is kept (and where this cannot be told)."""
+        top_hooks = getattr(torch._C._autograd, '_top_saved_tensors_default_hooks', None)
+        return top_hooks is not None and top_hooks(False) is None
+
+    def add(self, target: Tensor, recipe: Recipe) -> None:
+        self._targets.append((target.data_ptr(), target.dtype, target.numel(), recipe))
+
+    def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
+
+    def _pack(self, t: Tensor):
+        if t.is_contiguous():
+            for ptr, dtype, numel, recipe in self._targets:
+                if t.data_ptr() == ptr and t.dtype == dtype and t.numel() == numel:
+                    return _Remade(t.shape, recipe, [i._version for i in recipe.inputs])
         return t
 
-    def unpack(saved):
-        if not isinstance(saved, _Remade):
-            return saved
-        if [t._version for t in inputs] != versions:
-            raise RuntimeError(
-                'a tensor the backward pass recomputes (recompute_xz: in_proj\'s output) '
-                'cannot be: in_proj\'s input or weights were modified in place after the '
-                'forward pass. Modify copies, or set recompute_xz=False.')
-        return remake().view(saved.shape)
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        yield
+def _unpack(saved):
+    if not isinstance(saved, _Remade):
+        return saved
+    if [t._version for t in saved.recipe.inputs] != saved.versions:
+        raise RuntimeError(
+            'a tensor the backward pass computes again (BiMambaMixer.recompute) cannot be: '
+            'what it is made from (in_proj\'s input or weights, the block\'s residual '
+            'stream or norm) was modified in place after the forward pass. Modify copies, '
+            'or set recompute=False.')
+    return saved.recipe.remake().view(saved.shape)
 
 
 @contextlib.contextmanager
