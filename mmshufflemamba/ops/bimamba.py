@@ -259,8 +259,8 @@ def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv
     ``nn.Linear`` would). With ``out_proj``, ``y`` is not kept for the backward pass: the
     scan backward rebuilds it for out_proj's weight gradient (``D`` floats per token less).
     ``recompute``: keep only the inputs for the backward pass, which runs the x_proj GEMMs
-    and the scans' forward again for ``x_dbl`` and the checkpoints (``R + 2N + 2 N D / 32``
-    floats per token less: 880 for ShuffleMamba-S); the same gradients, bit for bit.
+    and the scans' forward again for ``x_dbl`` and the checkpoints (``2 (R + 2N) + 2 N D /
+    32`` floats per token less: 880 for ShuffleMamba-S); the same gradients, bit for bit.
     """
     if out_proj_w is None and out_proj_b is not None:
         raise ValueError('bimamba_inner: out_proj_b needs out_proj_w.')

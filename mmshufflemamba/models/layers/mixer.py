@@ -67,10 +67,11 @@ class BiMambaMixer(nn.Module):
         recompute: Less training memory for more work in the backward pass: let go of
             activations after the forward pass and compute them again, bit for bit, when
             the backward pass needs them. On the fused CPU path: ``in_proj``'s output xz,
-            x_proj's outputs and the scans' checkpoints (``2 d_inner + R + 2N + 2 N d_inner
-            / 32`` floats per token: 2416 for ShuffleMamba-S), for one more ``in_proj`` GEMM,
-            x_proj GEMMs and scan forward per block; on any path, ``in_proj``'s input where
-            the caller passes its recipe (:class:`MambaBlock` does: its norm). Everything is
+            x_proj's outputs and the scans' checkpoints (``2 d_inner + 2 (R + 2N) + 2 N
+            d_inner / 32`` floats per token: 2416 for ShuffleMamba-S), for one more
+            ``in_proj`` GEMM, x_proj GEMMs and scan forward per block; on any path,
+            ``in_proj``'s input where the caller passes its recipe (:class:`MambaBlock`
+            does: its norm; ``C`` floats per token more). Everything is
             kept as usual under ``with_cp`` or other saved-tensor hooks (those decide what
             is kept), under tracers, and where in_proj is not a plain hook-free nn.Linear.
     """
