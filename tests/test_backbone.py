@@ -285,9 +285,20 @@ def test_activation_checkpointing_gives_the_same_values_and_gradients():
         torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
-def test_recompute_gives_the_same_values_and_gradients_bit_for_bit():
+def test_recompute_gives_the_same_values_and_gradients_bit_for_bit(monkeypatch):
     """``mixer_cfg=dict(recompute=True)`` with the layer-wise shuffle and drop path in
-    training (the same seed: the recomputation draws no random numbers)."""
+    training (the same seed: the recomputation draws no random numbers); every block lets
+    go of in_proj's input and output."""
+    import mmshufflemamba.models.layers.mixer as mixer_module
+    remade = []
+    pack = mixer_module._Recipes._pack
+
+    def counting(self, t):
+        packed = pack(self, t)
+        remade.append(isinstance(packed, mixer_module._Remade))
+        return packed
+
+    monkeypatch.setattr(mixer_module._Recipes, '_pack', counting)
     cfg = dict(TINY, shuffle_rate=0.5, drop_path_rate=0.2)
     torch.manual_seed(0)
     plain = ShuffleMamba(**cfg).train()
@@ -303,3 +314,4 @@ def test_recompute_gives_the_same_values_and_gradients_bit_for_bit():
         results.append([out] + [p.grad for p in model.parameters()])
     for a, b in zip(*results):
         assert torch.equal(a, b)
+    assert sum(remade) == 2 * TINY['arch']['num_layers']

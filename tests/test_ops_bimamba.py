@@ -178,6 +178,9 @@ def test_op_registration_holds_for_each_xz_dtype(dtype):
     xz, p = make(2, 9, 16, 4, 2, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     args = (xz.detach().to(dtype).requires_grad_(), ) + tuple(p[k] for k in ORDER)
     torch.library.opcheck(torch.ops.mmshufflemamba.bimamba_inner.default, args)
+    if dtype != torch.float64:
+        torch.library.opcheck(torch.ops.mmshufflemamba.bimamba_inner.default, args,
+                              dict(recompute=True))
 
 
 def test_eager_calls_and_the_registered_op_compute_the_same():
@@ -341,6 +344,62 @@ def test_recompute_in_a_block_frees_the_norms_output_too(monkeypatch, autocast):
     assert kept_alive == [not autocast, True] and remade_alive == [False, False]
     for a, b in zip(kept, remade):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('norm_type', ['RMSNorm', 'LN'])
+def test_recompute_on_the_unfused_path_remakes_the_norms_output(monkeypatch, norm_type):
+    """Off the fused path (the PyTorch scan) the block's recipe still replaces in_proj's
+    input; the same outputs and gradients, bit for bit, for either norm."""
+    from mmshufflemamba.models.layers.block import MambaBlock
+    from mmshufflemamba.models.layers.mixer import use_scan_backend
+    torch.manual_seed(0)
+    block = MambaBlock(16, norm_type=norm_type, mixer_cfg=dict(d_state=4)).train()
+    hidden = torch.randn(2, 13, 16)
+    with use_scan_backend(block, 'torch'):
+        kept, kept_alive = mixer_run(monkeypatch, block, hidden)
+        block.mixer.recompute = True
+        remade, remade_alive = mixer_run(monkeypatch, block, hidden)
+    assert kept_alive == [True] and remade_alive == [False]  # the mixer's input
+    for a, b in zip(kept, remade):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('backend', ['compiled', 'torch'])
+def test_recompute_frees_the_graph_without_a_backward_pass(backend):
+    """What the hooks keep holds no reference cycle: a forward pass that is never
+    differentiated, or differentiated with retain_graph, frees its tensors when dropped."""
+    import gc
+    from mmshufflemamba.models.layers.block import MambaBlock
+    from mmshufflemamba.models.layers.mixer import use_scan_backend
+    block = MambaBlock(16, mixer_cfg=dict(d_state=4, recompute=True)).train()
+    leaf = torch.randn(1, 9, 16, requires_grad=True)
+    for differentiate in (False, True):
+        x = leaf * 1
+        storage = StorageWeakRef(x.untyped_storage())
+        with use_scan_backend(block, backend):
+            out, residual = block(x)
+        if differentiate:
+            (out.sum() + residual.sum()).backward(retain_graph=True)
+        del x, out, residual
+        gc.collect()
+        assert storage.expired()
+
+
+def test_recompute_keeps_autograds_checks_and_works_where_hooks_are_disabled():
+    """A weight changed in place after the forward pass raises, as without recompute (the
+    hooks keep every other saved tensor with its version); under
+    disable_saved_tensors_hooks the block runs as without recompute."""
+    from mmshufflemamba.models.layers.block import MambaBlock
+    block = MambaBlock(16, mixer_cfg=dict(recompute=True)).train()
+    hidden = torch.randn(1, 9, 16, requires_grad=True)
+    out, _ = block(hidden)
+    with torch.no_grad():
+        block.mixer.x_proj.weight.add_(1)
+    with pytest.raises(RuntimeError, match='modified by an inplace operation'):
+        out.sum().backward()
+    with torch.autograd.graph.disable_saved_tensors_hooks('no hooks here'):
+        out, _ = block(hidden)
+        out.sum().backward()
 
 
 def test_recompute_keeps_xz_where_in_proj_may_not_be_plain_linear(monkeypatch):

@@ -82,7 +82,7 @@ def _inner_forward(xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor, conv_w_b: Ten
                    out_b: Optional[Tensor] = None, recompute: bool = False
                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``y`` (or ``out_proj(y)`` with ``out_w``) and, for the backward pass,
-    ``x_dbl_f``, ``x_dbl_b`` and the checkpoints (which it keeps unless ``recompute``)."""
+    ``x_dbl_f``, ``x_dbl_b`` and the checkpoints (kept for it unless ``recompute``)."""
     kernel = load_cpu_kernel()
     u_f, u_b = _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b)
     x_dbl_f, x_dbl_b = _x_proj(u_f, xproj_w_f), _x_proj(u_b, xproj_w_b)

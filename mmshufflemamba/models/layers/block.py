@@ -76,10 +76,12 @@ class MambaBlock(nn.Module):
         return normed, residual, self._norm_again(x)
 
     def _norm_again(self, x: Tensor) -> Optional[Recipe]:
-        """``norm(x)`` as this forward pass computes it (this autocast state), or None
-        where the mixer does not recompute or a hook could change the norm's output."""
+        """``norm(x)`` as this forward pass computes it (this autocast state, the norm's
+        ``forward``: no hook added later runs), or None where the mixer does not recompute
+        or a hook could change the norm's output."""
         norm = self.norm
-        if not self.mixer.recompute or norm._forward_hooks or norm._forward_pre_hooks:
+        if not (self.mixer.recompute and torch.is_grad_enabled()) or \
+                norm._forward_hooks or norm._forward_pre_hooks:
             return None
         device = x.device.type
         autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
@@ -87,7 +89,7 @@ class MambaBlock(nn.Module):
         def again() -> Tensor:
             with torch.no_grad(), torch.autocast(device, enabled=autocast[0],
                                                  dtype=autocast[1]):
-                return norm(x)
+                return norm.forward(x)
 
         return Recipe(again, [x, *norm.parameters()])
 

@@ -71,7 +71,8 @@ class BiMambaMixer(nn.Module):
             d_inner / 32`` floats per token: 2416 for ShuffleMamba-S), for one more
             ``in_proj`` GEMM, x_proj GEMMs and scan forward per block; on any path,
             ``in_proj``'s input where the caller passes its recipe (:class:`MambaBlock`
-            does: its norm; ``C`` floats per token more). Everything is
+            does: its norm; ``C`` floats per token more, where in_proj does not keep a
+            copy of its own, as under autocast). Everything is
             kept as usual under ``with_cp`` or other saved-tensor hooks (those decide what
             is kept), under tracers, and where in_proj is not a plain hook-free nn.Linear.
     """
@@ -213,15 +214,32 @@ class BiMambaMixer(nn.Module):
                                                  dtype=autocast[1]):
                 return nn.functional.linear(remake_hidden(), weight, bias)
 
-        return Recipe(again, params if hidden_recipe is not None else [hidden, *params])
+        return Recipe(again, [*params, *([hidden] if hidden_recipe is None
+                                         else hidden_recipe.inputs)])
+
+
+def _version(t: Tensor) -> Optional[int]:
+    """``t``'s version counter (None for an inference tensor, which has none)."""
+    return None if t.is_inference() else t._version
 
 
 class _Remade:
-    """What autograd keeps of a tensor under :class:`_Recipes`: its shape and recipe."""
+    """What autograd keeps of a target of :class:`_Recipes`: its shape and recipe."""
     __slots__ = ('shape', 'recipe', 'versions')
 
-    def __init__(self, shape: torch.Size, recipe: Recipe, versions: List[int]):
-        self.shape, self.recipe, self.versions = shape, recipe, versions
+    def __init__(self, shape: torch.Size, recipe: Recipe):
+        self.shape, self.recipe = shape, recipe
+        self.versions = [_version(t) for t in recipe.inputs]
+
+
+class _Kept:
+    """What autograd keeps of any other tensor under :class:`_Recipes`: the tensor, detached
+    (a saved output holding its own node would be a reference cycle autograd cannot free),
+    and its version, checked on unpacking as autograd checks what it saves itself."""
+    __slots__ = ('tensor', 'version')
+
+    def __init__(self, t: Tensor):
+        self.tensor, self.version = t.detach(), _version(t)
 
 
 class _Recipes:
@@ -236,9 +254,12 @@ class _Recipes:
     @staticmethod
     def possible() -> bool:
         """False under other saved-tensor hooks (activation checkpointing, offloading):
-        theirs decide what is kept (and where this cannot be told)."""
+        theirs decide what is kept (and where this cannot be told), and where such hooks
+        are disabled."""
         top_hooks = getattr(torch._C._autograd, '_top_saved_tensors_default_hooks', None)
-        return top_hooks is not None and top_hooks(False) is None
+        enabled = getattr(torch._C._autograd, '_saved_tensors_hooks_is_enabled', None)
+        return (top_hooks is not None and enabled is not None and enabled()
+                and top_hooks(False) is None)
 
     def add(self, target: Tensor, recipe: Recipe) -> None:
         self._targets.append((target.data_ptr(), target.dtype, target.numel(), recipe))
@@ -250,14 +271,21 @@ class _Recipes:
         if t.is_contiguous():
             for ptr, dtype, numel, recipe in self._targets:
                 if t.data_ptr() == ptr and t.dtype == dtype and t.numel() == numel:
-                    return _Remade(t.shape, recipe, [i._version for i in recipe.inputs])
-        return t
+                    return _Remade(t.shape, recipe)
+        return _Kept(t)
 
 
 def _unpack(saved):
-    if not isinstance(saved, _Remade):
-        return saved
-    if [t._version for t in saved.recipe.inputs] != saved.versions:
+    if isinstance(saved, _Kept):
+        t = saved.tensor
+        if _version(t) != saved.version:
+            raise RuntimeError(
+                'one of the variables needed for gradient computation has been modified by '
+                f'an inplace operation: [{t.dtype} {tuple(t.shape)}] is at version '
+                f'{_version(t)}; expected version {saved.version} instead (saved under '
+                'BiMambaMixer.recompute\'s hooks).')
+        return t
+    if [_version(t) for t in saved.recipe.inputs] != saved.versions:
         raise RuntimeError(
             'a tensor the backward pass computes again (BiMambaMixer.recompute) cannot be: '
             'what it is made from (in_proj\'s input or weights, the block\'s residual '
