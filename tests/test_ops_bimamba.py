@@ -388,7 +388,8 @@ def test_recompute_frees_the_graph_without_a_backward_pass(backend):
 def test_recompute_keeps_autograds_checks_and_works_where_hooks_are_disabled():
     """A weight changed in place after the forward pass raises, as without recompute (the
     hooks keep every other saved tensor with its version); under
-    disable_saved_tensors_hooks the block runs as without recompute."""
+    disable_saved_tensors_hooks the block runs as without recompute; so it does on an
+    inference tensor."""
     from mmshufflemamba.models.layers.block import MambaBlock
     block = MambaBlock(16, mixer_cfg=dict(recompute=True)).train()
     hidden = torch.randn(1, 9, 16, requires_grad=True)
@@ -400,6 +401,10 @@ def test_recompute_keeps_autograds_checks_and_works_where_hooks_are_disabled():
     with torch.autograd.graph.disable_saved_tensors_hooks('no hooks here'):
         out, _ = block(hidden)
         out.sum().backward()
+    with torch.inference_mode():  # a tensor without a version counter
+        made_for_inference = torch.randn(1, 9, 16)
+    out, _ = block(made_for_inference)
+    out.sum().backward()
 
 
 def test_recompute_keeps_xz_where_in_proj_may_not_be_plain_linear(monkeypatch):
