@@ -1,7 +1,7 @@
 """The bidirectional Mamba mixer of Vision Mamba ("bimamba v2")."""
 import contextlib
 import math
-from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -72,9 +72,9 @@ class BiMambaMixer(nn.Module):
             ``in_proj`` GEMM, x_proj GEMMs and scan forward per block; on any path,
             ``in_proj``'s input where the caller passes its recipe (:class:`MambaBlock`
             does: its norm; ``C`` floats per token more, where in_proj does not keep a
-            copy of its own, as under autocast). Everything is
-            kept as usual under ``with_cp`` or other saved-tensor hooks (those decide what
-            is kept), under tracers, and where in_proj is not a plain hook-free nn.Linear.
+            copy of its own, as under autocast). Everything is kept as usual under
+            ``with_cp`` or other saved-tensor hooks (those decide what is kept), under
+            tracers, and where in_proj is not a plain hook-free nn.Linear.
     """
 
     def __init__(self,
@@ -245,8 +245,8 @@ class _Kept:
 class _Recipes:
     """Saved-tensor hooks under which autograd keeps the tensors given to :meth:`add` (or
     views of all of one) as their recipes, so that they are freed after the forward pass
-    and made again when the backward pass unpacks them. Every other saved tensor is kept as
-    usual."""
+    and made again when the backward pass unpacks them. Every other saved tensor is kept
+    (see :class:`_Kept`)."""
 
     def __init__(self):
         self._targets = []  # (data_ptr, dtype, numel, recipe)
