@@ -83,15 +83,26 @@ def _inner_forward(xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor, conv_w_b: Ten
                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``y`` (or ``out_proj(y)`` with ``out_w``) and, for the backward pass,
     ``x_dbl_f``, ``x_dbl_b`` and the checkpoints (kept for it unless ``recompute``)."""
-    kernel = load_cpu_kernel()
     u_f, u_b = _conv_forward(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b)
-    x_dbl_f, x_dbl_b = _x_proj(u_f, xproj_w_f), _x_proj(u_b, xproj_w_b)
-    with _profiled('mmshufflemamba::scan'):
-        y, ckpt_f, ckpt_b = kernel.bimamba_scan_forward(
-            xz, u_f, u_b, dtproj_w_f, dtproj_w_b, x_dbl_f, x_dbl_b, A_f, A_b, D_f, D_b,
-            dt_bias_f, dt_bias_b)
+    y, x_dbl_f, x_dbl_b, ckpt_f, ckpt_b = _scans_forward(
+        xz, u_f, u_b, xproj_w_f, xproj_w_b, dtproj_w_f, dtproj_w_b, dt_bias_f, dt_bias_b, A_f,
+        A_b, D_f, D_b)
     if out_w is not None:
         y = _out_proj(y, out_w, out_b)
+    return y, x_dbl_f, x_dbl_b, ckpt_f, ckpt_b
+
+
+def _scans_forward(xz: Tensor, u_f: Tensor, u_b: Tensor, xproj_w_f: Tensor, xproj_w_b: Tensor,
+                   dtproj_w_f: Tensor, dtproj_w_b: Tensor, dt_bias_f: Tensor,
+                   dt_bias_b: Tensor, A_f: Tensor, A_b: Tensor, D_f: Tensor, D_b: Tensor
+                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """From the convolutions' outputs ``u``: x_proj, then both directions' scans; returns
+    ``y`` ``(B, L, D)``, ``x_dbl_f``, ``x_dbl_b`` and the checkpoints."""
+    x_dbl_f, x_dbl_b = _x_proj(u_f, xproj_w_f), _x_proj(u_b, xproj_w_b)
+    with _profiled('mmshufflemamba::scan'):
+        y, ckpt_f, ckpt_b = load_cpu_kernel().bimamba_scan_forward(
+            xz, u_f, u_b, dtproj_w_f, dtproj_w_b, x_dbl_f, x_dbl_b, A_f, A_b, D_f, D_b,
+            dt_bias_f, dt_bias_b)
     return y, x_dbl_f, x_dbl_b, ckpt_f, ckpt_b
 
 
@@ -141,11 +152,9 @@ def _inner_backward(dy: Tensor, xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor,
     dout_w, dout_b = xz.new_empty(0), xz.new_empty(0)  # two: the op's outputs may not alias
     rebuilt_y = None  # the scan backward's buffer for y, where out_proj needs it
     if ckpt_f is None:  # recompute: the forward's x_dbl, checkpoints (and y) made again
-        x_dbl_f, x_dbl_b = _x_proj(u_f, xproj_w_f), _x_proj(u_b, xproj_w_b)
-        with _profiled('mmshufflemamba::scan'):
-            y, ckpt_f, ckpt_b = kernel.bimamba_scan_forward(
-                xz, u_f, u_b, dtproj_w_f, dtproj_w_b, x_dbl_f, x_dbl_b, A_f, A_b, D_f, D_b,
-                dt_bias_f, dt_bias_b)
+        y, x_dbl_f, x_dbl_b, ckpt_f, ckpt_b = _scans_forward(
+            xz, u_f, u_b, xproj_w_f, xproj_w_b, dtproj_w_f, dtproj_w_b, dt_bias_f, dt_bias_b,
+            A_f, A_b, D_f, D_b)
         if out_w is not None:  # done with y before the scan backward's outputs exist
             dout_w, dout_b = _out_proj_grads(dout, y, out_b is not None)
         del y

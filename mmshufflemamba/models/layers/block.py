@@ -6,7 +6,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from ..utils.precision import at_least_float32
-from .mixer import BiMambaMixer, Recipe
+from .mixer import BiMambaMixer, Recipe, without_forward_hooks
 from .norm import build_norm
 
 __all__ = ['MambaBlock', 'DropPath']
@@ -80,8 +80,8 @@ class MambaBlock(nn.Module):
         ``forward``: no hook added later runs), or None where the mixer does not recompute
         or a hook could change the norm's output."""
         norm = self.norm
-        if not (self.mixer.recompute and torch.is_grad_enabled()) or \
-                norm._forward_hooks or norm._forward_pre_hooks:
+        if not (self.mixer.recompute and torch.is_grad_enabled()
+                and without_forward_hooks(norm)):
             return None
         device = x.device.type
         autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)

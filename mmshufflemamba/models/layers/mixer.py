@@ -157,13 +157,9 @@ class BiMambaMixer(nn.Module):
         plain eager autograd under no other saved-tensor hooks, ``in_proj`` a plain
         nn.Linear without hooks that could change its output, on a contiguous input (the
         GEMM path, so the bits, do not depend on ``requires_grad`` then)."""
-        in_proj = self.in_proj
-        return (self.recompute and torch.is_grad_enabled() and type(in_proj) is nn.Linear
-                and not (in_proj._forward_hooks or in_proj._forward_pre_hooks
-                         or nn.modules.module._global_forward_hooks
-                         or nn.modules.module._global_forward_pre_hooks)
-                and hidden.is_contiguous() and plain_eager_call(hidden)
-                and _Recipes.possible())
+        return (self.recompute and torch.is_grad_enabled() and type(self.in_proj) is nn.Linear
+                and without_forward_hooks(self.in_proj) and hidden.is_contiguous()
+                and plain_eager_call(hidden) and _Recipes.possible())
 
     def forward(self, hidden: Tensor,
                 hidden_recipe: Optional[Recipe] = None) -> Tensor:  # (B, L, C) -> (B, L, C)
@@ -216,6 +212,13 @@ class BiMambaMixer(nn.Module):
 
         return Recipe(again, [*params, *([hidden] if hidden_recipe is None
                                          else hidden_recipe.inputs)])
+
+
+def without_forward_hooks(module: nn.Module) -> bool:
+    """No forward hook could change ``module``'s output: none on it, no global one."""
+    return not (module._forward_hooks or module._forward_pre_hooks
+                or nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks)
 
 
 def _version(t: Tensor) -> Optional[int]:
