@@ -639,7 +639,7 @@ std::vector<at::Tensor> bimamba_scan_forward(
         direction<T, X>(xz, u_b, dtw_b, x_dbl_b, A_b, D_b, bias_b, true, ckpt_b)};
     for (auto& io : dirs) io.y = seq<T>(y);
     const auto groups = lane_groups<T>(D, D);
-    const int64_t tpb = tasks_per_batch(groups.size(), B);
+    const int64_t tpb = wide_tasks_per_batch(groups.size(), B);
     with_state_size(N, [&]<int kN>() {
       scan_forward<T, kN, true>(dirs, 2, groups, B, L, N, D, tpb);
     });
@@ -674,7 +674,7 @@ std::vector<at::Tensor> bimamba_scan_backward(
   at::Tensor du[2], ddelta[2], dBC[2], dA[2], dskip[2], dbias[2];
   with_types(xz, u_f, [&]<typename T, typename X>() {
     const auto groups = lane_groups<T>(D, D);
-    const int64_t tpb = tasks_per_batch(groups.size(), B);
+    const int64_t tpb = wide_tasks_per_batch(groups.size(), B);
     const auto dtw_f = step_weights<T>(dt_w_f), dtw_b = step_weights<T>(dt_w_b);
     TokenMajorIO<T, X> dirs[2] = {
         direction<T, X>(xz, u_f, dtw_f, x_dbl_f, A_f, D_f, bias_f, false, ckpt_f),
