@@ -484,11 +484,12 @@ def test_fused_mixer_equals_the_definition_in_one_task():
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize('threads, batch', [(3, 1), (3, 2), (4, 2)])
+@pytest.mark.parametrize('threads, batch', [(3, 1), (3, 2), (4, 2), (4, 1)])
 def test_fused_mixer_equals_the_definition_in_several_tasks(threads, batch):
     """At 3 or 4 threads a batch entry's five lane groups are split over several tasks (3 per
-    entry at 3 threads, 2 at 4 threads and batch 2), the last one short; the gradients of B
-    and C are summed over the tasks."""
+    entry at 3 threads, 2 at 4 threads and batch 2), the last one short; at 4 threads and
+    batch 1, 4 tasks of 2, 2, 1 and no lane groups. The gradients of B and C are summed over
+    the tasks."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

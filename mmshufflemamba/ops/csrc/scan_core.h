@@ -64,8 +64,8 @@
 // of 21 alternated pairs); it is 2.8x-3.4x the forward (benchmarks/README.md, "The scan
 // backward in blocks of states"). With the mixer's scans in as few tasks as spread evenly
 // over the threads (wide_tasks_per_batch, 2026-12-06, stop 35), its forward's time per token
-// no longer grows with L, and bench_scan_ceiling.py (9 pairs) gave 47% / 43% of the ceiling
-// at L = 1025 / 4097 on one thread, 43% / 37% on two.
+// no longer grows with L, and bench_scan_ceiling.py (9 pairs, the medians of their ratios)
+// gave 47% / 43% of the ceiling at L = 1025 / 4097 on one thread, 43% / 37% on two.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -116,13 +116,15 @@ inline int64_t tasks_per_batch(int64_t groups, int64_t batch) {
 
 // Tasks per batch entry where a task's lane groups share rows (token-major: a chunk's rows
 // are read once for all of them): the fewest that spread evenly over the threads, so that
-// a task reads long runs of each row and few tasks walk the whole sequence. At one thread and
+// a task reads long runs of each row and few tasks walk the whole sequence, and never more
+// than tasks_per_batch (at a large batch that divides poorly by the threads, evenness would
+// take more tasks, and with them more partial dL/dB, dL/dC buffers). At one thread and
 // batch 1 that is one task instead of four: the mixer's scan forward took 0.87x-0.88x the
 // time at L = 1025 and 4097 and its backward 0.84x-0.88x (0.93x and 1.00x at L = 197);
 // the channel-major entry measured 1.02x-1.21x with it, so it keeps tasks_per_batch.
 inline int64_t wide_tasks_per_batch(int64_t groups, int64_t batch) {
   const int64_t threads = at::get_num_threads();
-  return std::min(groups, threads / std::gcd(threads, batch));
+  return std::min(tasks_per_batch(groups, batch), threads / std::gcd(threads, batch));
 }
 
 // One direction's per-channel parameters.
