@@ -498,6 +498,21 @@ def test_fused_mixer_equals_the_definition_in_several_tasks(threads, batch):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize('bias', [False, True])
+def test_fused_mixer_runs_an_empty_batch(bias):
+    """Batch 0 through the fused path: an empty output and zero weight gradients (views
+    with an inferred size failed on 0 elements; the kernels take no tasks)."""
+    mixer = BiMambaMixer(32, d_state=4, bias=bias)
+    x = torch.randn(0, 5, 32, requires_grad=True)
+    assert mixer.fused(x)
+    y = mixer(x)
+    assert y.shape == (0, 5, 32)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for name, p in mixer.named_parameters():
+        assert p.grad is not None and torch.equal(p.grad, torch.zeros_like(p)), name
+
+
 @pytest.mark.slow
 def test_scan_ceiling_benchmark_runs():
     """benchmarks/bench_scan_ceiling.py compiles its loop against the kernel's header and

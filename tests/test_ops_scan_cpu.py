@@ -44,6 +44,19 @@ def test_compiled_scan_across_lane_groups_and_chunks(B_kind, C_kind, channels, s
         assert_scan_matches_reference(selective_scan_cpu, inputs)
 
 
+def test_an_empty_batch_runs():
+    """Batch 0: empty outputs and zero gradients (the kernel's task count divided by the
+    batch, and the process died of SIGFPE)."""
+    u = torch.randn(0, 8, 5, requires_grad=True)
+    delta = torch.randn(0, 8, 5, requires_grad=True)
+    A = (-torch.rand(8, 4)).requires_grad_()
+    B, C = torch.randn(0, 4, 5), torch.randn(0, 4, 5)
+    out = selective_scan_cpu(u, delta, A, B, C, torch.ones(8), None, None, True)
+    assert out.shape == (0, 8, 5)
+    out.sum().backward()
+    assert u.grad.shape == u.shape and torch.equal(A.grad, torch.zeros_like(A))
+
+
 def test_compiled_and_pytorch_scans_agree_at_vim_s_sizes_in_float32():
     """Vim-S: d_inner 768, d_state 16, 197 tokens, batch 2, float32.
 

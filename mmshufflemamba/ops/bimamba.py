@@ -72,7 +72,7 @@ def _x_proj(u: Tensor, xproj_w: Tensor) -> Tensor:
     # The transposed view, as nn.Linear passes it. (A contiguous copy of W_x^T ran in 0.76x
     # the time on the AVX-512 VM of 2026-12-01; on the AMX VM of 2026-12-06 the view took
     # 0.79x / 0.93x / 0.97x of copy + GEMM at L = 197 / 1025 / 4097, 61 alternated pairs.)
-    return torch.mm(u.view(B * L, D), xproj_w.t()).view(B, L, -1)
+    return torch.mm(u.view(B * L, D), xproj_w.t()).view(B, L, xproj_w.shape[0])
 
 
 def _inner_forward(xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor, conv_w_b: Tensor,
@@ -174,8 +174,8 @@ def _inner_backward(dy: Tensor, xz: Tensor, conv_w_f: Tensor, conv_b_f: Tensor,
             ('f', u_f, x_dbl_f, ddelta_f, dBC_f, xproj_w_f, dtproj_w_f),
             ('b', u_b, x_dbl_b, ddelta_b, dBC_b, xproj_w_b, dtproj_w_b)):
         ddelta = ddelta.view(B * L, D)
-        x_dbl = x_dbl.view(B * L, -1)
-        dx_dbl = torch.cat([torch.mm(ddelta, dtproj_w), dBC.view(B * L, -1)], dim=1)
+        x_dbl = x_dbl.view(B * L, x_dbl.shape[-1])
+        dx_dbl = torch.cat([torch.mm(ddelta, dtproj_w), dBC.view(B * L, dBC.shape[-1])], dim=1)
         grads[f'dtproj_w_{s}'] = torch.mm(ddelta.t(), x_dbl[:, :rank])
         grads[f'xproj_w_{s}'] = torch.mm(dx_dbl.t(), u.view(B * L, D))
         (du_f if s == 'f' else du_b).view(B * L, D).addmm_(dx_dbl, xproj_w)
@@ -191,7 +191,7 @@ def _out_proj_grads(dout: Tensor, y: Tensor, bias: bool) -> Tuple[Tensor, Tensor
     """out_proj's weight and bias gradients from ``dout`` ``(B, L, C)`` and its input ``y``
     ``(B, L, D)`` (an empty tensor for an absent bias)."""
     dout = dout.reshape(-1, dout.shape[-1])
-    weight = torch.mm(dout.t(), y.view(dout.shape[0], -1).to(dout.dtype))
+    weight = torch.mm(dout.t(), y.view(dout.shape[0], y.shape[-1]).to(dout.dtype))
     return weight, dout.sum(0) if bias else dout.new_empty(0)
 
 

@@ -111,7 +111,7 @@ struct Span {
 // for every thread, few partial buffers.
 inline int64_t tasks_per_batch(int64_t groups, int64_t batch) {
   const int64_t wanted = 4 * static_cast<int64_t>(at::get_num_threads());
-  return std::min(groups, std::max<int64_t>(1, ceil_div(wanted, batch)));
+  return std::min(groups, std::max<int64_t>(1, ceil_div(wanted, std::max<int64_t>(1, batch))));
 }
 
 // Tasks per batch entry where a task's lane groups share rows (token-major: a chunk's rows
