@@ -83,15 +83,7 @@ class MambaBlock(nn.Module):
         if not (self.mixer.recompute and torch.is_grad_enabled()
                 and without_forward_hooks(norm)):
             return None
-        device = x.device.type
-        autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
-
-        def again() -> Tensor:
-            with torch.no_grad(), torch.autocast(device, enabled=autocast[0],
-                                                 dtype=autocast[1]):
-                return norm.forward(x)
-
-        return Recipe(again, [x, *norm.parameters()])
+        return Recipe.of(lambda: norm.forward(x), [x, *norm.parameters()], x.device.type)
 
     def _forward(self, hidden: Tensor, residual: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         normed, residual, recipe = self.add_and_norm(hidden, residual)

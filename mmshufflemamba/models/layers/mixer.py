@@ -21,6 +21,20 @@ class Recipe(NamedTuple):
     remake: Callable[[], Tensor]
     inputs: Sequence[Tensor]
 
+    @classmethod
+    def of(cls, compute: Callable[[], Tensor], inputs: Sequence[Tensor],
+           device: str = 'cpu') -> 'Recipe':
+        """The recipe that runs ``compute`` again without grad, under the autocast state
+        ``device`` has now (the forward pass's)."""
+        autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+
+        def remake() -> Tensor:
+            with torch.no_grad(), torch.autocast(device, enabled=autocast[0],
+                                                 dtype=autocast[1]):
+                return compute()
+
+        return cls(remake, inputs)
+
 
 class BiMambaMixer(nn.Module):
     """Bidirectional Mamba: one shared input/output projection, two scan branches.
@@ -203,15 +217,9 @@ class BiMambaMixer(nn.Module):
         weight, bias = self.in_proj.weight, self.in_proj.bias
         params = [t for t in (weight, bias) if t is not None]
         remake_hidden = (lambda: hidden) if hidden_recipe is None else hidden_recipe.remake
-        autocast = torch.is_autocast_enabled('cpu'), torch.get_autocast_dtype('cpu')
-
-        def again() -> Tensor:
-            with torch.no_grad(), torch.autocast('cpu', enabled=autocast[0],
-                                                 dtype=autocast[1]):
-                return nn.functional.linear(remake_hidden(), weight, bias)
-
-        return Recipe(again, [*params, *([hidden] if hidden_recipe is None
-                                         else hidden_recipe.inputs)])
+        return Recipe.of(lambda: nn.functional.linear(remake_hidden(), weight, bias),
+                         [*params, *([hidden] if hidden_recipe is None
+                                     else hidden_recipe.inputs)])
 
 
 def without_forward_hooks(module: nn.Module) -> bool:
