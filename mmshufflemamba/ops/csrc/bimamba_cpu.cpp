@@ -213,7 +213,7 @@ void conv_backward(Seq<const X> x, const T* wT_f, const T* b_f, const T* wT_b, c
   const int64_t rows_per_task = ceil_div(B * L, tasks), span = kConvRows + 2 * (K - 1);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormals ftz;
-    std::vector<T> gp(2 * span * D), pre(2 * D), sums(2 * (K + 1) * W);
+    Scratch<T> gp(2 * span * D), pre(2 * D), sums(2 * (K + 1) * W);
     T* __restrict__ gp_f = gp.data();
     T* __restrict__ gp_b = gp_f + span * D;
     T* __restrict__ pf = pre.data();

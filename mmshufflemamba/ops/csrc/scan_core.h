@@ -66,12 +66,15 @@
 // over the threads (wide_tasks_per_batch, 2026-12-06, stop 35), its forward's time per token
 // no longer grows with L, and bench_scan_ceiling.py (9 pairs, the medians of their ratios)
 // gave 47% / 43% of the ceiling at L = 1025 / 4097 on one thread, 43% / 37% on two.
+// With the tiles on cache lines (Scratch, 2026-12-07): 47% / 49% there, the backward 0.82x-0.86x
+// its time at one thread and 2.3x-2.6x the forward.
 #pragma once
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <new>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -83,6 +86,26 @@ namespace mmshufflemamba_cpu {
 template <typename T>
 constexpr int64_t kLanes = 64 / sizeof(T);  // channels per vector: one 512-bit register
 constexpr int64_t kChunk = 32;              // steps per checkpoint / recomputation
+
+// Allocates on 64-byte boundaries (a cache line, one 512-bit vector).
+template <typename T>
+struct CacheLineAllocator {
+  using value_type = T;
+  static constexpr std::align_val_t kAlign{64};
+  CacheLineAllocator() = default;
+  template <typename U>
+  CacheLineAllocator(const CacheLineAllocator<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, kAlign); }
+  friend bool operator==(const CacheLineAllocator&, const CacheLineAllocator&) { return true; }
+};
+
+// The kernels' per-thread scratch (tiles of whole vectors). std::vector's default allocator
+// aligns to 16 bytes only, so most vector loads and stores of the tiles crossed a cache line
+// (2026-12-07: the backward's tiles started 0, 16, 32 or 48 bytes into a line, varying by
+// call).
+template <typename T>
+using Scratch = std::vector<T, CacheLineAllocator<T>>;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -610,8 +633,8 @@ void scan_forward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& group
   const int64_t nchunks = ceil_div(len, kChunk), per_task = ceil_div(G, tpb);
   at::parallel_for(0, batch * tpb, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormals ftz;
-    std::vector<T> h_buf(per_task * N * W), c_buf(per_task * LaneConsts<T>::size(N));
-    std::vector<T> u(per_task * kChunk * W), dt(per_task * kChunk * W), s(per_task * kChunk * W),
+    Scratch<T> h_buf(per_task * N * W), c_buf(per_task * LaneConsts<T>::size(N));
+    Scratch<T> u(per_task * kChunk * W), dt(per_task * kChunk * W), s(per_task * kChunk * W),
         bc(kBcast ? 0 : kChunk * 2 * N * W);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tpb, g0 = task % tpb * per_task, g1 = std::min(G, g0 + per_task);
@@ -660,10 +683,10 @@ void scan_backward(const IO* dirs, int ndirs, const std::vector<LaneGroup>& grou
   at::parallel_for(0, batch * tpb, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormals ftz;
     const int64_t tile = per_task * kChunk * W;  // a span's tiles
-    std::vector<T> h((kChunk + 1) * N * W), a(kChunk * N * W), bc(kBcast ? 0 : kChunk * 2 * N * W),
+    Scratch<T> h((kChunk + 1) * N * W), a(kChunk * N * W), bc(kBcast ? 0 : kChunk * 2 * N * W),
         dbc(kChunk * 2 * N * W, T(0)), dbc_sum(kBcast ? kChunk * 2 * N : 0),
         c_buf(per_task * LaneConsts<T>::size(N)), acc_buf(per_task * Adjoint<T>::size(N));
-    std::vector<T> dtg(kChunk * W), u(tile), dt(tile), s(tile), gs(tile), gz(tile), du(tile),
+    Scratch<T> dtg(kChunk * W), u(tile), dt(tile), s(tile), gs(tile), gz(tile), du(tile),
         ddelta(tile);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tpb, part = task % tpb;
