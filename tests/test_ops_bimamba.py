@@ -499,12 +499,15 @@ def test_fused_mixer_equals_the_definition_in_several_tasks(threads, batch):
 
 
 @pytest.mark.parametrize('bias', [False, True])
-def test_fused_mixer_runs_an_empty_batch(bias):
-    """Batch 0 through the fused path: an empty output and zero weight gradients (views
-    with an inferred size failed on 0 elements; the kernels take no tasks)."""
+@pytest.mark.parametrize('fast_path', [True, False])
+def test_mixer_runs_an_empty_batch(bias, fast_path):
+    """Batch 0, fused and unfused (the compiled scan per direction): an empty output and
+    zero weight gradients (on the fused path, views with an inferred size failed on 0
+    elements; the kernels take no tasks)."""
     mixer = BiMambaMixer(32, d_state=4, bias=bias)
+    mixer.use_fast_path = fast_path
     x = torch.randn(0, 5, 32, requires_grad=True)
-    assert mixer.fused(x)
+    assert mixer.fused(x) == fast_path
     y = mixer(x)
     assert y.shape == (0, 5, 32)
     y.sum().backward()
