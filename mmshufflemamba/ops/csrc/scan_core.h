@@ -67,7 +67,7 @@
 // no longer grows with L, and bench_scan_ceiling.py (9 pairs, the medians of their ratios)
 // gave 47% / 43% of the ceiling at L = 1025 / 4097 on one thread, 43% / 37% on two.
 // With the tiles on cache lines (Scratch, 2026-12-07): 47% / 49% there, the backward 0.82x-0.86x
-// its time at one thread and 2.3x-2.6x the forward.
+// its time at one thread, and 2.2x-2.6x the forward in one run (2.0x-2.2x in another).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -97,13 +97,18 @@ struct CacheLineAllocator {
   CacheLineAllocator(const CacheLineAllocator<U>&) {}
   T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
   void deallocate(T* p, std::size_t) { ::operator delete(p, kAlign); }
-  friend bool operator==(const CacheLineAllocator&, const CacheLineAllocator&) { return true; }
 };
 
-// The kernels' per-thread scratch (tiles of whole vectors). std::vector's default allocator
-// aligns to 16 bytes only, so most vector loads and stores of the tiles crossed a cache line
-// (2026-12-07: the backward's tiles started 0, 16, 32 or 48 bytes into a line, varying by
-// call).
+template <typename T, typename U>
+bool operator==(const CacheLineAllocator<T>&, const CacheLineAllocator<U>&) noexcept {
+  return true;  // stateless: any one frees what another allocated
+}
+
+// The kernels' per-thread scratch: tiles of whole vectors (every sub-tile then starts on a
+// line too), or rows of D channels (on lines where D is a multiple of kLanes, as in every
+// Vim width). std::vector's default allocator aligns to 16 bytes only, so most vector loads
+// and stores of the tiles crossed a cache line (2026-12-07: in two backward calls printed,
+// the ten tiles started 0, 16, 32 or 48 bytes into a line, varying by call).
 template <typename T>
 using Scratch = std::vector<T, CacheLineAllocator<T>>;
 
