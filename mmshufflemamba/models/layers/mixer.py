@@ -23,7 +23,7 @@ class Recipe(NamedTuple):
 
     @classmethod
     def of(cls, compute: Callable[[], Tensor], inputs: Sequence[Tensor],
-           device: str = 'cpu') -> 'Recipe':
+           device: str) -> 'Recipe':
         """The recipe that runs ``compute`` again without grad, under the autocast state
         ``device`` has now (the forward pass's)."""
         autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
@@ -219,7 +219,7 @@ class BiMambaMixer(nn.Module):
         remake_hidden = (lambda: hidden) if hidden_recipe is None else hidden_recipe.remake
         return Recipe.of(lambda: nn.functional.linear(remake_hidden(), weight, bias),
                          [*params, *([hidden] if hidden_recipe is None
-                                     else hidden_recipe.inputs)])
+                                     else hidden_recipe.inputs)], hidden.device.type)
 
 
 def without_forward_hooks(module: nn.Module) -> bool:
