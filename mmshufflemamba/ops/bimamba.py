@@ -249,7 +249,7 @@ class _EagerInner(torch.autograd.Function):
     the forward's signature (``inspect.signature``) on every call, 90 us per mixer here."""
 
     @staticmethod
-    def forward(ctx, *inputs):
+    def forward(ctx, *inputs):  # all 18 of the op's inputs, recompute last (no defaults here)
         output = _inner_forward(*inputs)
         _setup_context(ctx, inputs, output)
         return output
