@@ -13,6 +13,7 @@ from helpers import RecordOps
 
 from mmshufflemamba.models import BiMambaMixer
 from mmshufflemamba.ops import BACKEND_ENV, selective_scan_reference
+from mmshufflemamba.ops import bimamba as bimamba_module
 from mmshufflemamba.ops.bimamba import bimamba_inner
 from mmshufflemamba.ops.cpu_kernel import load_cpu_kernel
 
@@ -210,6 +211,31 @@ def test_eager_calls_and_the_registered_op_compute_the_same():
         seen.append(type(node).__name__)
         nodes += [n for n, _ in node.next_functions if n is not None]
     assert '_EagerInnerBackward' in seen, seen
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+def test_calls_without_autograd_skip_the_function_and_compute_the_same(monkeypatch,
+                                                                         autocast):
+    """Under no_grad (and inference_mode) nothing is recorded for a backward pass, so the op's
+    forward runs without the autograd.Function: the same bits as with autograd on, with and
+    without bf16 autocast (out_proj then in bf16 inside the op)."""
+    mixer = BiMambaMixer(16, d_state=4)
+    hidden = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(8))
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        with_autograd = mixer(hidden)
+        assert with_autograd.requires_grad
+
+        def refuse(*args):
+            raise AssertionError('the autograd.Function ran where nothing needs a backward pass')
+
+        monkeypatch.setattr(bimamba_module._EagerInner, 'apply', refuse)
+        with torch.no_grad():
+            without = mixer(hidden)
+        with torch.inference_mode():
+            inference = mixer(hidden)
+    assert with_autograd.dtype == without.dtype == inference.dtype
+    assert torch.equal(with_autograd.detach(), without)
+    assert torch.equal(with_autograd.detach(), inference)
 
 
 def test_out_proj_inside_equals_the_definition_and_keeps_no_y():

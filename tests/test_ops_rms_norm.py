@@ -8,6 +8,7 @@ from helpers import RecordOps
 
 from mmshufflemamba.models import RMSNorm
 from mmshufflemamba.ops import BACKEND_ENV
+from mmshufflemamba.ops import rms_norm as rms_norm_module
 from mmshufflemamba.ops.rms_norm import fused_rms_norm, fused_rms_norm_available
 
 if os.environ.get(BACKEND_ENV, 'auto') not in ('auto', 'compiled'):
@@ -45,6 +46,15 @@ def test_values_and_gradients_equal_the_definition(shape, threads):
     torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(gx, ex, rtol=1e-11, atol=1e-12)
     torch.testing.assert_close(gw, ew, rtol=1e-11, atol=1e-12)
+
+
+def test_without_autograd_the_function_is_skipped(monkeypatch):
+    """Under no_grad the kernel's forward runs without the autograd.Function: same bits."""
+    x, w, _ = inputs((3, 5, 24), torch.float32, seed=3)
+    with_autograd = fused_rms_norm(x, w, 1e-5)
+    monkeypatch.setattr(rms_norm_module._FusedRMSNorm, 'apply', None)  # calling it would fail
+    with torch.no_grad():
+        assert torch.equal(fused_rms_norm(x, w, 1e-5), with_autograd.detach())
 
 
 def test_float32_and_gradcheck():

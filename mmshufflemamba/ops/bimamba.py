@@ -20,7 +20,8 @@ recomputes, for ``out_proj``'s weight gradient, so ``y`` is never kept. Both pas
 ``torch.compile`` and ``torch.export`` (and FakeTensors, dispatch modes, torch.func,
 tensor subclasses) see two opaque ops instead of breaking the graph; a plain eager call
 runs the same two functions through an ``autograd.Function``, without the op's Python
-dispatch. Computed in float32 (float64 stays float64; bf16/fp16 inputs are computed in
+dispatch, and with autograd off (``no_grad``, ``inference_mode``) the forward function
+alone. Computed in float32 (float64 stays float64; bf16/fp16 inputs are computed in
 float32). A bfloat16 ``xz`` (``in_proj``'s output under bf16 autocast) is read
 by the kernels as it is, widened exactly as they load it: no float32 copy of it is made or
 kept for the backward pass, and its gradient comes back in bfloat16.
@@ -289,14 +290,18 @@ def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv
                dtproj_w_b, dt_bias_f, dt_bias_b, A_f, A_b, D_f, D_b]
     weights = [w.to(compute) if w.dtype != compute else w for w in weights]
     out_proj = [out_proj_w, out_proj_b]
-    if torch.is_autocast_enabled('cpu'):  # as nn.Linear runs under autocast
+    autocast = torch.is_autocast_enabled('cpu')
+    if autocast:  # as nn.Linear runs under autocast
         out_proj = [w if w is None else w.to(torch.get_autocast_dtype('cpu')) for w in out_proj]
     # the kernels read xz in the compute dtype or in bfloat16
     xz_in = xz if xz.dtype in (compute, torch.bfloat16) else xz.to(compute)
-    # tracers, dispatch modes and tensor subclasses see the registered op
     given = [w for w in out_proj if w is not None]
-    op = _EagerInner.apply if plain_eager_call(xz_in, *weights, *given) else \
-        torch.ops.mmshufflemamba.bimamba_inner
-    with torch.autocast('cpu', enabled=False):
+    if not plain_eager_call(xz_in, *weights, *given):
+        op = torch.ops.mmshufflemamba.bimamba_inner  # tracers, dispatch modes, subclasses
+    elif torch.is_grad_enabled():
+        op = _EagerInner.apply
+    else:  # nothing to record for a backward pass (eval under no_grad / inference_mode)
+        op = _inner_forward
+    with torch.autocast('cpu', enabled=False) if autocast else nullcontext():
         y = op(xz_in, *weights, *out_proj, recompute)[0]
     return y if out_proj_w is not None else y.to(xz.dtype)

@@ -7,6 +7,8 @@ Composed of torch ops, the norm was six ops forward and about as many backward, 
 :func:`fused_rms_norm` where :func:`fused_rms_norm_available` says it can run, and its torch
 formula otherwise (and under tracers, which see torch ops: torch.compile fuses those itself).
 """
+from typing import Tuple
+
 import torch
 from torch import Tensor
 
@@ -29,12 +31,17 @@ def fused_rms_norm_available(x: Tensor, weight: Tensor) -> bool:
             env_backend() in (None, 'compiled') and load_cpu_kernel() is not None)
 
 
+def _norm_rows(x: Tensor, weight: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """``x`` as contiguous rows ``(M, C)``, their norm ``(M, C)`` and ``rstd`` ``(M,)``."""
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    return (rows, *load_cpu_kernel().rms_norm_forward(rows, weight.contiguous(), eps))
+
+
 class _FusedRMSNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
-        rows = x.reshape(-1, x.shape[-1]).contiguous()
-        y, rstd = load_cpu_kernel().rms_norm_forward(rows, weight.contiguous(), eps)
+        rows, y, rstd = _norm_rows(x, weight, eps)
         ctx.save_for_backward(rows, weight, rstd)
         return y.view(x.shape)
 
@@ -54,4 +61,6 @@ def fused_rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     if x.shape[-1] != weight.numel():
         raise ValueError(f'RMSNorm of width {weight.numel()} got inputs of shape '
                          f'{tuple(x.shape)}: the last dimension must be {weight.numel()}.')
+    if not torch.is_grad_enabled():  # nothing to keep for a backward pass: no Function
+        return _norm_rows(x, weight, eps)[1].view(x.shape)
     return _FusedRMSNorm.apply(x, weight, eps)
