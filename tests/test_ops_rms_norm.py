@@ -49,11 +49,14 @@ def test_values_and_gradients_equal_the_definition(shape, threads):
 
 
 def test_without_autograd_the_function_is_skipped(monkeypatch):
-    """Under no_grad the kernel's forward runs without the autograd.Function: same bits."""
+    """Under no_grad and inference_mode the kernel's forward runs without the
+    autograd.Function: same bits."""
     x, w, _ = inputs((3, 5, 24), torch.float32, seed=3)
     with_autograd = fused_rms_norm(x, w, 1e-5)
     monkeypatch.setattr(rms_norm_module._FusedRMSNorm, 'apply', None)  # calling it would fail
     with torch.no_grad():
+        assert torch.equal(fused_rms_norm(x, w, 1e-5), with_autograd.detach())
+    with torch.inference_mode():
         assert torch.equal(fused_rms_norm(x, w, 1e-5), with_autograd.detach())
 
 

@@ -296,12 +296,15 @@ def bimamba_inner(xz: Tensor, conv_w_f: Tensor, conv_b_f: Optional[Tensor], conv
     # the kernels read xz in the compute dtype or in bfloat16
     xz_in = xz if xz.dtype in (compute, torch.bfloat16) else xz.to(compute)
     given = [w for w in out_proj if w is not None]
-    if not plain_eager_call(xz_in, *weights, *given):
+    plain = plain_eager_call(xz_in, *weights, *given)
+    if not plain:
         op = torch.ops.mmshufflemamba.bimamba_inner  # tracers, dispatch modes, subclasses
     elif torch.is_grad_enabled():
         op = _EagerInner.apply
     else:  # nothing to record for a backward pass (eval under no_grad / inference_mode)
         op = _inner_forward
-    with torch.autocast('cpu', enabled=False) if autocast else nullcontext():
+    # (torch.export records even a disabled autocast around the op: a program exported
+    # without autocast keeps it off inside the op when run under autocast later)
+    with torch.autocast('cpu', enabled=False) if autocast or not plain else nullcontext():
         y = op(xz_in, *weights, *out_proj, recompute)[0]
     return y if out_proj_w is not None else y.to(xz.dtype)

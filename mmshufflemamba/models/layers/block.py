@@ -80,8 +80,10 @@ class MambaBlock(nn.Module):
         ``forward``: no hook added later runs), or None where the mixer does not recompute
         or a hook could change the norm's output."""
         norm = self.norm
+        # An inference tensor takes RMSNorm's torch formula where autograd is on and its
+        # kernel where it is off (as in the recipe): not the same bits, so no recipe.
         if not (self.mixer.recompute and torch.is_grad_enabled()
-                and without_forward_hooks(norm)):
+                and without_forward_hooks(norm) and not x.is_inference()):
             return None
         return Recipe.of(lambda: norm.forward(x), [x, *norm.parameters()], x.device.type)
 
